@@ -1,0 +1,1 @@
+"""Datasets, readers and joint image/mask transforms (no model code here)."""

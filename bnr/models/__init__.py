@@ -1,0 +1,1 @@
+"""Model families: one family per file, each with named presets."""

@@ -1,0 +1,1 @@
+"""Seed post-processing: affinity labels, random walk, dense CRF (PSA as configured by TransCAM)."""

@@ -1,0 +1,44 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bnr.io import write_label_png  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_voc_tree(root: Path, ids_by_split: dict, num_classes: int = 4, size=(24, 32)) -> Path:
+    """A tiny VOC-layout tree: random JPEGs, masks with a square of class (i % (C-1)) + 1."""
+    rng = np.random.default_rng(0)
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    labels = {}
+    h, w = size
+    for split, ids in ids_by_split.items():
+        for i, img_id in enumerate(ids):
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                root / "JPEGImages" / f"{img_id}.jpg"
+            )
+            cls = i % (num_classes - 1) + 1
+            mask = np.zeros((h, w), np.uint8)
+            mask[4:12, 6:18] = cls
+            mask[3, 6:18] = 255
+            write_label_png(root / "SegmentationClass" / f"{img_id}.png", mask)
+            labels[img_id] = [cls]
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    import json
+
+    (root / "cls_labels.json").write_text(json.dumps(labels))
+    return root
+
+
+@pytest.fixture
+def voc_tree(tmp_path: Path) -> Path:
+    return write_voc_tree(tmp_path / "voc", {"train": ["a", "b", "c"], "val": ["d"]})

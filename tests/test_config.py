@@ -1,0 +1,88 @@
+import copy
+
+import pytest
+import yaml
+
+from bnr.config import ParamsError, load_params, parse_params
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repository_params_load():
+    p = load_params(REPO / "params.yaml")
+    assert p.dataset == "synthetic" and p.data.name == "synthetic"
+    assert p.data.model == "conformer_tiny"
+
+
+def test_switching_dataset_switches_the_whole_block(raw):
+    raw["dataset"] = "voc2012"
+    p = parse_params(raw)
+    assert p.data.model == "conformer_s"
+    assert p.data.crop_size == 512 and p.data.batch_size == 8 and p.data.epochs == 22
+    assert p.data.infer_scales == (256, 512, 768)
+    assert p.data.train_split == "train_aug" and p.data.seed_eval_split == "train"
+    raw["dataset"] = "coco2014"
+    p = parse_params(raw)
+    assert p.data.epochs == 10 and p.data.batch_size == 16
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (["noise_scale"], "abc", "params.yaml: noise_scale must be a number >= 0, got 'abc'"),
+        (["noise_scale"], -1, "params.yaml: noise_scale must be a number >= 0, got -1"),
+        (["method"], "cam", "params.yaml: method must be one of bnr, transcam, got 'cam'"),
+        (["dataset"], "imagenet", "params.yaml: dataset must be one of synthetic, voc2012, "
+         "coco2014, got 'imagenet'"),
+        (["seed"], 1.5, "params.yaml: seed must be an integer >= 0, got 1.5"),
+        (["datasets", "synthetic", "epochs"], 0,
+         "params.yaml: datasets.synthetic.epochs must be an integer >= 1, got 0"),
+        (["infer_seeds", "flip"], "yes", "params.yaml: infer_seeds.flip must be true or false, "
+         "got 'yes'"),
+        (["eval_seeds", "threshold_stop"], 2,
+         "params.yaml: eval_seeds.threshold_stop must be a number >= 0 and <= 1, got 2"),
+    ],
+)
+def test_bad_values_name_key_and_value(raw, path, value, message):
+    bad = copy.deepcopy(raw)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError) as err:
+        parse_params(bad)
+    assert str(err.value) == message
+
+
+def test_unknown_and_missing_keys(raw):
+    bad = copy.deepcopy(raw)
+    bad["train_cam"]["learning_rate"] = 1
+    with pytest.raises(ParamsError, match=r"unknown key train_cam.learning_rate"):
+        parse_params(bad)
+    bad = copy.deepcopy(raw)
+    bad["noise_scal"] = 1
+    with pytest.raises(ParamsError, match=r"unknown key noise_scal"):
+        parse_params(bad)
+    bad = copy.deepcopy(raw)
+    del bad["datasets"]["synthetic"]["crop_size"]
+    with pytest.raises(ParamsError, match=r"missing key datasets.synthetic.crop_size"):
+        parse_params(bad)
+
+
+def test_resize_range_must_be_ordered(raw):
+    raw["datasets"]["synthetic"]["resize_long"] = [160, 96]
+    with pytest.raises(ParamsError, match="non-decreasing"):
+        parse_params(raw)
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("dataset: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"p.yaml: not valid YAML"):
+        load_params(f)
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "absent.yaml")
