@@ -202,6 +202,11 @@ class DatasetConfig:
     lr: float = spec(number(0, lo_open=True))
     weight_decay: float = spec(number(0))
     infer_scales: tuple = spec(number_list(integer(16), 1, 8))  # square side lengths
+    affinity_model: str = spec(string(allow_empty=False), "resnet38d")  # AffinityNet backbone
+    affinity_crop: int = spec(integer(16), 448)
+    affinity_epochs: int = spec(integer(1), 8)
+    affinity_batch_size: int = spec(integer(1), 8)
+    affinity_lr: float = spec(number(0, lo_open=True), 0.01)
     name: str = ""  # filled from the block's key
 
 
@@ -254,11 +259,45 @@ class EvalSeedsConfig:
     overlays: int = spec(integer(0, 64), 6)  # CAM/attention overlay PNGs (Fig. 1 and 5)
 
 
+@dataclass(frozen=True)
+class TrainAffinityConfig:
+    pretrained: str = spec(string(), "")  # ImageNet ResNet-38 (.params or .pth); "" = scratch
+    low_bg: float = spec(number(0, 1), 0.60)  # fixed background score of la (confident fg)
+    high_bg: float = spec(number(0, 1), 0.25)  # fixed background score of ha (confident bg)
+    radius: int = spec(integer(1, 16), 5)  # pair radius on the 1/8 feature map
+    momentum: float = spec(number(0, 1), 0.9)
+    weight_decay: float = spec(number(0), 5e-4)
+    num_workers: int = spec(integer(0), 0)
+
+
+@dataclass(frozen=True)
+class RandomWalkConfig:
+    beta: float = spec(number(0, lo_open=True), 14.0)  # affinity power (PSA: 8)
+    logt: int = spec(integer(0, 12), 7)  # 2**logt propagation steps (PSA: 8)
+    bg_score: float = spec(number(0, 1), 0.42)  # fixed background score (TransCAM)
+    radius: int = spec(integer(1, 16), 5)
+
+
+@dataclass(frozen=True)
+class CrfConfig:
+    gt_prob: float = spec(number(0, 1, lo_open=True), 0.7)
+    gauss_sxy: float = spec(number(0, lo_open=True), 3.0)
+    gauss_compat: float = spec(number(0), 3.0)
+    bilateral_sxy: float = spec(number(0, lo_open=True), 50.0)
+    bilateral_srgb: float = spec(number(0, lo_open=True), 5.0)
+    bilateral_compat: float = spec(number(0), 10.0)
+    iterations: int = spec(integer(1, 100), 10)
+    workers: int = spec(integer(0), 0)  # 0 = all available cores
+
+
 STAGE_BLOCKS: dict[str, type] = {
     "download": DownloadConfig,
     "train_cam": TrainCamConfig,
     "infer_seeds": InferSeedsConfig,
     "eval_seeds": EvalSeedsConfig,
+    "train_affinity": TrainAffinityConfig,
+    "random_walk": RandomWalkConfig,
+    "crf": CrfConfig,
 }
 
 
@@ -273,6 +312,9 @@ class Params:
     train_cam: TrainCamConfig
     infer_seeds: InferSeedsConfig
     eval_seeds: EvalSeedsConfig
+    train_affinity: TrainAffinityConfig
+    random_walk: RandomWalkConfig
+    crf: CrfConfig
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def protocol(self) -> dict:

@@ -69,6 +69,22 @@ def test_dvc_repro_end_to_end(clone):
     dataset = json.loads((clone / "metrics" / "dataset.json").read_text())
     assert dataset["splits"]["train"]["images"] == 12
     assert (clone / "data" / "synthetic" / "JPEGImages").is_dir()
+    seeds = json.loads((clone / "metrics" / "seeds.json").read_text())
+    assert 0 <= seeds["miou"] <= 100
+    proto = seeds["protocol"]
+    for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "threshold",
+                "seed", "method", "noise_scale", "params", "git"):
+        assert key in proto, key
+    assert proto["scales"] == [32, 64] and proto["ground_truth"] == "SegmentationClass"
+    assert (clone / "metrics" / "seeds_threshold.csv").read_text().startswith("threshold,miou")
+    assert list((clone / "metrics" / "overlays" / "seeds").glob("*.png"))
+    assert (clone / "metrics" / "train_cam" / "plots" / "metrics").is_dir()
     # a second repro has nothing to do
     again = _run(["dvc", "repro"], clone, env)
     assert "didn't change" in again or "up to date" in again
+    # an ablation switch invalidates train_cam and what follows, not download
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["noise_scale"] = 2.0
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _run(["dvc", "status"], clone, env)
+    assert "train_cam" in status and "download" not in status

@@ -1,25 +1,214 @@
-"""Bring the selected dataset onto disk in the VOC layout and describe it (download stage)."""
+"""Bring the selected dataset onto disk in the VOC layout and describe it (download stage).
+
+Where things go (``params.yaml`` defaults)::
+
+    data/downloads/                      verified archives (outside the DVC out: not cached by
+                                         DVC, kept when DVC clears the out before a rerun)
+    data/sbd/                            extracted SBD (VOC only, used to build train_aug)
+    data/voc2012/VOCdevkit/VOC2012/      = datasets.voc2012.root (inside the out data/voc2012)
+    data/coco2014/                       = datasets.coco2014.root (the out itself)
+
+The readers' roots are fixed by :func:`~bnr.data.voc_prepare.prepare_voc2012` and
+:func:`~bnr.data.coco.prepare_coco2014` (``<data>/voc2012/VOCdevkit/VOC2012`` and
+``<data>/coco2014``); ``datasets.<dataset>.root`` must name the same folder, else a BnrError
+names both paths.
+
+``download.mirrors`` (source name -> URL, names from :data:`bnr.data.sources.SOURCES`) replaces
+a source's URL; the built-in checksum still applies, so a mirror must serve the same file.
+
+Pretrained weights: when ``train_cam.pretrained`` or ``train_affinity.pretrained`` names a file
+that does not exist and whose basename is the ``filename`` of a known weight source
+(``conformer_s``, ``resnet38_mxnet``, ``resnet38_pytorch``), it is downloaded to that path
+(mirrors apply) and verified against the source's checksum (``resnet38_pytorch`` has none
+published: it is downloaded unverified and its sha256 is logged). Other missing paths are left
+for the training stage to report.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from bnr.config import Params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.errors import BnrError
 
+log = logging.getLogger(__name__)
 
-def prepare_dataset(params: Params) -> dict:
-    """Generate or fetch ``params.dataset`` under its root; return the dataset.json content."""
+DATA_DIR = Path("data")  # parent of the download stage's DVC out data/<dataset>
+WEIGHT_SOURCES = ("conformer_s", "resnet38_mxnet", "resnet38_pytorch")
+SPLITS = {"voc2012": ("train", "val", "train_aug"), "coco2014": ("train", "val")}
+
+
+def mirror_overrides(mirrors: Mapping[str, str], table: Mapping[str, Any] | None = None) -> dict:
+    """``download.mirrors`` (name -> URL) as :func:`~bnr.data.sources.resolve_source`
+    overrides; an unknown source name is a BnrError listing the known ones."""
+    from bnr.data.sources import SOURCES
+
+    table = SOURCES if table is None else table
+    unknown = sorted(set(mirrors) - set(table))
+    if unknown:
+        raise BnrError(
+            f"download.mirrors.{unknown[0]}: unknown source (known: {', '.join(sorted(table))})"
+        )
+    return {name: {"url": url} for name, url in mirrors.items()}
+
+
+def fetch_pretrained(
+    params: Params,
+    *,
+    sources: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    download_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Download missing pretrained weights named by a known source's file name (see module
+    docstring); return {params key: path} of the files downloaded."""
+    from bnr.data.download import fetch_source
+    from bnr.data.sources import SOURCES, resolve_source
+
+    table = SOURCES if sources is None else sources
+    overrides = mirror_overrides(params.download.mirrors, table)
+    by_filename = {table[n].filename: n for n in WEIGHT_SOURCES if n in table}
+    fetched = {}
+    for key, value in (
+        ("train_cam.pretrained", params.train_cam.pretrained),
+        ("train_affinity.pretrained", params.train_affinity.pretrained),
+    ):
+        if not value or Path(value).exists():
+            continue
+        path = Path(value)
+        name = by_filename.get(path.name)
+        if name is None:
+            log.warning("%s: %s does not exist and is no known download", key, value)
+            continue
+        src = resolve_source(name, overrides, table=table)
+        fetch_source(src, path.parent, progress=progress, **dict(download_kwargs or {}))
+        log.info("%s: downloaded %s from %s", key, path, src.url)
+        fetched[key] = str(path)
+    return fetched
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _link_existing_root(prepared: Path, root: Path, dataset: str) -> None:
+    """Make ``root`` (params) a symlink to the existing ``prepared`` folder, or fail."""
+    out = DATA_DIR / dataset
+    if root.exists() or root.is_symlink() or _same_path(root, out):
+        raise BnrError(
+            f"download: the prepared {dataset} root {prepared} is not datasets.{dataset}.root "
+            f"({root}); set datasets.{dataset}.root={prepared}, or remove {root} so it can "
+            "be linked to the existing copy"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.symlink_to(prepared.resolve(), target_is_directory=True)
+    log.info("%s: linked to the existing copy %s", root, prepared)
+
+
+def split_statistics(
+    root: str | os.PathLike[str], splits: Sequence[str], class_names: Sequence[str]
+) -> dict:
+    """Image counts and per-class image frequencies per split, from the image-level labels."""
+    from bnr.data.voc import read_image_labels, read_split
+
+    stats: dict = {}
+    for split in splits:
+        ids = read_split(root, split)
+        labels = read_image_labels(root, ids, class_names)
+        n = len(ids)
+        per_class = {}
+        for cls in range(1, len(class_names)):
+            count = sum(cls in labels[i] for i in ids)
+            per_class[class_names[cls]] = {"images": count, "image_frequency": count / max(n, 1)}
+        n_classes = [len(labels[i]) for i in ids]
+        stats[split] = {
+            "images": n,
+            "mean_classes_per_image": sum(n_classes) / max(n, 1),
+            "multi_label_fraction": sum(k > 1 for k in n_classes) / max(n, 1),
+            "classes": per_class,
+        }
+    return stats
+
+
+def prepare_dataset(
+    params: Params,
+    *,
+    sources: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    download_kwargs: Mapping[str, Any] | None = None,
+) -> dict:
+    """Generate or fetch ``params.dataset`` under its root; return the dataset.json content.
+
+    ``synthetic`` is generated (output unchanged from before real data existed). ``voc2012``
+    and ``coco2014`` are downloaded, verified and converted (see the module docstring), or
+    taken from ``download.existing_root`` after a layout check (a VOC folder is completed in
+    place, with ``datasets.<dataset>.root`` symlinked to it when that path does not exist yet).
+    ``sources`` replaces the source table (tests); ``download_kwargs`` go to
+    :func:`~bnr.data.download.download_file`. Missing pretrained weights are fetched too
+    (:func:`fetch_pretrained`).
+    """
     root = Path(params.data.root)
     if params.dataset == "synthetic":
         spec = SyntheticSpec(**asdict(params.download.synthetic))
         stats = generate_synthetic(root, spec)
-        return {"dataset": "synthetic", "root": str(root), "generator": asdict(spec),
-                "splits": stats}
-    raise BnrError(
-        f"download: dataset {params.dataset!r} needs the real data; fetching it is not built yet. "
-        f"Put an existing copy at {root} in the VOC layout (JPEGImages, SegmentationClass, "
-        f"ImageSets/Segmentation) and set download.existing_root"
+        fetch_pretrained(
+            params, sources=sources, progress=progress, download_kwargs=download_kwargs
+        )
+        return {
+            "dataset": "synthetic",
+            "root": str(root),
+            "generator": asdict(spec),
+            "splits": stats,
+        }
+    if params.dataset not in SPLITS:
+        raise BnrError(f"download: unknown dataset {params.dataset!r}")
+    from bnr.data.classes import class_names
+
+    overrides = mirror_overrides(params.download.mirrors, sources)
+    existing = params.download.existing_root or None
+    common = {
+        "sources": sources,
+        "mirror_overrides": overrides,
+        "existing_root": existing,
+        "progress": progress,
+        "download_kwargs": download_kwargs,
+    }
+    if params.dataset == "voc2012":
+        from bnr.data.voc_prepare import prepare_voc2012, voc_counts_check
+
+        prepared = prepare_voc2012(DATA_DIR, **common)
+        counts_check = voc_counts_check
+    else:
+        from bnr.data.coco import coco_counts_check, prepare_coco2014
+
+        prepared = prepare_coco2014(DATA_DIR, workers=min(8, os.cpu_count() or 1), **common)
+        counts_check = coco_counts_check
+    if not _same_path(prepared, root):
+        if existing is None:
+            raise BnrError(
+                f"download: {params.dataset} was prepared at {prepared} but "
+                f"datasets.{params.dataset}.root is {root}; set "
+                f"datasets.{params.dataset}.root={prepared}"
+            )
+        _link_existing_root(prepared, root, params.dataset)
+    weights = fetch_pretrained(
+        params, sources=sources, progress=progress, download_kwargs=download_kwargs
     )
+    check = counts_check(root)
+    return {
+        "dataset": params.dataset,
+        "root": str(root),
+        "prepared_at": str(prepared),
+        "existing_root": existing or "",
+        "splits": split_statistics(root, SPLITS[params.dataset], class_names(params.dataset)),
+        "counts": check["counts"],
+        "published_counts": check["published_counts"],
+        "matches_published": check["matches_published"],
+        "warnings": check["warnings"],
+        "pretrained_downloaded": weights,
+    }

@@ -1,0 +1,141 @@
+"""Class activation maps refined by attention (TransCAM, paper eq. 3-5) and seeds.
+
+Small functions on tensors; shapes in each docstring. ``S`` classes (background is channel 0),
+``N = h * w`` patch tokens (plus one class token in raw attention), ``K`` classes of one image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def aggregate_attention(attn: Sequence[Tensor] | Tensor, reduce: str) -> Tensor:
+    """Head-mean, then block ``sum`` (A, eq. 3-4) or block ``mean`` (A-bar, eq. 7).
+
+    ``attn``: per-block softmax weights, a list of (B, H, 1+N, 1+N) or a stacked
+    (L, B, H, 1+N, 1+N) tensor. Returns the patch-to-patch part A* or A-bar*, (B, N, N): the
+    class-token row and column are dropped without renormalisation.
+    """
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    total = None
+    count = 0
+    for block in attn:  # accumulate block by block: never holds all blocks' head-means at once
+        head_mean = block.mean(dim=1)  # (B, H, 1+N, 1+N) -> (B, 1+N, 1+N)
+        total = head_mean if total is None else total + head_mean
+        count += 1
+    if total is None:
+        raise ValueError("no attention blocks given")
+    if reduce == "mean":
+        total = total / count
+    return total[:, 1:, 1:]  # (B, 1+N, 1+N) -> (B, N, N)
+
+
+def refine_cam(cam: Tensor, attn_patch: Tensor) -> Tensor:
+    """M*_s = A* . M_s for every class s (eq. 5): (B, S, h, w), (B, N, N) -> (B, S, h, w).
+
+    ``M*[b, s, i] = sum_j A*[b, i, j] M[b, s, j]`` with i, j patch indices in row-major order.
+    """
+    b, s, h, w = cam.shape
+    if attn_patch.shape != (b, h * w, h * w):
+        raise ValueError(f"attention {tuple(attn_patch.shape)} does not match CAM grid {h}x{w}")
+    flat = cam.reshape(b, s, h * w)  # (B, S, h, w) -> (B, S, N)
+    refined = torch.bmm(flat, attn_patch.transpose(1, 2))  # (B, S, N) x (B, N, N) -> (B, S, N)
+    return refined.reshape(b, s, h, w)
+
+
+def refined_cam_from_outputs(outputs: dict) -> Tensor:
+    """M* from a model's outputs (``cam`` (B, S, h, w) and ``attn_sum`` (B, 1+N, 1+N))."""
+    return refine_cam(outputs["cam"], outputs["attn_sum"][:, 1:, 1:])
+
+
+def _pass_sizes(
+    height: int, width: int, scales: Sequence[int], resize: str, multiple: int
+) -> list[tuple[int, int]]:
+    sizes = []
+    for s in scales:
+        if resize == "square":  # the public code ignores the aspect ratio
+            sizes.append((s, s))
+        elif resize == "keep_aspect":  # long side = s, both sides rounded to the patch multiple
+            f = s / max(height, width)
+            sizes.append(
+                (max(multiple, round(height * f / multiple) * multiple),
+                 max(multiple, round(width * f / multiple) * multiple))
+            )
+        else:
+            raise ValueError(f"resize must be 'square' or 'keep_aspect', got {resize!r}")
+    return sizes
+
+
+@torch.no_grad()
+def multiscale_cam(
+    model: nn.Module,
+    image: Tensor,
+    classes: Sequence[int],
+    scales: Sequence[int],
+    *,
+    flip: bool = True,
+    resize: str = "square",
+    batch_passes: bool = True,
+    patch_multiple: int = 16,
+) -> Tensor:
+    """Seed CAMs of one image, exactly as TransCAM infers them.
+
+    ``image``: normalised (3, H, W). For each scale (and its flip), the image is resized, M* is
+    computed, its foreground channels are upsampled bilinearly to (H, W), absent classes are
+    zeroed and flipped passes un-flipped; the passes are summed, ReLU'd and each class is
+    min-max normalised to [0, 1]. Returns (K, H, W) for ``classes`` (1-based indices, K may be
+    0). ``batch_passes`` runs an image's flipped pass in the same batch as the plain one.
+    """
+    h, w = image.shape[-2:]
+    classes = list(classes)
+    total = None
+    for size in _pass_sizes(h, w, scales, resize, patch_multiple):
+        scaled = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        batch = [scaled, scaled.flip(-1)] if flip else [scaled]  # (1, 3, s, s) each
+        groups = [torch.cat(batch)] if batch_passes else batch
+        outs = []
+        for g in groups:
+            outs.append(refined_cam_from_outputs(model(g)))  # (P, S, h', w')
+        cams = torch.cat(outs)  # (P, S, h', w'), P = 2 with flip
+        cams = F.interpolate(cams[:, 1:], size=(h, w), mode="bilinear", align_corners=False)
+        if flip:
+            cams = torch.stack([cams[0], cams[1].flip(-1)])  # un-flip the second pass
+        summed = cams.sum(0)  # (S-1, H, W)
+        total = summed if total is None else total + summed
+    assert total is not None
+    keep = torch.tensor([c - 1 for c in classes], dtype=torch.long)
+    cams = F.relu(total[keep])  # (K, H, W): absent classes dropped (zeroed)
+    return normalize_cams(cams)
+
+
+def normalize_cams(cams: Tensor, eps: float = 1e-5) -> Tensor:
+    """Min-max normalise each class map to [0, 1]: (K, H, W) -> (K, H, W)."""
+    if cams.numel() == 0:
+        return cams
+    flat = cams.reshape(cams.shape[0], -1)
+    lo = flat.min(1).values[:, None, None]
+    hi = flat.max(1).values[:, None, None]
+    return (cams - lo) / (hi - lo + eps)
+
+
+def cams_to_seeds(
+    cams: np.ndarray | Tensor, classes: Sequence[int], threshold: float
+) -> np.ndarray:
+    """Seed labels from normalised CAMs: argmax over classes, below ``threshold`` background.
+
+    ``cams``: (K, H, W) in [0, 1] for the 1-based ``classes``; returns (H, W) uint8/int labels
+    (0 = background). An image with no class (K = 0) is all background.
+    """
+    cams = cams.float().numpy() if isinstance(cams, Tensor) else np.asarray(cams, np.float32)
+    if cams.shape[0] == 0:
+        return np.zeros(cams.shape[1:], np.uint8)
+    keys = np.asarray(list(classes), np.int64)
+    best = cams.argmax(0)
+    peak = cams.max(0)
+    return np.where(peak >= threshold, keys[best], 0).astype(np.uint8)

@@ -1,0 +1,419 @@
+"""MS COCO 2014 for WSSS: semantic masks from instance annotations, image labels, VOC layout.
+
+``prepare_coco2014`` produces a folder that the VOC-layout reader (``bnr.data.voc``) reads
+unchanged, with 81 classes (:data:`COCO_CLASSES`, background first)::
+
+    <data_dir>/downloads/{train2014,val2014,annotations_trainval2014}.zip   verified archives
+    <data_dir>/coco2014/                                                 <- returned root
+        JPEGImages/COCO_train2014_<12 digits>.jpg     all images of both splits, one flat folder
+        JPEGImages/COCO_val2014_<12 digits>.jpg       (ids are unique across splits)
+        annotations/instances_{train,val}2014.json    (and the other json files of the zip)
+        SegmentationClass/<id>.png                    palette PNG, uint8 (H, W), see below
+        ImageSets/Segmentation/train.txt              train2014 ids with >= 1 annotated class
+        ImageSets/Segmentation/val.txt                val2014 ids with >= 1 annotated class
+        cls_labels.json                               {id: sorted class indices 1..80}, every
+                                                      image of the prepared splits
+
+An image id is the file stem, e.g. ``COCO_val2014_000000000042``. With ``existing_root`` set to
+an official COCO folder (``train2014/``, ``val2014/``, ``annotations/``) the same layout is
+built under ``data_dir/coco2014`` with ``JPEGImages/`` entries as symlinks to the existing
+images and ``annotations/`` json files as symlinks (nothing is written into the existing
+folder); an ``existing_root`` that already has this layout is completed in place.
+
+Mask values: 0 background, 1..80 the COCO categories in ascending category-id order, 255
+ignore. Overlaps: non-crowd instances are painted largest area first (ties by annotation id),
+so a smaller instance on top of a larger one keeps its pixels (smaller wins, deterministic).
+Crowd (``iscrowd=1``) regions are 255 (ignored in evaluation, like COCO-Stuff's ``void``)
+except where a non-crowd instance covers them. Image-level labels are the categories of all
+annotations of the image, crowd ones included (the classes visibly present).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnr.data.archives import safe_extract
+from bnr.data.download import fetch_source
+from bnr.data.sources import SOURCES, Source, resolve_source
+from bnr.errors import BnrError
+from bnr.io import write_label_png, write_text
+
+log = logging.getLogger(__name__)
+
+COCO_CLASSES: tuple[str, ...] = (
+    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+    "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+# The official COCO category ids of COCO_CLASSES[1:] (1..90 with 10 gaps).
+COCO_CATEGORY_IDS: tuple[int, ...] = tuple(
+    i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+)
+SPLIT_DIRS = {"train": "train2014", "val": "val2014"}
+ZIP_SOURCES = {"train": "coco2014_train", "val": "coco2014_val"}
+# Official image counts of the 2014 splits (cocodataset.org).
+PUBLISHED_COUNTS = {"train2014_images": 82783, "val2014_images": 40504}
+IGNORE = 255
+
+
+def annotation_path(root: str | os.PathLike[str], split: str) -> Path:
+    """``<root>/annotations/instances_<train|val>2014.json``."""
+    if split not in SPLIT_DIRS:
+        raise BnrError(f"unknown COCO split {split!r} (known: {', '.join(SPLIT_DIRS)})")
+    return Path(root) / "annotations" / f"instances_{SPLIT_DIRS[split]}.json"
+
+
+def load_coco(path: str | os.PathLike[str]) -> Any:
+    """Load an instances json with pycocotools (quietly) after checking its categories."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    if not path.is_file():
+        raise BnrError(f"{path}: COCO annotation file not found")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(path))
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise BnrError(f"{path}: unreadable COCO annotation file ({exc})") from None
+    cats = sorted(coco.cats.values(), key=lambda c: c["id"])
+    got = [(c["id"], c["name"]) for c in cats]
+    want = list(zip(COCO_CATEGORY_IDS, COCO_CLASSES[1:], strict=True))
+    if got != want:
+        diff = next(((g, w) for g, w in zip(got, want, strict=False) if g != w), None)
+        raise BnrError(
+            f"{path}: categories differ from the 80 COCO classes ({len(got)} categories; "
+            f"first difference: {diff})"
+        )
+    return coco
+
+
+def category_index(coco: Any) -> dict[int, int]:
+    """COCO category id -> class index 1..80 (ascending id order)."""
+    return {cat_id: i + 1 for i, cat_id in enumerate(sorted(coco.getCatIds()))}
+
+
+def image_id_name(coco: Any, img_id: int) -> str:
+    """The file stem of COCO image ``img_id`` (our image id)."""
+    return Path(coco.imgs[img_id]["file_name"]).stem
+
+
+def _ann_mask(coco: Any, ann: Mapping[str, Any]) -> np.ndarray | None:
+    if not ann.get("segmentation"):
+        return None
+    return coco.annToMask(ann).astype(bool)
+
+
+def coco_semantic_mask(coco: Any, img_id: int) -> np.ndarray:
+    """Semantic mask of one image: uint8 (H, W), 0 bg, 1..80 classes, 255 crowd-only regions.
+
+    Crowd regions are painted 255 first; non-crowd instances are then painted largest area
+    first (ties: lower annotation id first), so smaller instances win overlaps.
+    """
+    info = coco.imgs[img_id]
+    index = category_index(coco)
+    mask = np.zeros((info["height"], info["width"]), np.uint8)
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id], iscrowd=None))
+    for ann in anns:
+        if ann.get("iscrowd", 0):
+            m = _ann_mask(coco, ann)
+            if m is not None:
+                mask[m] = IGNORE
+    solid = [a for a in anns if not a.get("iscrowd", 0)]
+    for ann in sorted(solid, key=lambda a: (-float(a.get("area", 0.0)), a["id"])):
+        m = _ann_mask(coco, ann)
+        if m is not None:
+            mask[m] = index[ann["category_id"]]
+    return mask
+
+
+def coco_image_labels(coco: Any) -> dict[str, list[int]]:
+    """{image id: sorted class indices 1..80} from all annotations (crowd included)."""
+    index = category_index(coco)
+    labels: dict[str, set[int]] = {image_id_name(coco, i): set() for i in coco.imgs}
+    for ann in coco.anns.values():
+        labels[image_id_name(coco, ann["image_id"])].add(index[ann["category_id"]])
+    return {k: sorted(v) for k, v in labels.items()}
+
+
+_WORKER_COCO: Any = None
+_WORKER_OUT: Path | None = None
+
+
+def _write_one(img_id: int) -> None:
+    out = _WORKER_OUT / f"{image_id_name(_WORKER_COCO, img_id)}.png"  # type: ignore[operator]
+    write_label_png(out, coco_semantic_mask(_WORKER_COCO, img_id))
+
+
+def build_coco_masks(
+    coco_root: str | os.PathLike[str],
+    split: str,
+    *,
+    coco: Any = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write ``SegmentationClass/<id>.png`` for every image of ``split`` ('train' or 'val').
+
+    Masks already present are kept (each is written atomically, so present means complete);
+    a rerun only writes the missing ones. Returns ``{"images", "written", "skipped"}``.
+    """
+    from tqdm import tqdm
+
+    global _WORKER_COCO, _WORKER_OUT
+    root = Path(coco_root)
+    coco = load_coco(annotation_path(root, split)) if coco is None else coco
+    out = root / "SegmentationClass"
+    out.mkdir(parents=True, exist_ok=True)
+    present = {p.name for p in os.scandir(out)} if out.is_dir() else set()
+    todo = [i for i in sorted(coco.imgs) if f"{image_id_name(coco, i)}.png" not in present]
+    _WORKER_COCO, _WORKER_OUT = coco, out
+    try:
+        bar = tqdm(total=len(todo), desc=f"COCO {split} masks", disable=not progress)
+        if workers > 1 and len(todo) > 1:
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(workers) as pool:
+                for _ in pool.imap_unordered(_write_one, todo, chunksize=64):
+                    bar.update()
+        else:
+            for img_id in todo:
+                _write_one(img_id)
+                bar.update()
+        bar.close()
+    finally:
+        _WORKER_COCO, _WORKER_OUT = None, None
+    return {"images": len(coco.imgs), "written": len(todo), "skipped": len(coco.imgs) - len(todo)}
+
+
+def _listing(directory: Path) -> set[str]:
+    return {e.name for e in os.scandir(directory)} if directory.is_dir() else set()
+
+
+def _missing_images(coco: Any, image_dir: Path) -> list[str]:
+    have = _listing(image_dir)
+    return sorted(img["file_name"] for img in coco.imgs.values() if img["file_name"] not in have)
+
+
+def check_coco_layout(
+    root: str | os.PathLike[str], splits: Sequence[str] = ("train", "val"), *, prepared: bool = True
+) -> None:
+    """One-line BnrError naming what a COCO 2014 folder lacks.
+
+    ``prepared=True`` checks the layout this module produces (JPEGImages, annotations,
+    SegmentationClass, split lists, cls_labels.json); ``prepared=False`` the official one
+    (``train2014/``, ``val2014/``, ``annotations/instances_*.json``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BnrError(f"{root}: COCO folder not found")
+    need = [f"annotations/instances_{SPLIT_DIRS[s]}.json" for s in splits]
+    if prepared:
+        need += ["JPEGImages", "SegmentationClass", "cls_labels.json"]
+        need += [f"ImageSets/Segmentation/{s}.txt" for s in splits]
+    else:
+        need += [SPLIT_DIRS[s] for s in splits]
+    missing = [p for p in need if not (root / p).exists()]
+    if missing:
+        kind = "prepared COCO 2014" if prepared else "COCO 2014"
+        raise BnrError(f"{root}: not a complete {kind} folder, missing {', '.join(missing)}")
+    if prepared:
+        have_img, have_mask = _listing(root / "JPEGImages"), _listing(root / "SegmentationClass")
+        for s in splits:
+            path = root / "ImageSets" / "Segmentation" / f"{s}.txt"
+            ids = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+            for sub, have, ext in (
+                ("JPEGImages", have_img, ".jpg"),
+                ("SegmentationClass", have_mask, ".png"),
+            ):
+                lacking = [i for i in ids if f"{i}{ext}" not in have]
+                if lacking:
+                    raise BnrError(
+                        f"{root / sub}: {len(lacking)} of {len(ids)} ids of {s}.txt have no "
+                        f"{ext} file (first: {lacking[0]}{ext})"
+                    )
+
+
+def coco_counts_check(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Image counts of a prepared folder against the official ones, for dataset.json.
+
+    Never fails: differences (e.g. a tiny test set) are lines in ``warnings``.
+    """
+    root = Path(root)
+    images = _listing(root / "JPEGImages")
+    counts: dict[str, int | None] = {
+        "train2014_images": sum(n.startswith("COCO_train2014_") for n in images),
+        "val2014_images": sum(n.startswith("COCO_val2014_") for n in images),
+    }
+    for s in SPLIT_DIRS:
+        path = root / "ImageSets" / "Segmentation" / f"{s}.txt"
+        counts[s] = (
+            sum(1 for ln in path.read_text().splitlines() if ln.strip()) if path.is_file() else None
+        )
+    warnings = [
+        f"{key}: {counts[key]}, the official COCO 2014 set has {expected}"
+        for key, expected in PUBLISHED_COUNTS.items()
+        if counts[key] != expected
+    ]
+    return {
+        "counts": counts,
+        "published_counts": dict(PUBLISHED_COUNTS),
+        "matches_published": not warnings,
+        "warnings": warnings,
+    }
+
+
+def _move_tree_files(src: Path, dst: Path) -> int:
+    """Move every file under ``src`` (recursively) into the flat folder ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for dirpath, _, filenames in os.walk(src):
+        for name in filenames:
+            os.replace(os.path.join(dirpath, name), dst / name)
+            n += 1
+    return n
+
+
+def _fetch_extract_move(
+    name: str, data_dir: Path, target: Path, fetch: Mapping[str, Any], *, progress: bool
+) -> None:
+    src = resolve_source(name, fetch["overrides"], table=fetch["sources"])
+    archive = fetch_source(
+        src,
+        data_dir / "downloads",
+        require_checksum=fetch["require_checksum"],
+        progress=progress,
+        **dict(fetch["download_kwargs"] or {}),
+    )
+    tmp = data_dir / f".extract-{name}"
+    safe_extract(archive, tmp, progress=progress)
+    try:
+        moved = _move_tree_files(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("%s: %d files from %s", target, moved, archive.name)
+
+
+def _link_existing(existing: Path, root: Path, splits: Iterable[str]) -> None:
+    """Fill ``root`` with symlinks to an official COCO folder's images and annotations."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for s in splits:
+        ann = root / "annotations" / f"instances_{SPLIT_DIRS[s]}.json"
+        if not ann.exists():
+            ann.symlink_to(annotation_path(existing, s).resolve())
+    img_dir = root / "JPEGImages"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    have = _listing(img_dir)
+    for s in splits:
+        src_dir = (existing / SPLIT_DIRS[s]).resolve()
+        for entry in os.scandir(src_dir):
+            if entry.name.endswith(".jpg") and entry.name not in have:
+                (img_dir / entry.name).symlink_to(src_dir / entry.name)
+
+
+def prepare_coco2014(
+    data_dir: str | os.PathLike[str],
+    *,
+    sources: Mapping[str, Source] | None = None,
+    mirror_overrides: Mapping[str, Any] | None = None,
+    existing_root: str | os.PathLike[str] | None = None,
+    splits: Sequence[str] = ("train", "val"),
+    workers: int = 1,
+    require_checksum: bool = False,
+    progress: bool = True,
+    download_kwargs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Build the VOC-layout COCO 2014 folder described in the module docstring; return it.
+
+    Downloads (``sources`` table, default :data:`~bnr.data.sources.SOURCES`, with
+    ``mirror_overrides`` from params) only what is missing; every step is skipped when its
+    output is complete, so a rerun after an interruption continues where it stopped.
+    """
+    data_dir = Path(data_dir)
+    for s in splits:
+        if s not in SPLIT_DIRS:
+            raise BnrError(f"unknown COCO split {s!r} (known: {', '.join(SPLIT_DIRS)})")
+    fetch = {
+        "sources": SOURCES if sources is None else sources,
+        "overrides": mirror_overrides,
+        "require_checksum": require_checksum,
+        "download_kwargs": download_kwargs,
+    }
+    root = data_dir / "coco2014"
+    if existing_root is not None:
+        existing = Path(existing_root)
+        if (existing / "JPEGImages").is_dir():
+            root = existing
+            missing = [
+                str(annotation_path(root, s).relative_to(root))
+                for s in splits
+                if not annotation_path(root, s).is_file()
+            ]
+            if missing:
+                raise BnrError(
+                    f"{root}: not a complete COCO 2014 folder, missing {', '.join(missing)}"
+                )
+        else:
+            check_coco_layout(existing, splits, prepared=False)
+            _link_existing(existing, root, splits)
+    elif not all(annotation_path(root, s).is_file() for s in splits):
+        _fetch_extract_move(
+            "coco2014_annotations", data_dir, root / "annotations", fetch, progress=progress
+        )
+        # The zip holds annotations/*.json: moved flat into root/annotations.
+
+    labels: dict[str, list[int]] = {}
+    for s in splits:
+        coco = load_coco(annotation_path(root, s))
+        missing = _missing_images(coco, root / "JPEGImages")
+        if missing and existing_root is None:
+            _fetch_extract_move(
+                ZIP_SOURCES[s], data_dir, root / "JPEGImages", fetch, progress=progress
+            )
+            missing = _missing_images(coco, root / "JPEGImages")
+        if missing:
+            raise BnrError(
+                f"{root / 'JPEGImages'}: {len(missing)} of {len(coco.imgs)} images of "
+                f"{annotation_path(root, s).name} are missing (first: {missing[0]})"
+            )
+        stats = build_coco_masks(root, s, coco=coco, workers=workers, progress=progress)
+        log.info("%s: %s masks %s", root, s, stats)
+        split_labels = coco_image_labels(coco)
+        labels.update(split_labels)
+        ids = sorted(i for i, cls in split_labels.items() if cls)
+        if len(ids) < len(split_labels):
+            log.info(
+                "%s: %d %s images without annotations left out of %s.txt",
+                root,
+                len(split_labels) - len(ids),
+                s,
+                s,
+            )
+        write_text(root / "ImageSets" / "Segmentation" / f"{s}.txt", "".join(f"{i}\n" for i in ids))
+    labels_path = root / "cls_labels.json"
+    if labels_path.is_file():  # keep labels of splits not prepared in this run
+        old = json.loads(labels_path.read_text())
+        labels = {**old, **labels}
+    body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(labels.items()))
+    write_text(labels_path, "{\n" + body + "\n}\n")
+    check_coco_layout(root, splits)
+    for warning in coco_counts_check(root)["warnings"]:
+        log.warning("%s: %s", root, warning)
+    return root

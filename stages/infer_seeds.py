@@ -1,0 +1,32 @@
+"""Stage infer_seeds: multi-scale + flip CAMs (M*) of every image of the inference split."""
+
+from pathlib import Path
+
+import torch
+
+from bnr.config import Params
+from bnr.data.classes import class_names
+from bnr.data.voc import VocSegmentation
+from bnr.seeds import infer_split_cams
+from bnr.stage import run_stage
+from bnr.training import build_cam_model, cam_model_meta, load_checkpoint, load_state_strict
+
+
+def main(params: Params) -> None:
+    torch.manual_seed(params.seed)
+    ckpt = Path("models/cam.pt")
+    state = load_checkpoint(ckpt, cam_model_meta(params))
+    model = build_cam_model(params)
+    load_state_strict(model, state["model"], ckpt)
+    dataset = VocSegmentation(params.data.root, params.data.infer_split,
+                              class_names(params.dataset), with_mask=False)
+    n = infer_split_cams(
+        model, dataset, Path("data/cams"), params.data.infer_scales,
+        flip=params.infer_seeds.flip, resize=params.infer_seeds.resize,
+        batch_passes=params.infer_seeds.batch_passes, patch_multiple=model.cfg.patch_size,
+    )
+    print(f"wrote CAMs of {n} images to data/cams")
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)

@@ -1,0 +1,30 @@
+"""Stage train_cam: train the Conformer CAM network (TransCAM baseline or BNR)."""
+
+from pathlib import Path
+
+from bnr.config import Params
+from bnr.io import write_json
+from bnr.protocol import protocol_record
+from bnr.stage import run_stage, seed_everything
+from bnr.training import train_cam
+
+
+def main(params: Params) -> None:
+    seed_everything(params.seed)
+    summary = train_cam(params, Path("models/cam.pt"), Path("metrics/train_cam"))
+    last = summary["history"][-1] if summary["history"] else {}
+    write_json("metrics/train_cam.json", {
+        "final_epoch_loss": {k: v for k, v in last.items() if k != "epoch"},
+        "epochs": summary["epochs"], "steps": summary["steps"],
+        "train_images": summary["train_images"],
+        "seconds_this_run": summary["seconds_this_run"],
+        "protocol": protocol_record(
+            params, dataset=params.dataset, split=params.data.train_split,
+            method=params.method, noise_scale=params.noise_scale, seed=params.seed,
+            model=params.data.model, pretrained=params.train_cam.pretrained or None,
+        ),
+    })
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnr.cam import aggregate_attention, cams_to_seeds, multiscale_cam, normalize_cams, refine_cam
+
+
+def _attn(blocks, b, heads, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (b, heads, n + 1, n + 1)
+    return [torch.softmax(torch.randn(*shape, generator=g), -1) for _ in range(blocks)]
+
+
+def test_aggregate_attention_matches_einsum():
+    attn = _attn(4, 2, 3, 6)
+    stacked = torch.stack(attn)  # (L, B, H, 1+N, 1+N)
+    a_sum = torch.einsum("lbhij->bij", stacked) / 3  # sum over blocks of the head mean
+    a_mean = a_sum / 4
+    torch.testing.assert_close(aggregate_attention(attn, "sum"), a_sum[:, 1:, 1:])
+    torch.testing.assert_close(aggregate_attention(attn, "mean"), a_mean[:, 1:, 1:])
+    torch.testing.assert_close(aggregate_attention(stacked, "sum"), a_sum[:, 1:, 1:])
+    with pytest.raises(ValueError):
+        aggregate_attention(attn, "max")
+
+
+def test_refine_cam_matches_einsum():
+    g = torch.Generator().manual_seed(1)
+    cam = torch.randn(2, 5, 3, 4, generator=g)
+    attn = torch.rand(2, 12, 12, generator=g)
+    expected = torch.einsum("bij,bsj->bsi", attn, cam.reshape(2, 5, 12)).reshape(2, 5, 3, 4)
+    torch.testing.assert_close(refine_cam(cam, attn), expected)
+    # identity attention leaves the CAM unchanged; a shape mismatch is an error
+    torch.testing.assert_close(refine_cam(cam, torch.eye(12).expand(2, 12, 12)), cam)
+    with pytest.raises(ValueError, match="does not match"):
+        refine_cam(cam, torch.rand(2, 10, 10))
+
+
+def test_cams_to_seeds():
+    cams = np.zeros((2, 2, 3), np.float32)
+    cams[0] = [[0.9, 0.2, 0.1], [0.5, 0.0, 0.3]]
+    cams[1] = [[0.1, 0.8, 0.05], [0.6, 0.0, 0.31]]
+    seeds = cams_to_seeds(cams, [3, 7], threshold=0.3)
+    np.testing.assert_array_equal(seeds, [[3, 7, 0], [7, 0, 7]])
+    np.testing.assert_array_equal(cams_to_seeds(np.zeros((0, 2, 2)), [], 0.1), np.zeros((2, 2)))
+
+
+def test_normalize_cams_range():
+    cams = torch.rand(3, 5, 5) * 7 + 2
+    out = normalize_cams(cams)
+    assert float(out.amin()) == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(out.flatten(1).amax(1), torch.ones(3), atol=1e-4)
+
+
+class FakeCamModel(nn.Module):
+    """Patch-8 model whose CAM is a fixed linear map of the pooled image; random attention."""
+
+    def __init__(self, classes=4, patch=8):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(3, classes, 1)
+        torch.manual_seed(0)
+        nn.init.normal_(self.proj.weight)
+
+    def forward(self, x):
+        cam = self.proj(F.avg_pool2d(x, self.patch))  # (B, S, h, w)
+        n = cam.shape[2] * cam.shape[3]
+        logits = torch.arange((n + 1) ** 2, dtype=torch.float32).reshape(n + 1, n + 1)
+        attn = torch.softmax(torch.sin(logits) * 3, -1).expand(x.shape[0], n + 1, n + 1)
+        return {"cam": cam, "attn_sum": attn * 2}
+
+
+def _reference(model, image, classes, scales, flip):
+    """One pass at a time, written out as the protocol says."""
+    h, w = image.shape[-2:]
+    total = 0
+    for s in scales:
+        for flipped in ([False, True] if flip else [False]):
+            x = F.interpolate(image[None], size=(s, s), mode="bilinear", align_corners=False)
+            if flipped:
+                x = x.flip(-1)
+            out = model(x)
+            a = out["attn_sum"][:, 1:, 1:]
+            m = torch.einsum("bij,bsj->bsi", a, out["cam"].flatten(2)).reshape(out["cam"].shape)
+            m = F.interpolate(m[:, 1:], size=(h, w), mode="bilinear", align_corners=False)[0]
+            total = total + (m.flip(-1) if flipped else m)
+    cams = F.relu(total[[c - 1 for c in classes]])
+    lo = cams.flatten(1).min(1).values[:, None, None]
+    hi = cams.flatten(1).max(1).values[:, None, None]
+    return (cams - lo) / (hi - lo + 1e-5)
+
+
+@pytest.mark.parametrize("batch_passes", [True, False])
+def test_multiscale_cam_matches_reference(batch_passes):
+    model = FakeCamModel().eval()
+    image = torch.randn(3, 20, 28)
+    out = multiscale_cam(model, image, [1, 3], [16, 32], flip=True, batch_passes=batch_passes,
+                         patch_multiple=8)
+    assert out.shape == (2, 20, 28)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    torch.testing.assert_close(out, _reference(model, image, [1, 3], [16, 32], True))
+
+
+def test_multiscale_cam_keep_aspect_and_no_classes():
+    model = FakeCamModel().eval()
+    image = torch.randn(3, 20, 40)
+    out = multiscale_cam(model, image, [2], [32], flip=False, resize="keep_aspect",
+                         patch_multiple=8)
+    assert out.shape == (1, 20, 40)
+    assert multiscale_cam(model, image, [], [32], patch_multiple=8).shape == (0, 20, 40)

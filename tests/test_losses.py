@@ -1,0 +1,86 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnr.losses import bnr_loss, classification_loss, noisy_refined_cam, total_loss
+
+
+def _soft_margin(z, y):
+    """Eq. 8 written out: -mean_s [y log sigmoid(z) + (1 - y) log sigmoid(-z)]."""
+    return -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)).mean(-1).mean()
+
+
+def _inputs(seed=0, b=2, s=4, h=3, w=3, blocks=5):
+    g = torch.Generator().manual_seed(seed)
+    n = h * w
+    heads = torch.softmax(torch.randn(blocks, b, 2, n + 1, n + 1, generator=g), -1)
+    attn_sum = heads.mean(2).sum(0)  # (B, 1+N, 1+N)
+    cam = torch.randn(b, s, h, w, generator=g)
+    labels = torch.tensor([[1, 1, 0, 1], [1, 0, 1, 0]], dtype=torch.float32)
+    return cam, attn_sum, labels, blocks
+
+
+def test_classification_loss_is_one_loss_on_summed_logits():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
+    y = torch.tensor([[1.0, 1, 0, 1], [1, 0, 1, 0]])
+    expected = _soft_margin((a + b)[:, 1:], y[:, 1:])
+    torch.testing.assert_close(classification_loss(a, b, y), expected)
+
+
+@pytest.mark.parametrize("noise_scale", [1.0, 2.0])
+def test_bnr_loss_matches_einsum(noise_scale):
+    cam, attn_sum, labels, blocks = _inputs()
+    a_star = attn_sum[:, 1:, 1:]
+    a_bar_star = a_star / blocks
+    m_star = torch.einsum("bij,bsj->bsi", a_star, cam.flatten(2))
+    m_2star = torch.einsum("bij,bsj->bsi", noise_scale * a_bar_star, m_star)
+    z = m_2star.mean(-1)
+    expected = _soft_margin(z[:, 1:], labels[:, 1:])
+    torch.testing.assert_close(bnr_loss(cam, attn_sum, labels, blocks, noise_scale), expected)
+
+
+def test_noise_scale_zero_is_without_noise():
+    cam, attn_sum, labels, blocks = _inputs()
+    m_star = torch.einsum("bij,bsj->bsi", attn_sum[:, 1:, 1:], cam.flatten(2)).reshape(cam.shape)
+    torch.testing.assert_close(noisy_refined_cam(cam, attn_sum, blocks, 0.0), m_star)
+
+
+def test_gradients_reach_a_star_but_not_a_bar_star():
+    cam, attn_sum, labels, blocks = _inputs()
+    cam.requires_grad_(True)
+    attn_sum.requires_grad_(True)
+    # gradient through the noise path only: differentiate M** w.r.t. attention with M* fixed
+    loss = bnr_loss(cam, attn_sum, labels, blocks, 1.0)
+    (g_attn,) = torch.autograd.grad(loss, attn_sum, retain_graph=True)
+    assert g_attn[:, 1:, 1:].abs().sum() > 0  # A* receives gradient (inside M*)
+    assert g_attn[:, 0].abs().sum() == 0 and g_attn[:, :, 0].abs().sum() == 0  # class token
+    # the same loss with A-bar* replaced by a constant copy has the identical gradient:
+    # so nothing flows through A-bar*
+    a_star = attn_sum[:, 1:, 1:]
+    m_star = torch.einsum("bij,bsj->bsi", a_star, cam.flatten(2))
+    const = (a_star / blocks).detach().clone()
+    z = torch.einsum("bij,bsj->bsi", const, m_star).mean(-1)
+    ref = _soft_margin(z[:, 1:], labels[:, 1:])
+    (g_ref,) = torch.autograd.grad(ref, attn_sum, retain_graph=True)
+    torch.testing.assert_close(g_attn, g_ref)
+    # and if A-bar* were not detached, the gradient would differ
+    z_bad = torch.einsum("bij,bsj->bsi", a_star / blocks, m_star).mean(-1)
+    (g_bad,) = torch.autograd.grad(_soft_margin(z_bad[:, 1:], labels[:, 1:]), attn_sum)
+    assert not torch.allclose(g_bad, g_ref)
+
+
+def test_total_loss_methods():
+    cam, attn_sum, labels, blocks = _inputs()
+    outputs = {"cam": cam, "attn_sum": attn_sum, "cnn_logits": cam.mean((2, 3)),
+               "token_logits": torch.zeros(2, 4)}
+    loss_t, parts_t = total_loss(outputs, labels, "transcam", 1.0, blocks)
+    assert set(parts_t) == {"loss_cls", "loss"}
+    torch.testing.assert_close(loss_t, classification_loss(outputs["cnn_logits"],
+                                                           outputs["token_logits"], labels))
+    loss_b, parts_b = total_loss(outputs, labels, "bnr", 2.0, blocks)
+    expected = loss_t + bnr_loss(cam, attn_sum, labels, blocks, 2.0)
+    torch.testing.assert_close(loss_b, expected)
+    assert parts_b["loss"] == pytest.approx(parts_b["loss_cls"] + parts_b["loss_bnr"], rel=1e-6)
+    with pytest.raises(ValueError):
+        total_loss(outputs, labels, "other", 1.0, blocks)

@@ -1,0 +1,130 @@
+"""Random walk: sparse propagation equals PSA's dense formulation; score preparation; labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from bnr.errors import BnrError
+from bnr.postprocessing.affinity import pair_indices
+from bnr.postprocessing.random_walk import (
+    cams_with_background,
+    downsample_scores,
+    random_walk_dense,
+    random_walk_segmentation,
+    random_walk_sparse,
+    transition_dense,
+    transition_sparse_t,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one thread avoids OpenMP barriers on the shared cores; restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "beta", "logt", "dtype", "tol"),
+    [
+        (9, 13, 14, 7, torch.float64, 1e-10),
+        (9, 13, 8, 8, torch.float64, 1e-10),
+        (10, 12, 14, 5, torch.float32, 1e-5),
+        (7, 9, 8, 3, torch.float32, 1e-5),
+    ],
+)
+def test_sparse_equals_dense(
+    h: int, w: int, beta: float, logt: int, dtype: torch.dtype, tol: float
+) -> None:
+    g = torch.Generator().manual_seed(h * w + logt)
+    src, dst = pair_indices(h, w, 5)
+    aff = (0.5 + 0.5 * torch.rand(src.numel(), generator=g)).to(dtype)
+    cams = torch.rand(5, h, w, generator=g).to(dtype)
+    sparse = random_walk_sparse(cams, aff, src, dst, beta=beta, logt=logt)
+    dense = random_walk_dense(cams, aff, src, dst, beta=beta, logt=logt)
+    assert sparse.shape == dense.shape == (5, h, w)
+    assert sparse.dtype == dtype
+    scale = dense.abs().max()
+    assert ((sparse - dense).abs().max() / scale).item() < tol
+
+
+def test_transition_is_column_stochastic_with_self_loops() -> None:
+    src, dst = pair_indices(5, 9, 5)
+    aff = torch.full((src.numel(),), 0.9, dtype=torch.float64)
+    t = transition_dense(aff, src, dst, 45, beta=2)
+    torch.testing.assert_close(t.sum(dim=0), torch.ones(45, dtype=torch.float64))
+    a = t @ torch.diag(1 / torch.diag(t))  # undo D^-1: diag(T) = 1 / d_j because A_jj = 1
+    torch.testing.assert_close(a, a.T)
+    torch.testing.assert_close(torch.diag(a), torch.ones(45, dtype=torch.float64))
+    assert a[4, 5].item() == pytest.approx(0.81)  # (0,4)-(0,5): 0.9 ** 2
+    assert a[0, 1].item() == 0.0  # (0,0)-(0,1) is outside PSA's cropped pair set
+    tt = transition_sparse_t(aff, src, dst, 45, beta=2).to_dense()
+    torch.testing.assert_close(tt, t.T)
+
+
+def test_scores_with_background() -> None:
+    cams = np.array([[[0.2, 1.0]], [[0.5, 0.0]]], np.float32)
+    fixed = cams_with_background(cams, bg_score=0.42)
+    assert fixed.shape == (3, 1, 2)
+    torch.testing.assert_close(fixed[0], torch.full((1, 2), 0.42))
+    psa = cams_with_background(cams, bg_power=16)
+    torch.testing.assert_close(psa[0], torch.tensor([[0.5**16, 0.0]]))
+
+
+def test_downsample_pads_with_zeros_then_averages() -> None:
+    scores = torch.ones(1, 3, 10)
+    down = downsample_scores(scores, 8)
+    assert down.shape == (1, 1, 2)
+    torch.testing.assert_close(down[0, 0], torch.tensor([24 / 64, 6 / 64]))
+
+
+def _two_region_affinities(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    src, dst = pair_indices(h, w, 5)
+    left = (src % w) < w // 2
+    same = left == ((dst % w) < w // 2)
+    aff = torch.where(same, torch.tensor(0.99), torch.tensor(0.01))
+    return aff, src, dst
+
+
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+def test_segmentation_spreads_a_seed_over_its_region(method: str) -> None:
+    h, w = 10, 16  # node grid; image 80 x 128
+    aff, src, dst = _two_region_affinities(h, w)
+    cams = np.zeros((1, 80, 128), np.float32)
+    cams[0, 16:64, 8:48] = 1.0  # a seed covering about half of the left region only
+    labels = random_walk_segmentation(
+        cams, [12], aff, src, dst, beta=8, logt=6, bg_score=0.2, method=method
+    )
+    assert labels.shape == (80, 128) and labels.dtype == np.uint8
+    # spread over the left half (PSA's cropped pair set leaves a few corner nodes isolated,
+    # e.g. the first 4 nodes of the top row, so rows near the top/bottom edge are skipped)
+    assert (labels[16:64, :56] == 12).all()
+    assert (labels[:, 72:] == 0).all()  # the right half stays background
+
+
+def test_segmentation_sparse_matches_dense_labels() -> None:
+    g = torch.Generator().manual_seed(3)
+    h, w = 8, 11
+    src, dst = pair_indices(h, w, 5)
+    aff = 0.6 + 0.4 * torch.rand(src.numel(), generator=g)
+    cams = torch.rand(2, 60, 85, generator=g).numpy()
+    kw = {"beta": 14, "logt": 7, "bg_score": 0.42}
+    a = random_walk_segmentation(cams, [1, 4], aff, src, dst, method="sparse", **kw)
+    b = random_walk_segmentation(cams, [1, 4], aff, src, dst, method="dense", **kw)
+    assert a.shape == (60, 85)
+    assert (a == b).mean() > 0.999
+    assert set(np.unique(a)) <= {0, 1, 4}
+
+
+def test_mismatched_pairs_raise() -> None:
+    src, dst = pair_indices(6, 10, 5)
+    with pytest.raises(BnrError, match="affinities for"):
+        random_walk_sparse(torch.rand(2, 6, 10), torch.rand(3), src, dst)
+    with pytest.raises(BnrError, match="exceed"):
+        random_walk_dense(torch.rand(2, 5, 10), torch.rand(src.numel()), src, dst)
