@@ -49,9 +49,27 @@ def refine_cam(cam: Tensor, attn_patch: Tensor) -> Tensor:
     return refined.reshape(b, s, h, w)
 
 
-def refined_cam_from_outputs(outputs: dict) -> Tensor:
-    """M* from a model's outputs (``cam`` (B, S, h, w) and ``attn_sum`` (B, 1+N, 1+N))."""
-    return refine_cam(outputs["cam"], outputs["attn_sum"][:, 1:, 1:])
+CAM_SOURCES = ("transcam", "conv", "clsattn", "attnagg")
+
+
+def cam_from_outputs(outputs: dict, source: str = "transcam") -> Tensor:
+    """The map seeds are made from, (B, S, h, w), from ``cam`` M and ``attn_sum`` A.
+
+    ``transcam`` (the paper): M* = A* . M. The others are the alternatives of the public
+    TransCAM code, for diagnosis: ``conv`` = M alone; ``clsattn`` = the class-token row of A
+    (its patch part, reshaped to the grid) times M; ``attnagg`` = A*^T . M.
+    """
+    cam, attn = outputs["cam"], outputs["attn_sum"]
+    if source == "transcam":
+        return refine_cam(cam, attn[:, 1:, 1:])
+    if source == "conv":
+        return cam
+    if source == "clsattn":
+        b, _, h, w = cam.shape
+        return attn[:, 0, 1:].reshape(b, 1, h, w) * cam  # (B, N) -> (B, 1, h, w), broadcast
+    if source == "attnagg":
+        return refine_cam(cam, attn[:, 1:, 1:].transpose(1, 2))
+    raise ValueError(f"source must be one of {', '.join(CAM_SOURCES)}, got {source!r}")
 
 
 def _pass_sizes(
@@ -83,8 +101,9 @@ def multiscale_cam(
     resize: str = "square",
     batch_passes: bool = True,
     patch_multiple: int = 16,
+    source: str = "transcam",
 ) -> Tensor:
-    """Seed CAMs of one image, exactly as TransCAM infers them.
+    """Seed CAMs of one image, exactly as TransCAM infers them (``source``: cam_from_outputs).
 
     ``image``: normalised (3, H, W). For each scale (and its flip), the image is resized, M* is
     computed, its foreground channels are upsampled bilinearly to (H, W), absent classes are
@@ -101,7 +120,7 @@ def multiscale_cam(
         groups = [torch.cat(batch)] if batch_passes else batch
         outs = []
         for g in groups:
-            outs.append(refined_cam_from_outputs(model(g)))  # (P, S, h', w')
+            outs.append(cam_from_outputs(model(g), source))  # (P, S, h', w')
         cams = torch.cat(outs)  # (P, S, h', w'), P = 2 with flip
         cams = F.interpolate(cams[:, 1:], size=(h, w), mode="bilinear", align_corners=False)
         if flip:

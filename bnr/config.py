@@ -249,6 +249,7 @@ class InferSeedsConfig:
     flip: bool = spec(boolean(), True)
     resize: str = spec(choice("square", "keep_aspect"), "square")
     batch_passes: bool = spec(boolean(), True)  # run the flips of a scale as one batch
+    source: str = spec(choice("transcam", "conv", "clsattn", "attnagg"), "transcam")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ def infer_split_cams(
     resize: str = "square",
     batch_passes: bool = True,
     patch_multiple: int = 16,
+    source: str = "transcam",
     progress: bool = True,
 ) -> int:
     """Write the seed CAMs of every image of ``dataset`` into ``out_dir`` (atomically)."""
@@ -43,7 +44,8 @@ def infer_split_cams(
             image, _ = to_tensor(item["image"], None)
             classes = [int(c) for c in torch.nonzero(item["labels"][1:]).flatten() + 1]
             cams = multiscale_cam(model, image, classes, scales, flip=flip, resize=resize,
-                                  batch_passes=batch_passes, patch_multiple=patch_multiple)
+                                  batch_passes=batch_passes, patch_multiple=patch_multiple,
+                                  source=source)
             np.savez(tmp / f"{item['id']}.npz", classes=np.asarray(classes, np.int64),
                      cams=cams.numpy().astype(np.float16))
     return len(dataset)

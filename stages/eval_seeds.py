@@ -44,6 +44,7 @@ def main(params: Params) -> None:
             params, dataset=params.dataset, split=data.seed_eval_split,
             images=len(dataset.ids), ground_truth=data.gt_dir, scales=list(data.infer_scales),
             flip=params.infer_seeds.flip, resize=params.infer_seeds.resize, crf=False,
+            cam_source=params.infer_seeds.source,
             threshold="swept", thresholds=[float(thresholds[0]), float(thresholds[-1]),
                                            cfg.threshold_step],
             method=params.method, noise_scale=params.noise_scale, seed=params.seed,

@@ -24,6 +24,7 @@ def main(params: Params) -> None:
         model, dataset, Path("data/cams"), params.data.infer_scales,
         flip=params.infer_seeds.flip, resize=params.infer_seeds.resize,
         batch_passes=params.infer_seeds.batch_passes, patch_multiple=model.cfg.patch_size,
+        source=params.infer_seeds.source,
     )
     print(f"wrote CAMs of {n} images to data/cams")
 

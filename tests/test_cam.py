@@ -4,7 +4,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnr.cam import aggregate_attention, cams_to_seeds, multiscale_cam, normalize_cams, refine_cam
+from bnr.cam import (
+    aggregate_attention,
+    cam_from_outputs,
+    cams_to_seeds,
+    multiscale_cam,
+    normalize_cams,
+    refine_cam,
+)
 
 
 def _attn(blocks, b, heads, n, seed=0):
@@ -109,3 +116,22 @@ def test_multiscale_cam_keep_aspect_and_no_classes():
                          patch_multiple=8)
     assert out.shape == (1, 20, 40)
     assert multiscale_cam(model, image, [], [32], patch_multiple=8).shape == (0, 20, 40)
+
+
+def test_cam_sources_match_einsum():
+    g = torch.Generator().manual_seed(2)
+    cam = torch.randn(2, 3, 2, 3, generator=g)
+    attn = torch.rand(2, 7, 7, generator=g)
+    a_star = attn[:, 1:, 1:]
+    flat = cam.flatten(2)
+    expected = {
+        "transcam": torch.einsum("bij,bsj->bsi", a_star, flat).reshape(cam.shape),
+        "attnagg": torch.einsum("bji,bsj->bsi", a_star, flat).reshape(cam.shape),
+        "clsattn": (attn[:, 0, 1:, None] * flat.transpose(1, 2)).transpose(1, 2).reshape(
+            cam.shape),
+        "conv": cam,
+    }
+    for source, value in expected.items():
+        torch.testing.assert_close(cam_from_outputs({"cam": cam, "attn_sum": attn}, source), value)
+    with pytest.raises(ValueError, match="source must be one of"):
+        cam_from_outputs({"cam": cam, "attn_sum": attn}, "gradcam")
