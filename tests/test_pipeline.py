@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 def tiny_params(raw: dict) -> dict:
     raw["download"]["synthetic"].update(num_train=12, num_val=4, image_size=64, clutter=4)
     raw["datasets"]["synthetic"].update(
-        crop_size=64, resize_long=[48, 80], epochs=1, batch_size=4, infer_scales=[32, 64]
+        crop_size=64, resize_long=[48, 80], epochs=1, batch_size=4, infer_scales=[32, 64],
+        affinity_crop=72, affinity_epochs=1, affinity_batch_size=4,
     )
     return raw
 
@@ -79,6 +80,9 @@ def test_dvc_repro_end_to_end(clone):
     assert (clone / "metrics" / "seeds_threshold.csv").read_text().startswith("threshold,miou")
     assert list((clone / "metrics" / "overlays" / "seeds").glob("*.png"))
     assert (clone / "metrics" / "train_cam" / "plots" / "metrics").is_dir()
+    pseudo = json.loads((clone / "metrics" / "pseudo_labels.json").read_text())
+    assert {"miou_seeds", "miou_random_walk", "miou_crf", "protocol"} <= set(pseudo)
+    assert len(list((clone / "data" / "pseudo_labels").glob("*.png"))) == 12
     # a second repro has nothing to do
     again = _run(["dvc", "repro"], clone, env)
     assert "didn't change" in again or "up to date" in again

@@ -1,0 +1,37 @@
+"""Stage train_affinity: train PSA's AffinityNet on affinity labels from the seed CAMs."""
+
+from pathlib import Path
+
+from bnr.config import Params
+from bnr.io import write_json
+from bnr.protocol import protocol_record
+from bnr.psa import train_affinity
+from bnr.stage import run_stage, seed_everything
+
+
+def main(params: Params) -> None:
+    seed_everything(params.seed)
+    summary = train_affinity(params, Path("models/affinity.pt"), Path("metrics/train_affinity"))
+    last = summary["history"][-1] if summary["history"] else {}
+    cfg, data = params.train_affinity, params.data
+    write_json("metrics/train_affinity.json", {
+        "final_epoch_loss": {k: v for k, v in last.items() if k not in ("epoch", "seconds")},
+        "epochs": summary["epochs"], "steps": summary["steps"],
+        "train_images": summary["train_images"],
+        "affinity_labels": summary["affinity_labels"],
+        "epoch_seconds": [h["seconds"] for h in summary["history"]],
+        "label_seconds": summary["label_seconds"],
+        "seconds_this_run": summary["seconds_this_run"],
+        "protocol": protocol_record(
+            params, dataset=params.dataset, split=data.infer_split, cams="data/cams",
+            method=params.method, noise_scale=params.noise_scale, seed=params.seed,
+            model=data.affinity_model, pretrained=cfg.pretrained or None,
+            crop=data.affinity_crop, batch_size=data.affinity_batch_size, lr=data.affinity_lr,
+            low_bg=cfg.low_bg, high_bg=cfg.high_bg, radius=cfg.radius,
+            crf={k: v for k, v in vars(params.crf).items() if k != "workers"},
+        ),
+    })
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)

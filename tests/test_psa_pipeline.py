@@ -1,0 +1,225 @@
+"""PSA post-processing end to end on a tiny synthetic set: affinity training (1 epoch,
+resnet38d_tiny), sparse random walk, dense CRF, pseudo-label evaluation, and the clear errors."""
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from bnr.config import parse_params
+from bnr.data.synthetic import SyntheticSpec, generate_synthetic
+from bnr.data.voc import read_split
+from bnr.errors import BnrError
+from bnr.psa import (
+    build_affinity_model,
+    crf_split,
+    evaluate_pseudo_labels,
+    load_affinity_model,
+    random_walk_split,
+)
+from tests.conftest import REPO
+
+SIZE = 96  # 12 x 12 AffinityNet grid: the radius-5 pairs need at least 5 x 9
+
+
+def fake_cams(root: Path, cam_dir: Path, empty: str) -> None:
+    """CAMs from the ground truth: blurred class masks (image ``empty``: no class at all)."""
+    cam_dir.mkdir(parents=True)
+    for img_id in read_split(root, "train"):
+        gt = np.asarray(Image.open(root / "SegmentationClass" / f"{img_id}.png"))
+        classes = [] if img_id == empty else sorted(int(c) for c in np.unique(gt) if 0 < c < 255)
+        cams = []
+        for c in classes:
+            m = (gt == c).astype(np.float32)
+            m = (m + np.roll(m, 3, 0) + np.roll(m, -3, 1)) / 3  # a little blur, still in [0, 1]
+            cams.append(m)
+        arr = np.stack(cams) if cams else np.zeros((0, *gt.shape), np.float32)
+        np.savez(cam_dir / f"{img_id}.npz", classes=np.asarray(classes, np.int64),
+                 cams=arr.astype(np.float16))
+
+
+def tiny_params(root: Path, workers: int = 2):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["dataset"] = "synthetic"
+    raw["datasets"]["synthetic"].update(
+        root=str(root), affinity_model="resnet38d_tiny", affinity_crop=SIZE, affinity_epochs=1,
+        affinity_batch_size=3,
+    )
+    raw["crf"]["workers"] = workers
+    raw["random_walk"]["logt"] = 4
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A working directory laid out like the repository after the CAM stages."""
+    work = tmp_path_factory.mktemp("psa")
+    root = work / "data" / "synthetic"
+    generate_synthetic(root, SyntheticSpec(num_train=6, num_val=1, image_size=SIZE, clutter=4))
+    empty = read_split(root, "train")[0]
+    fake_cams(root, work / "data" / "cams", empty)
+    (work / "metrics").mkdir()
+    (work / "metrics" / "seeds.json").write_text(json.dumps({"best_threshold": 0.3}))
+    return work
+
+
+def _stage(name: str):
+    return importlib.import_module(f"stages.{name}")
+
+
+def check_labels(folder: Path, ids, n_classes: int) -> None:
+    assert sorted(p.stem for p in folder.iterdir()) == sorted(ids)
+    for img_id in ids:
+        with Image.open(folder / f"{img_id}.png") as im:
+            assert im.mode == "P" and im.size == (SIZE, SIZE)
+            assert im.getpalette()[3:6] == [128, 0, 0]  # VOC palette
+            arr = np.asarray(im)
+        assert arr.max() < n_classes
+
+
+def test_stages_end_to_end(work: Path, monkeypatch) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("DVCLIVE_LOGLEVEL", "ERROR")
+    params = tiny_params(work / "data" / "synthetic")
+    ids = read_split(params.data.root, "train")
+
+    _stage("train_affinity").main(params)
+    assert Path("models/affinity.pt").is_file()
+    summary = json.loads(Path("metrics/train_affinity.json").read_text())
+    assert summary["epochs"] == 1 and summary["train_images"] == 6
+    assert summary["affinity_labels"]["all_background"] >= 1
+    assert summary["protocol"]["model"] == "resnet38d_tiny"
+    assert Path("metrics/train_affinity/plots/metrics").is_dir()
+    assert not any(Path("runs/train_affinity").iterdir())  # resume dir removed when finished
+
+    _stage("random_walk").main(params)
+    check_labels(Path("data/rw_labels"), ids, 7)
+    assert not np.asarray(Image.open(f"data/rw_labels/{ids[0]}.png")).any()  # no-fg image
+
+    _stage("crf").main(params)
+    check_labels(Path("data/pseudo_labels"), ids, 7)
+    metrics = json.loads(Path("metrics/pseudo_labels.json").read_text())
+    for key in ("miou_seeds", "miou_random_walk", "miou_crf"):
+        assert 0 <= metrics[key] <= 100
+    assert metrics["miou_seeds"] > 20  # seeds from the ground truth
+    assert metrics["all_background_images"] >= 1
+    proto = metrics["protocol"]
+    assert proto["dataset"] == "synthetic" and proto["split"] == "train"
+    assert proto["ground_truth"] == "SegmentationClass" and proto["seed"] == 0
+    assert proto["beta"] == 14 and proto["logt"] == 4 and proto["bg_score"] == 0.42
+    assert proto["crf"]["gt_prob"] == 0.7 and "noise_scale" in proto and "method" in proto
+    table = Path("metrics/pseudo_labels_per_class.csv").read_text().splitlines()
+    assert table[0].startswith("class,seeds,random_walk,crf") and len(table) == 1 + 7 + 1
+    assert Path("metrics/pseudo_labels_per_class.md").is_file()
+
+    # the evaluation alone reproduces the stage's numbers
+    again, _ = evaluate_pseudo_labels(params, progress=False)
+    assert again["miou_crf"] == metrics["miou_crf"]
+
+
+def _fail_on_second(payload):
+    if str(payload[1]).endswith("_000001.png"):
+        raise ValueError("boom")
+    from bnr.psa import _crf_one
+
+    return _crf_one(payload)
+
+
+def _die_on_second(payload):
+    if str(payload[1]).endswith("_000001.png"):
+        os._exit(3)
+    from bnr.psa import _crf_one
+
+    return _crf_one(payload)
+
+
+@pytest.mark.parametrize("fn, words", [(_fail_on_second, "boom"), (_die_on_second, "died")])
+def test_crf_worker_failure_names_image(work: Path, tmp_path: Path, fn, words) -> None:
+    params = tiny_params(work / "data" / "synthetic", workers=2)
+    ids = read_split(params.data.root, "train")
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    for img_id in ids:
+        Image.fromarray(np.zeros((SIZE, SIZE), np.uint8) + 1, mode="L").save(rw / f"{img_id}.png")
+    out = tmp_path / "pseudo"
+    with pytest.raises(BnrError, match=f"syn_train_000001.*{words}|{words}.*syn_train_000001"):
+        crf_split(params, ids, rw, out, progress=False, fn=fn)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pseudo")] == []
+
+
+def test_missing_checkpoint_is_one_line(work: Path, tmp_path: Path) -> None:
+    params = tiny_params(work / "data" / "synthetic")
+    with pytest.raises(BnrError, match="affinity checkpoint not found") as info:
+        load_affinity_model(params, tmp_path / "affinity.pt")
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_shape_cam_is_clear(work: Path, tmp_path: Path) -> None:
+    params = tiny_params(work / "data" / "synthetic")
+    ids = read_split(params.data.root, "train")
+    cam_dir = tmp_path / "cams"
+    cam_dir.mkdir()
+    np.savez(cam_dir / f"{ids[1]}.npz", classes=np.asarray([1]),
+             cams=np.zeros((1, SIZE, SIZE + 8), np.float16))
+    model = build_affinity_model("resnet38d_tiny")
+    out = tmp_path / "rw"
+    with pytest.raises(BnrError, match=f"{ids[1]}.npz.*differs from its image"):
+        random_walk_split(params, model, [ids[1]], out, cam_dir=cam_dir, progress=False)
+    assert not out.exists()
+
+
+def test_affinity_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    import torch
+
+    from bnr.psa import train_affinity
+    from bnr.training import load_checkpoint
+
+    params = tiny_params(work / "data" / "synthetic")
+    params = dataclasses.replace(
+        params, data=dataclasses.replace(params.data, affinity_epochs=2)
+    )
+    kw = {"cam_dir": work / "data" / "cams", "progress": False}
+    train_affinity(params, tmp_path / "a.pt", tmp_path / "a", run_root=tmp_path / "ra", **kw)
+    stopped = train_affinity(params, tmp_path / "b.pt", tmp_path / "b", run_root=tmp_path / "rb",
+                             stop_after_epoch=1, **kw)
+    assert stopped == {"interrupted_at_epoch": 1} and not (tmp_path / "b.pt").exists()
+    train_affinity(params, tmp_path / "b.pt", tmp_path / "b", run_root=tmp_path / "rb", **kw)
+    a = load_checkpoint(tmp_path / "a.pt", {"kind": "affinity"})["model"]
+    b = load_checkpoint(tmp_path / "b.pt", {"kind": "affinity"})["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_random_walk_small_image_and_small_crop(tmp_path: Path) -> None:
+    """Images under 72 px (radius 5 needs a 5 x 9 grid) are padded; a tiny crop is refused."""
+    root = tmp_path / "syn"
+    generate_synthetic(root, SyntheticSpec(num_train=2, num_val=1, image_size=48, clutter=2))
+    fake_cams(root, tmp_path / "cams", empty="")
+    params = tiny_params(root)
+    ids = read_split(root, "train")
+    out = tmp_path / "rw"
+    stats = random_walk_split(params, build_affinity_model("resnet38d_tiny"), ids, out,
+                              cam_dir=tmp_path / "cams", progress=False)
+    assert stats["images"] == 2
+    for img_id in ids:
+        with Image.open(out / f"{img_id}.png") as im:
+            assert im.mode == "P" and im.size == (48, 48)
+    from bnr.psa import train_affinity
+
+    with pytest.raises(BnrError, match="affinity_crop 48 is too small"):
+        train_affinity(tiny_params_crop(root, 48), tmp_path / "a.pt", tmp_path / "c",
+                       cam_dir=tmp_path / "cams", run_root=tmp_path / "runs", progress=False)
+
+
+def tiny_params_crop(root: Path, crop: int):
+    import dataclasses
+
+    params = tiny_params(root)
+    return dataclasses.replace(params, data=dataclasses.replace(params.data, affinity_crop=crop))
