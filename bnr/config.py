@@ -207,6 +207,16 @@ class DatasetConfig:
     affinity_epochs: int = spec(integer(1), 8)
     affinity_batch_size: int = spec(integer(1), 8)
     affinity_lr: float = spec(number(0, lo_open=True), 0.01)
+    segmenter_backbone: str = spec(string(allow_empty=False), "resnet38d")  # LargeFOV backbone
+    segmenter_crop: int = spec(integer(16), 448)
+    segmenter_iterations: int = spec(integer(1), 20000)
+    segmenter_batch_size: int = spec(integer(1), 10)
+    segmenter_lr: float = spec(number(0, lo_open=True), 1e-3)
+    segmenter_resize_scale: tuple = spec(number_list(number(0, lo_open=True), 2, 2, ordered=True),
+                                         (0.5, 1.5))
+    eval_scales: tuple = spec(number_list(number(0, lo_open=True), 1, 8),
+                              (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
+    test_split: str = spec(string(), "")  # predictions for an evaluation server ("" = none)
     name: str = ""  # filled from the block's key
 
 
@@ -291,6 +301,24 @@ class CrfConfig:
     workers: int = spec(integer(0), 0)  # 0 = all available cores
 
 
+@dataclass(frozen=True)
+class TrainSegmenterConfig:
+    arch: str = spec(choice("largefov", "deeplabv3_resnet101"), "largefov")
+    pretrained: str = spec(string(), "")  # ImageNet backbone weights; "" = from scratch
+    momentum: float = spec(number(0, 1), 0.9)
+    weight_decay: float = spec(number(0), 5e-4)
+    poly_power: float = spec(number(0), 0.9)
+    num_workers: int = spec(integer(0), 0)
+    log_every: int = spec(integer(1), 10)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    flip: bool = spec(boolean(), True)
+    crf: bool = spec(boolean(), False)  # dense CRF on the predictions (settings: crf block)
+    overlays: int = spec(integer(0, 64), 6)
+
+
 STAGE_BLOCKS: dict[str, type] = {
     "download": DownloadConfig,
     "train_cam": TrainCamConfig,
@@ -299,6 +327,8 @@ STAGE_BLOCKS: dict[str, type] = {
     "train_affinity": TrainAffinityConfig,
     "random_walk": RandomWalkConfig,
     "crf": CrfConfig,
+    "train_segmenter": TrainSegmenterConfig,
+    "evaluate": EvaluateConfig,
 }
 
 
@@ -316,6 +346,8 @@ class Params:
     train_affinity: TrainAffinityConfig
     random_walk: RandomWalkConfig
     crf: CrfConfig
+    train_segmenter: TrainSegmenterConfig
+    evaluate: EvaluateConfig
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def protocol(self) -> dict:
