@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Paper Table 5 on the current dataset: queue every arm x seed (x seed-map source) as a DVC
+# experiment up to eval_seeds, run the queue, then print mean and spread of seed mIoU per arm.
+#   SEEDS="0 1 2" SOURCES="transcam clsattn" JOBS=1 bash scripts/table5.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEEDS=${SEEDS:-"0 1 2"}
+SOURCES=${SOURCES:-"transcam"}
+ARMS=("method=transcam" "method=bnr noise_scale=0.0" "method=bnr noise_scale=1.0"
+      "method=bnr noise_scale=2.0")
+for src in $SOURCES; do
+  for seed in $SEEDS; do
+    for arm in "${ARMS[@]}"; do
+      args=()
+      for kv in $arm; do args+=(-S "$kv"); done
+      dvc exp run --queue "${args[@]}" -S "seed=$seed" -S "infer_seeds.source=$src" eval_seeds
+    done
+  done
+done
+dvc queue start -j "${JOBS:-1}"
+while dvc queue status | grep -qE "Queued|Running"; do sleep 30; done
+dvc queue status
+out=$(mktemp)
+dvc exp show --csv > "$out"
+python -m bnr.experiments "$out" $SOURCES
