@@ -1,0 +1,173 @@
+"""The ``bnr`` command: ``bnr predict`` labels images with a trained checkpoint (CPU).
+
+::
+
+    bnr predict --checkpoint models/segmenter.pt [--scales 0.75 1.0 1.25] [--flip] \\
+        INPUT... --out DIR
+    bnr predict --checkpoint models/cam.pt --classes 1,3 --threshold 0.3 [--sizes 64 128] \\
+        INPUT... --out DIR
+
+INPUT: image files or folders (their .jpg/.jpeg/.png/.bmp files, sorted). For each image
+``<name>.png`` (VOC palette labels) and ``<name>_overlay.png`` (labels blended over the image)
+are written to DIR. The checkpoint kind is read from the file: a segmenter (train_segmenter)
+gives a segmentation; a CAM network (train_cam) gives seed labels from the TransCAM multi-scale
+CAMs of the given image-level ``--classes`` (1-based), background below ``--threshold``.
+A user error (unreadable image, bad checkpoint, missing option) is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bnr.errors import BnrError
+from bnr.io import read_image, write_label_png
+from bnr.visualize import colorize_labels
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+EXIT_USER_ERROR = 2
+
+
+def collect_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Image files of ``inputs`` (files as given, folders expanded); error if none / missing."""
+    out: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir()
+                          if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise BnrError(f"{path}: input not found")
+    if not out:
+        raise BnrError("no input images found in " + ", ".join(inputs))
+    return out
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int]:
+    """``"1,3"`` -> [1, 3] (1-based foreground indices, each < ``num_classes``)."""
+    if text is None:
+        raise BnrError("a CAM checkpoint needs --classes (comma-separated 1-based class indices "
+                       "present in the images) and --threshold (background threshold in [0, 1])")
+    try:
+        classes = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise BnrError(f"--classes must be comma-separated integers, got {text!r}") from None
+    bad = [c for c in classes if not 0 < c < num_classes]
+    if bad:
+        raise BnrError(f"--classes: {bad[0]} is not a foreground class index "
+                       f"(1..{num_classes - 1})")
+    return classes
+
+
+def load_any_checkpoint(path: Path) -> tuple[str, torch.nn.Module, dict]:
+    """``(kind, model in eval mode, checkpoint)`` of a segmenter or CAM checkpoint."""
+    from bnr.training import load_checkpoint, load_state_strict
+
+    path = Path(path)
+    if not path.is_file():
+        raise BnrError(f"{path}: checkpoint not found")
+    state = load_checkpoint(path, {})
+    kind = state["meta"].get("kind")
+    if kind == "segmenter":
+        from bnr.segmentation import segmenter_from_checkpoint
+
+        return kind, segmenter_from_checkpoint(path), state
+    if kind == "cam":
+        from bnr.models.conformer import create_conformer
+
+        meta = state["meta"]
+        model = create_conformer(meta["preset"], num_classes=int(meta["num_classes"]))
+        load_state_strict(model, state["model"], path)
+        model.eval()
+        return kind, model, state
+    raise BnrError(f"{path}: checkpoint kind {kind!r} cannot predict (need a segmenter or CAM "
+                   "checkpoint)")
+
+
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8 image with the (H, W) labels blended in their VOC colours (background
+    pixels keep the image)."""
+    colour = colorize_labels(label).astype(np.float32)
+    blend = image.astype(np.float32) * (1 - alpha) + colour * alpha
+    keep = (label == 0)[..., None]
+    return np.where(keep, image, blend).astype(np.uint8)
+
+
+def predict(args: argparse.Namespace) -> int:
+    from bnr.data.transforms import EvalTransform
+
+    images = collect_inputs(args.inputs)
+    kind, model, state = load_any_checkpoint(Path(args.checkpoint))
+    out = Path(args.out)
+    if kind == "cam":
+        from bnr.cam import cams_to_seeds, multiscale_cam
+
+        num_classes = int(state["meta"]["num_classes"])
+        classes = parse_classes(args.classes, num_classes)
+        if args.threshold is None:
+            raise BnrError("a CAM checkpoint needs --threshold (background threshold in [0, 1], "
+                           "e.g. best_threshold of metrics/seeds.json)")
+        sizes = args.sizes or list(
+            (state.get("protocol") or {}).get("data", {}).get("infer_scales") or [256])
+        multiple = getattr(getattr(model, "cfg", None), "patch_size", 16)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in images:
+        image = read_image(path)  # unreadable -> BnrError naming the file
+        x, _ = EvalTransform()(image, None)  # (3, H, W)
+        with torch.no_grad():
+            if kind == "segmenter":
+                from bnr.segmentation import multiscale_predict
+
+                probs = multiscale_predict(model, x, args.scales, args.flip)  # (S, H, W)
+                label = probs.argmax(0).numpy().astype(np.uint8)
+            else:
+                cams = multiscale_cam(model, x, classes, sizes, flip=args.flip,
+                                      patch_multiple=multiple)  # (K, H, W)
+                label = cams_to_seeds(cams, classes, args.threshold)
+        write_label_png(out / f"{path.stem}.png", label)
+        Image.fromarray(overlay(image, label)).save(out / f"{path.stem}_overlay.png")
+        print(f"{path} -> {out / (path.stem + '.png')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnr", description="bnr: BNR weakly supervised "
+                                     "semantic segmentation tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="label images with a segmenter or CAM checkpoint",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="models/segmenter.pt or models/cam.pt")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--scales", nargs="+", type=float, default=[1.0],
+                   help="segmenter: resize factors averaged (default 1.0)")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
+    p.add_argument("--classes", help="CAM: comma-separated 1-based classes in the images")
+    p.add_argument("--threshold", type=float, help="CAM: background threshold in [0, 1]")
+    p.add_argument("--sizes", nargs="+", type=int,
+                   help="CAM: square side lengths (default: the checkpoint's infer_scales)")
+    p.set_defaults(func=predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bnr`` console script; returns (and exits with) the exit code."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except BnrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_USER_ERROR
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,226 @@
+"""``metrics/report.md``: our numbers next to the paper's at every step, plus the experiments.
+
+Steps (mIoU %): seeds (``metrics/seeds.json`` ``miou``), after the random walk and after the
+CRF (``metrics/pseudo_labels.json`` ``miou_random_walk`` / ``miou_crf``; the paper's "+PSA"
+column is random walk + CRF, so it sits on the CRF row), segmentation on the val split
+(``metrics/segmentation.json`` ``miou``). Paper values are the headline table of
+``REFERENCE.md`` (TransCAM baseline and BNR); the synthetic dataset has no paper number.
+
+The experiments table comes from ``dvc exp show --json`` (:func:`dvc_experiments`, via
+subprocess; a failure becomes a note, never an error). Everything else is plain functions of
+dicts, testable without dvc.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# Paper headline numbers (mIoU %), REFERENCE.md. None = the paper reports no number there.
+PAPER: dict[str, dict[str, dict[str, float | None]]] = {
+    "voc2012": {
+        "TransCAM": {"seeds": 64.9, "random_walk": None, "crf": 70.2, "val": 69.3,
+                     "test": 69.6},
+        "BNR": {"seeds": 66.2, "random_walk": None, "crf": 71.3, "val": 70.5, "test": 71.1},
+    },
+    "coco2014": {
+        "TransCAM": {"seeds": 46.2, "random_walk": None, "crf": 48.7, "val": 45.7,
+                     "test": None},
+        "BNR": {"seeds": 47.4, "random_walk": None, "crf": 50.6, "val": 45.9, "test": None},
+    },
+}
+
+STEPS = (  # key, label, metrics file, key in it
+    ("seeds", "Seeds (CAM, best threshold)", "seeds.json", "miou"),
+    ("random_walk", "After random walk", "pseudo_labels.json", "miou_random_walk"),
+    ("crf", "After random walk + CRF (paper: +PSA)", "pseudo_labels.json", "miou_crf"),
+    ("val", "Segmentation, val", "segmentation.json", "miou"),
+)
+
+EXPERIMENT_COLUMNS = (  # header, metrics file, key
+    ("seeds", "metrics/seeds.json", "miou"),
+    ("random walk", "metrics/pseudo_labels.json", "miou_random_walk"),
+    ("CRF", "metrics/pseudo_labels.json", "miou_crf"),
+    ("segmentation", "metrics/segmentation.json", "miou"),
+)
+EXPERIMENT_PARAMS = ("dataset", "method", "noise_scale", "seed")
+
+
+def read_metrics(metrics_dir: Path) -> tuple[dict[str, dict], list[str]]:
+    """The step metrics files of ``metrics_dir`` that exist and parse, and notes for the rest."""
+    out, notes = {}, []
+    for name in sorted({s[2] for s in STEPS}):
+        path = Path(metrics_dir) / name
+        if not path.is_file():
+            notes.append(f"{path} not found (its stage has not run)")
+            continue
+        try:
+            out[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            notes.append(f"{path}: not valid JSON ({exc})")
+    return out, notes
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}"
+
+
+def step_table(dataset: str, metrics: dict[str, dict]) -> str:
+    """Markdown table: one row per step, ours next to the paper's TransCAM and BNR."""
+    paper = PAPER.get(dataset)
+    head = "| Step | ours |"
+    rule = "|---|---|"
+    if paper:
+        head += " paper TransCAM | paper BNR | ours - paper BNR |"
+        rule += "---|---|---|"
+    else:
+        head += " paper |"
+        rule += "---|"
+    rows = [head, rule]
+    for key, label, name, field in STEPS:
+        ours = metrics.get(name, {}).get(field)
+        row = f"| {label} | {_fmt(ours)} |"
+        if paper:
+            t, b = paper["TransCAM"][key], paper["BNR"][key]
+            diff = "-" if ours is None or b is None else f"{float(ours) - b:+.1f}"
+            row += f" {_fmt(t)} | {_fmt(b)} | {diff} |"
+        else:
+            row += " no paper number |"
+        rows.append(row)
+    if paper:
+        t, b = paper["TransCAM"]["test"], paper["BNR"]["test"]
+        if b is not None:
+            rows.append(f"| Segmentation, test (evaluation server) | - | {_fmt(t)} | {_fmt(b)} "
+                        "| - |")
+    return "\n".join(rows)
+
+
+def protocol_lines(metrics: dict[str, dict]) -> list[str]:
+    """One line per metrics file: how its number was obtained (split, scales, flip, CRF, ...)."""
+    lines = []
+    for name, data in sorted(metrics.items()):
+        proto = data.get("protocol") or {}
+        bits = [f"{k}={proto[k]}" for k in ("dataset", "split", "images", "ground_truth",
+                                           "scales", "flip", "method", "noise_scale", "seed")
+                if k in proto]
+        if "crf" in proto:
+            bits.append(f"crf={'yes' if proto['crf'] else 'no'}")
+        lines.append(f"- `{name}`: " + (", ".join(bits) if bits else "no protocol recorded"))
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiments (dvc exp show --json)
+
+
+def _dig(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def experiment_rows(exp_json: Any) -> list[dict]:
+    """Flatten ``dvc exp show --json`` (dvc 3: a list of commits, each with ``data`` and
+    ``experiments`` -> ``revs``) into rows: name, params of :data:`EXPERIMENT_PARAMS`, and the
+    mIoU columns of :data:`EXPERIMENT_COLUMNS` (None where absent or failed)."""
+    rows: list[dict] = []
+
+    def visit(entry: Any) -> None:
+        if not isinstance(entry, dict):
+            return
+        data = entry.get("data")
+        if isinstance(data, dict):
+            params = _dig(data, "params", "params.yaml", "data") or {}
+            metrics = data.get("metrics") or {}
+            rev = str(entry.get("rev", ""))
+            row = {"name": entry.get("name") or (rev[:7] if len(rev) == 40 else rev)}
+            for key in EXPERIMENT_PARAMS:
+                row[key] = params.get(key)
+            for header, path, key in EXPERIMENT_COLUMNS:
+                row[header] = _dig(metrics, path, "data", key)
+            rows.append(row)
+        for exp in entry.get("experiments") or []:
+            for rev in (exp or {}).get("revs") or []:
+                visit(rev)
+
+    for entry in exp_json if isinstance(exp_json, list) else [exp_json]:
+        visit(entry)
+    return rows
+
+
+def experiments_table(rows: Sequence[dict]) -> str:
+    """Markdown table of experiment rows."""
+    cols = ["name", *EXPERIMENT_PARAMS, *(c[0] for c in EXPERIMENT_COLUMNS)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            cells.append("-" if v is None else (f"{v:.1f}" if isinstance(v, float)
+                                                 and c not in EXPERIMENT_PARAMS else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+Runner = Callable[..., Any]
+
+
+def dvc_experiments(runner: Runner = subprocess.run, timeout: float = 120) -> tuple[Any, str]:
+    """``(parsed JSON, "")`` of ``dvc exp show --json``, or ``(None, note)`` if it fails."""
+    try:
+        done = runner(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
+                      timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"`dvc exp show --json` could not run ({type(exc).__name__}: {exc})"
+    if done.returncode != 0:
+        err = (done.stderr or "").strip().splitlines()
+        return None, (f"`dvc exp show --json` failed (exit {done.returncode}"
+                      + (f": {err[-1]}" if err else "") + ")")
+    try:
+        return json.loads(done.stdout), ""
+    except json.JSONDecodeError as exc:
+        return None, f"`dvc exp show --json` printed no valid JSON ({exc})"
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def build_report(
+    dataset: str,
+    metrics_dir: Path = Path("metrics"),
+    exp_json: Any = None,
+    exp_note: str = "",
+) -> str:
+    """The whole ``report.md`` text for ``dataset`` from ``metrics_dir`` and the experiments."""
+    metrics, notes = read_metrics(metrics_dir)
+    parts = [f"# bnr report: {dataset}", ""]
+    parts.append("mIoU (%) at every step of the pipeline, ours next to the paper's.")
+    if dataset in PAPER:
+        parts.append("Paper: headline table (TransCAM baseline and BNR). Seeds and +PSA are on "
+                     "the train split, segmentation on val; the paper has no separate number "
+                     "after the random walk alone.")
+    else:
+        parts.append(f"The paper has no number for the {dataset} dataset (it reports PASCAL VOC "
+                     "2012 and MS COCO 2014 only).")
+    parts += ["", step_table(dataset, metrics), ""]
+    proto = protocol_lines(metrics)
+    if proto:
+        parts += ["## How each number was obtained", "", *proto, ""]
+    if notes:
+        parts += ["## Missing", "", *(f"- {n}" for n in notes), ""]
+    parts += ["## Experiments", ""]
+    rows = experiment_rows(exp_json) if exp_json is not None else []
+    if exp_note:
+        parts.append(f"Note: {exp_note}.")
+    elif len(rows) > 1:
+        parts.append(experiments_table(rows))
+    else:
+        parts.append("Only the workspace: no further experiments to compare "
+                     "(`dvc exp run -S seed=1` adds one).")
+    return "\n".join(parts).rstrip() + "\n"

@@ -1,0 +1,72 @@
+"""Stage evaluate: segmentation mIoU on the val split (paper Table 2), predictions, overlays
+and, for VOC 2012 with a test split, the evaluation-server archive."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bnr.config import Params
+from bnr.data.classes import class_names
+from bnr.data.voc import read_mask, read_split
+from bnr.io import atomic_path, read_image, read_label_png, write_json
+from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_table
+from bnr.protocol import protocol_record
+from bnr.psa import crf_kwargs
+from bnr.segmentation import evaluate_split, load_segmenter, write_server_archive
+from bnr.stage import run_stage
+from bnr.visualize import colorize_labels, panel
+
+PRED_DIR = Path("data/predictions")
+
+
+def main(params: Params) -> None:
+    data, cfg = params.data, params.evaluate
+    names = class_names(params.dataset)
+    model = load_segmenter(params, Path("models/segmenter.pt"))
+    conf, stats = evaluate_split(params, model, PRED_DIR)
+    iou = iou_per_class(conf)
+    miou = round(mean_iou(conf) * 100, 3)
+    per_class = {n: None if np.isnan(v) else round(float(v) * 100, 3)
+                 for n, v in zip(names, iou, strict=True)}
+    per_class["mIoU"] = miou  # paper Table 2 order: background, classes, mIoU
+    server = write_server_archive(params, model, Path("data/server_archive.tar"))
+    write_class_table(per_class_table(conf, names), Path("metrics/segmentation_per_class"))
+    write_json("metrics/segmentation.json", {
+        "miou": miou,
+        "per_class_iou": per_class,
+        "images": stats["images"],
+        "seconds": stats["seconds"],
+        "server_archive": server,
+        "protocol": protocol_record(
+            params, dataset=params.dataset, split=data.val_split, images=stats["images"],
+            ground_truth=data.gt_dir, scales=list(data.eval_scales), flip=cfg.flip,
+            crf=crf_kwargs(params.crf) if cfg.crf else False, method=params.method,
+            noise_scale=params.noise_scale, seed=params.seed,
+            arch=params.train_segmenter.arch, backbone=data.segmenter_backbone,
+            metric="mIoU (%) over all classes from the accumulated confusion matrix",
+        ),
+    })
+    print(f"segmentation mIoU {miou:.2f} on {data.val_split} ({stats['images']} images, "
+          f"{stats['seconds']} s); {server['note']}")
+    write_overlays(params, read_split(data.root, data.val_split)[: cfg.overlays],
+                   Path("metrics/overlays/segmentation"))
+
+
+def write_overlays(params: Params, ids: list[str], out: Path) -> None:
+    """image | ground truth | prediction panels for ``ids`` (DVC image plots)."""
+    root, n = Path(params.data.root), len(class_names(params.dataset))
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for img_id in ids:
+            image = read_image(root / "JPEGImages" / f"{img_id}.jpg")
+            gt = read_mask(root / params.data.gt_dir / f"{img_id}.png", n, image.shape[:2])
+            pred = read_label_png(PRED_DIR / f"{img_id}.png")
+            tiles = [image, colorize_labels(gt), colorize_labels(pred)]
+            Image.fromarray(panel(tiles)).save(tmp / f"{img_id}.png")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_stage(main, __doc__)

@@ -1,0 +1,113 @@
+"""metrics/report.md from fake metrics files and a fake ``dvc exp show --json`` (no dvc run)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bnr.report import build_report, dvc_experiments, experiment_rows, step_table
+
+
+def write_metrics(folder: Path, segmentation: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    proto = {"dataset": "voc2012", "split": "train", "ground_truth": "SegmentationClass",
+             "method": "bnr", "noise_scale": 1.0, "seed": 0, "crf": False}
+    (folder / "seeds.json").write_text(json.dumps({"miou": 65.0, "protocol": proto}))
+    (folder / "pseudo_labels.json").write_text(json.dumps(
+        {"miou_seeds": 65.0, "miou_random_walk": 69.5, "miou_crf": 71.0, "protocol": proto}))
+    if segmentation:
+        (folder / "segmentation.json").write_text(json.dumps(
+            {"miou": 70.0, "protocol": {**proto, "split": "val", "scales": [1.0],
+                                        "flip": True}}))
+    return folder
+
+
+def _exp(name: str, seed: int, seg: float | None) -> dict:
+    metrics = {"metrics/seeds.json": {"data": {"miou": 60.0 + seed}}}
+    if seg is None:
+        metrics["metrics/segmentation.json"] = {"error": {"type": "FileNotFoundError"}}
+    else:
+        metrics["metrics/segmentation.json"] = {"data": {"miou": seg}}
+    return {"rev": f"{seed:040d}", "name": name, "data": {
+        "params": {"params.yaml": {"data": {"dataset": "voc2012", "method": "bnr",
+                                            "noise_scale": 1.0, "seed": seed}}},
+        "metrics": metrics}}
+
+
+FAKE_EXP = [
+    {**_exp(None, 0, 70.0), "rev": "workspace", "experiments": None},  # type: ignore[arg-type]
+    {**_exp("main", 0, None), "experiments": [
+        {"revs": [_exp("exp-seed1", 1, 69.0)]}, {"revs": [_exp("exp-seed2", 2, 71.5)]}]},
+]
+
+
+def test_voc_report_next_to_paper(tmp_path: Path) -> None:
+    text = build_report("voc2012", write_metrics(tmp_path / "metrics"), FAKE_EXP)
+    lines = text.splitlines()
+    seeds = next(line for line in lines if line.startswith("| Seeds"))
+    assert "| 65.0 | 64.9 | 66.2 | -1.2 |" in seeds
+    crf = next(line for line in lines if line.startswith("| After random walk + CRF"))
+    assert "| 71.0 | 70.2 | 71.3 | -0.3 |" in crf
+    rw = next(line for line in lines if line.startswith("| After random walk |"))
+    assert "| 69.5 | - | - | - |" in rw
+    val = next(line for line in lines if line.startswith("| Segmentation, val"))
+    assert "| 70.0 | 69.3 | 70.5 | -0.5 |" in val
+    assert any("test" in line and "71.1" in line for line in lines)
+    assert "split=val" in text and "scales=[1.0]" in text
+    assert "| exp-seed1 | voc2012 | bnr | 1.0 | 1 | 61.0 | - | - | 69.0 |" in text
+    assert "| exp-seed2 |" in text
+
+
+def test_coco_and_synthetic(tmp_path: Path) -> None:
+    table = step_table("coco2014", {"seeds.json": {"miou": 47.0}})
+    assert "| 47.0 | 46.2 | 47.4 | -0.4 |" in table
+    assert "45.9" in table
+    text = build_report("synthetic", write_metrics(tmp_path / "m", segmentation=False),
+                        None, "`dvc exp show --json` failed (exit 1: boom)")
+    assert "The paper has no number for the synthetic dataset" in text
+    assert "no paper number" in text
+    assert "segmentation.json not found" in text
+    assert "Note: `dvc exp show --json` failed (exit 1: boom)." in text
+
+
+def test_experiment_rows_flatten() -> None:
+    rows = experiment_rows(FAKE_EXP)
+    assert [r["name"] for r in rows] == ["workspace", "main", "exp-seed1", "exp-seed2"]
+    assert rows[1]["segmentation"] is None and rows[3]["segmentation"] == 71.5
+    assert experiment_rows({"unexpected": True}) == []
+
+
+@pytest.mark.parametrize("outcome, words", [
+    (subprocess.CompletedProcess([], 1, "", "ERROR: not a dvc repository\n"),
+     "failed (exit 1: ERROR: not a dvc repository)"),
+    (subprocess.CompletedProcess([], 0, "not json", ""), "no valid JSON"),
+    (FileNotFoundError("dvc"), "could not run"),
+    (subprocess.TimeoutExpired("dvc", 1), "could not run"),
+])
+def test_dvc_failure_is_a_note(outcome, words) -> None:
+    def runner(*args, **kwargs):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    data, note = dvc_experiments(runner)
+    assert data is None and words in note
+
+
+def test_dvc_success_and_stage(tmp_path: Path, monkeypatch) -> None:
+    def runner(*args, **kwargs):
+        return subprocess.CompletedProcess([], 0, json.dumps(FAKE_EXP), "")
+
+    data, note = dvc_experiments(runner)
+    assert note == "" and data == FAKE_EXP
+
+    import stages.report as stage
+    from tests.test_segmentation import tiny_params
+
+    monkeypatch.chdir(tmp_path)
+    write_metrics(tmp_path / "metrics")
+    monkeypatch.setattr(stage, "dvc_experiments", lambda: (None, "dvc missing"))
+    stage.main(tiny_params(tmp_path))
+    text = (tmp_path / "metrics" / "report.md").read_text()
+    assert text.startswith("# bnr report: synthetic") and "Note: dvc missing." in text

@@ -1,0 +1,296 @@
+"""Segmenter: head shapes, poly schedule, multi-scale / flip prediction, exact resume, stages
+train_segmenter + evaluate on a tiny synthetic set, the server archive layout, clear errors."""
+
+import dataclasses
+import importlib
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from bnr.config import parse_params
+from bnr.data.synthetic import SyntheticSpec, generate_synthetic
+from bnr.data.voc import read_split
+from bnr.errors import BnrError
+from bnr.models.deeplab import DeepLabLargeFOV, create_segmenter
+from bnr.segmentation import (
+    SERVER_DIR,
+    iteration_batches,
+    multiscale_predict,
+    poly_lr,
+    train_segmenter,
+    write_server_archive,
+)
+from bnr.training import load_checkpoint
+from tests.conftest import REPO, write_voc_tree
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: small convolutions on shared cores thrash with more (20x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_params(root: Path, **data):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["dataset"] = "synthetic"
+    raw["datasets"]["synthetic"].update(
+        root=str(root), segmenter_backbone="resnet38d_tiny", segmenter_crop=48,
+        segmenter_iterations=4, segmenter_batch_size=3, segmenter_lr=0.01, eval_scales=[1.0],
+        **data,
+    )
+    raw["train_segmenter"]["log_every"] = 2
+    raw["evaluate"]["overlays"] = 2
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A working directory after the crf stage: pseudo labels = the ground truth."""
+    work = tmp_path_factory.mktemp("seg")
+    root = work / "data" / "synthetic"
+    generate_synthetic(root, SyntheticSpec(num_train=6, num_val=2, image_size=SIZE, clutter=2))
+    labels = work / "data" / "pseudo_labels"
+    labels.mkdir()
+    for img_id in read_split(root, "train"):
+        shutil.copy(root / "SegmentationClass" / f"{img_id}.png", labels / f"{img_id}.png")
+    return work
+
+
+class _Recorder:
+    """A dvclive stand-in (tests run outside a committed git repository)."""
+
+    def __init__(self, dir: str, **_: object) -> None:
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+        self.step = 0
+        self.logged: list[tuple[int, str, float]] = []
+
+    def log_params(self, params: dict) -> None:
+        (self.dir / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.logged.append((self.step, name, value))
+
+    def end(self) -> None:
+        pass
+
+
+def test_largefov_head_shapes() -> None:
+    model = create_segmenter("largefov", "resnet38d_tiny", 7)
+    assert isinstance(model, DeepLabLargeFOV)
+    assert model.head_conv.dilation == (12, 12) and model.head_conv.out_channels == 512
+    assert model.classifier.kernel_size == (1, 1) and model.dropout.p == 0.5
+    model.eval()
+    x = torch.randn(2, 3, 60, 72)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 256, 8, 9)  # ceil(60 / 8), 72 / 8
+    assert model.forward_head(feats).shape == (2, 7, 8, 9)
+    assert model(x).shape == (2, 7, 8, 9)
+    # from scratch the backbone BatchNorms train; head layers are the 10x group
+    assert model.backbone.b2.bn_branch2a.weight.requires_grad
+    assert model.new_layers == [model.head_conv, model.head_bn, model.classifier]
+
+
+def test_deeplabv3_resnet101_shapes() -> None:
+    model = create_segmenter("deeplabv3_resnet101", "ignored", 5).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5, 8, 8)
+
+
+def test_segmenter_errors(tmp_path: Path) -> None:
+    with pytest.raises(BnrError, match="unknown segmenter arch"):
+        create_segmenter("unet", "resnet38d_tiny", 7)
+    with pytest.raises(BnrError, match="unknown segmenter_backbone"):
+        create_segmenter("largefov", "resnet50", 7)
+    with pytest.raises(BnrError, match="weights file not found"):
+        create_segmenter("largefov", "resnet38d_tiny", 7, tmp_path / "none.pth")
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv1a.weight": torch.zeros(1)}, bad)
+    with pytest.raises(BnrError, match="bad.pth") as info:
+        create_segmenter("largefov", "resnet38d_tiny", 7, bad)
+    assert "\n" not in str(info.value)
+
+
+def test_poly_lr_values() -> None:
+    assert poly_lr(0.01, 0, 100, 0.9) == pytest.approx(0.01)
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(1.0, 99, 100, 1.0) == pytest.approx(0.01)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0 and poly_lr(0.01, 120, 100) == 0.0
+    values = [poly_lr(1e-3, i, 20, 0.9) for i in range(20)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_iteration_batches_are_resumable() -> None:
+    full = list(iteration_batches(7, 3, 0, 0, 8))
+    assert len(full) == 8 and all(len(b) == 3 for b in full)
+    epoch0 = [i for b in full[:2] for i, _ in b]
+    assert len(set(epoch0)) == 6  # one epoch = 7 // 3 batches, no repeats
+    assert list(iteration_batches(7, 3, 0, 5, 8)) == full[5:]
+    assert list(iteration_batches(2, 3, 0, 0, 1)) [0].__len__() == 2  # fewer images than batch
+
+
+class _Asym(torch.nn.Module):
+    """A stride-8 'segmenter' that is not flip-equivariant (a fixed left-right ramp)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.nn.functional.avg_pool2d(x, 8, ceil_mode=True)  # (B, 3, h, w)
+        ramp = torch.linspace(-2, 2, pooled.shape[-1])  # (w,)
+        return torch.cat([pooled[:, :2] + ramp, pooled[:, 2:] - ramp], 1)  # (B, 3, h, w)
+
+
+def test_multiscale_predict_flip_average() -> None:
+    torch.manual_seed(0)
+    model, image = _Asym(), torch.randn(3, 32, 40)
+
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.interpolate(model(x[None]), size=(32, 40), mode="bilinear",
+                                             align_corners=False)
+        return up.softmax(1)[0]
+
+    plain = probs(image)
+    flipped = probs(image.flip(-1)).flip(-1)
+    assert not torch.allclose(plain, flipped)
+    out = multiscale_predict(model, image, [1.0], flip=True)
+    assert out.shape == (3, 32, 40)
+    assert torch.allclose(out, (plain + flipped) / 2, atol=1e-6)
+    assert torch.allclose(multiscale_predict(model, image, [1.0], flip=False), plain, atol=1e-6)
+    multi = multiscale_predict(model, image, [0.5, 1.0, 1.5], flip=True)
+    assert multi.shape == (3, 32, 40)
+    assert torch.allclose(multi.sum(0), torch.ones(32, 40), atol=1e-5)
+
+
+def test_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
+    params = tiny_params(work / "data" / "synthetic")
+    kw = {"label_dir": work / "data" / "pseudo_labels", "progress": False,
+          "live_factory": _Recorder, "checkpoint_every": 2}
+    a = train_segmenter(params, tmp_path / "a.pt", tmp_path / "a", run_root=tmp_path / "ra", **kw)
+    assert a["iterations"] == 4 and len(a["history"]) == 2
+    stopped = train_segmenter(params, tmp_path / "b.pt", tmp_path / "b",
+                              run_root=tmp_path / "rb", stop_after_iteration=3, **kw)
+    assert stopped == {"interrupted_at_iteration": 3} and not (tmp_path / "b.pt").exists()
+    b = train_segmenter(params, tmp_path / "b.pt", tmp_path / "b", run_root=tmp_path / "rb", **kw)
+    assert b["resumed_from"] == 2  # the checkpoint of iteration 2; iteration 3 is redone
+    wa = load_checkpoint(tmp_path / "a.pt", {"kind": "segmenter"})["model"]
+    wb = load_checkpoint(tmp_path / "b.pt", {"kind": "segmenter"})["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not any((tmp_path / "rb").iterdir())  # resume dir removed when finished
+
+
+def test_missing_pseudo_label_is_clear(work: Path, tmp_path: Path) -> None:
+    params = tiny_params(work / "data" / "synthetic")
+    labels = tmp_path / "labels"
+    shutil.copytree(work / "data" / "pseudo_labels", labels)
+    missing = sorted(labels.iterdir())[2]
+    missing.unlink()
+    with pytest.raises(BnrError, match=f"{missing.name}: pseudo label missing .run the crf") as e:
+        train_segmenter(params, tmp_path / "m.pt", tmp_path / "c", run_root=tmp_path / "r",
+                        label_dir=labels, progress=False, live_factory=_Recorder)
+    assert "\n" not in str(e.value) and not (tmp_path / "m.pt").exists()
+
+
+def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> None:
+    import bnr.segmentation as seg
+
+    monkeypatch.setattr(seg, "segmentation_loss",
+                        lambda logits, label: logits.sum() * float("nan"))
+    params = tiny_params(work / "data" / "synthetic")
+    with pytest.raises(BnrError, match="loss is not finite at iteration 1"):
+        train_segmenter(params, tmp_path / "n.pt", tmp_path / "c", run_root=tmp_path / "r",
+                        label_dir=work / "data" / "pseudo_labels", progress=False,
+                        live_factory=_Recorder)
+
+
+def test_stages_end_to_end(work: Path, monkeypatch) -> None:
+    monkeypatch.chdir(work)
+    params = tiny_params(work / "data" / "synthetic")
+    import bnr.segmentation as seg
+
+    original = seg.train_segmenter
+    monkeypatch.setattr(
+        importlib.import_module("stages.train_segmenter"), "train_segmenter",
+        lambda *a, **k: original(*a, **k, progress=False, live_factory=_Recorder),
+    )
+    importlib.import_module("stages.train_segmenter").main(params)
+    assert Path("models/segmenter.pt").is_file()
+    summary = json.loads(Path("metrics/train_segmenter.json").read_text())
+    assert summary["iterations"] == 4 and summary["train_images"] == 6
+    assert summary["protocol"]["arch"] == "largefov" and summary["protocol"]["crop"] == 48
+    assert Path("metrics/train_segmenter/plots/metrics").is_dir()
+
+    importlib.import_module("stages.evaluate").main(params)
+    metrics = json.loads(Path("metrics/segmentation.json").read_text())
+    assert 0 <= metrics["miou"] <= 100 and metrics["images"] == 2
+    assert list(metrics["per_class_iou"])[0] == "background"
+    assert list(metrics["per_class_iou"])[-1] == "mIoU"
+    proto = metrics["protocol"]
+    for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "method",
+                "noise_scale", "seed"):
+        assert key in proto
+    assert proto["split"] == "val" and proto["scales"] == [1.0] and proto["crf"] is False
+    val = read_split(params.data.root, "val")
+    assert sorted(p.stem for p in Path("data/predictions").iterdir()) == sorted(val)
+    with Image.open(f"data/predictions/{val[0]}.png") as im:
+        assert im.mode == "P" and im.size == (SIZE, SIZE)
+    overlays = sorted(Path("metrics/overlays/segmentation").iterdir())
+    assert len(overlays) == 2
+    with Image.open(overlays[0]) as im:
+        assert im.size == (3 * SIZE + 4, SIZE)  # image | gt | prediction
+    table = Path("metrics/segmentation_per_class.csv").read_text().splitlines()
+    assert table[0].startswith("class,iou") and table[-1].startswith("mIoU")
+    with tarfile.open("data/server_archive.tar") as tar:
+        assert tar.getnames() == []  # synthetic: no server archive
+
+
+def test_evaluate_with_crf(work: Path) -> None:
+    from bnr.segmentation import evaluate_split
+
+    params = tiny_params(work / "data" / "synthetic")
+    params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, crf=True),
+                                 crf=dataclasses.replace(params.crf, workers=1))
+    model = create_segmenter("largefov", "resnet38d_tiny", 7).eval()
+    torch.nn.init.constant_(model.classifier.bias, 0.0)
+    with torch.no_grad():
+        model.classifier.bias[1] = 5.0  # every pixel 'disc': the CRF gets a foreground label
+    conf, stats = evaluate_split(params, model, None, progress=False)
+    assert conf.shape == (7, 7) and stats["images"] == 2
+    assert conf.sum() > 0 and conf[:, 1].sum() > 0
+
+
+def test_server_archive_layout(tmp_path: Path) -> None:
+    root = write_voc_tree(tmp_path / "VOC2012", {"train": ["a"], "val": ["b"],
+                                                 "test": ["t1", "t2"]}, num_classes=21)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["dataset"] = "voc2012"
+    raw["datasets"]["voc2012"].update(root=str(root), eval_scales=[1.0], test_split="test")
+    params = parse_params(raw)
+    model = create_segmenter("largefov", "resnet38d_tiny", 21).eval()
+    out = tmp_path / "server.tar"
+    info = write_server_archive(params, model, out, progress=False)
+    assert info["images"] == 2
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        assert names == [f"{SERVER_DIR}/t1.png", f"{SERVER_DIR}/t2.png"]
+        assert SERVER_DIR == "results/VOC2012/Segmentation/comp6_test_cls"
+        with Image.open(tar.extractfile(names[0])) as im:
+            assert im.mode == "P" and im.size == (32, 24)
+            assert np.asarray(im).max() < 21
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".server")] == []
+
+    empty = dataclasses.replace(params, data=dataclasses.replace(params.data, test_split=""))
+    info = write_server_archive(empty, model, out, progress=False)
+    assert info["images"] == 0 and "test_split is empty" in info["note"]
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == []
