@@ -271,25 +271,6 @@ class EvalSeedsConfig:
 
 
 @dataclass(frozen=True)
-class TrainAffinityConfig:
-    pretrained: str = spec(string(), "")  # ImageNet ResNet-38 (.params or .pth); "" = scratch
-    low_bg: float = spec(number(0, 1), 0.60)  # fixed background score of la (confident fg)
-    high_bg: float = spec(number(0, 1), 0.25)  # fixed background score of ha (confident bg)
-    radius: int = spec(integer(1, 16), 5)  # pair radius on the 1/8 feature map
-    momentum: float = spec(number(0, 1), 0.9)
-    weight_decay: float = spec(number(0), 5e-4)
-    num_workers: int = spec(integer(0), 0)
-
-
-@dataclass(frozen=True)
-class RandomWalkConfig:
-    beta: float = spec(number(0, lo_open=True), 14.0)  # affinity power (PSA: 8)
-    logt: int = spec(integer(0, 12), 7)  # 2**logt propagation steps (PSA: 8)
-    bg_score: float = spec(number(0, 1), 0.42)  # fixed background score (TransCAM)
-    radius: int = spec(integer(1, 16), 5)
-
-
-@dataclass(frozen=True)
 class CrfConfig:
     gt_prob: float = spec(number(0, 1, lo_open=True), 0.7)
     gauss_sxy: float = spec(number(0, lo_open=True), 3.0)
@@ -299,6 +280,26 @@ class CrfConfig:
     bilateral_compat: float = spec(number(0), 10.0)
     iterations: int = spec(integer(1, 100), 10)
     workers: int = spec(integer(0), 0)  # 0 = all available cores
+
+
+@dataclass(frozen=True)
+class TrainAffinityConfig:
+    pretrained: str = spec(string(), "")  # ImageNet ResNet-38 (.params or .pth); "" = scratch
+    low_bg: float = spec(number(0, 1), 0.60)  # fixed background score of la (confident fg)
+    high_bg: float = spec(number(0, 1), 0.25)  # fixed background score of ha (confident bg)
+    radius: int = spec(integer(1, 16), 5)  # pair radius on the 1/8 feature map
+    momentum: float = spec(number(0, 1), 0.9)
+    weight_decay: float = spec(number(0), 5e-4)
+    num_workers: int = spec(integer(0), 0)
+    label_crf: CrfConfig = nested(CrfConfig)  # CRF of the la/ha affinity labels
+
+
+@dataclass(frozen=True)
+class RandomWalkConfig:
+    beta: float = spec(number(0, lo_open=True), 14.0)  # affinity power (PSA: 8)
+    logt: int = spec(integer(0, 12), 7)  # 2**logt propagation steps (PSA: 8)
+    bg_score: float = spec(number(0, 1), 0.42)  # fixed background score (TransCAM)
+    radius: int = spec(integer(1, 16), 5)
 
 
 @dataclass(frozen=True)

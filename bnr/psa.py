@@ -13,7 +13,8 @@ Three stages, each a function here (the ``stages/`` CLIs are thin wrappers):
 * :func:`crf_split`: label dense CRF of the random-walk labels over a process pool ->
   ``<out>/<id>.png``; :func:`evaluate_pseudo_labels`: mIoU of seeds / random walk / CRF.
 
-The affinity-label CRF uses the ``crf`` params block (TransCAM uses one CRF for both).
+The affinity-label CRF uses ``train_affinity.label_crf`` (TransCAM uses the same settings as
+the final CRF; separate keys let a CRF ablation re-run only from the crf stage on).
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def train_affinity(
     ids = read_split(root, data.infer_split)
     cam_paths = [Path(cam_dir) / f"{i}.npz" for i in ids]
     meta = affinity_model_meta(params)
-    key = run_key(params.protocol(), asdict(cfg), asdict(params.crf), ids,
+    key = run_key(params.protocol(), asdict(cfg), ids,
                   files_digest(cam_paths), source_digest())
     run_dir = Path(run_root) / key
     ckpt_path, label_dir = run_dir / "last.pt", run_dir / "labels"
@@ -275,7 +276,7 @@ def train_affinity(
     if not label_dir.is_dir():
         label_stats = write_affinity_labels(
             root, ids, Path(cam_dir), label_dir, low_bg=cfg.low_bg, high_bg=cfg.high_bg,
-            n_labels=len(names), crf=params.crf, progress=progress,
+            n_labels=len(names), crf=cfg.label_crf, progress=progress,
         )
     label_seconds = round(time.time() - started, 1)
     dataset = AffinityDataset(root, ids, label_dir, data.affinity_crop)

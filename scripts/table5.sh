@@ -4,6 +4,7 @@
 #   SEEDS="0 1 2" SOURCES="transcam clsattn" JOBS=1 bash scripts/table5.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -x .venv/bin/dvc ] && export PATH="$PWD/.venv/bin:$PATH"
 SEEDS=${SEEDS:-"0 1 2"}
 SOURCES=${SOURCES:-"transcam"}
 ARMS=("method=transcam" "method=bnr noise_scale=0.0" "method=bnr noise_scale=1.0"
@@ -18,7 +19,8 @@ for src in $SOURCES; do
   done
 done
 dvc queue start -j "${JOBS:-1}"
-while dvc queue status | grep -qE "Queued|Running"; do sleep 30; done
+sleep 10
+while dvc queue status 2>/dev/null | grep -qE "Queued|Running"; do sleep 30; done
 dvc queue status
 out=$(mktemp)
 dvc exp show --csv > "$out"

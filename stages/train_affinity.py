@@ -28,7 +28,8 @@ def main(params: Params) -> None:
             model=data.affinity_model, pretrained=cfg.pretrained or None,
             crop=data.affinity_crop, batch_size=data.affinity_batch_size, lr=data.affinity_lr,
             low_bg=cfg.low_bg, high_bg=cfg.high_bg, radius=cfg.radius,
-            crf={k: v for k, v in vars(params.crf).items() if k != "workers"},
+            label_crf={k: v for k, v in vars(params.train_affinity.label_crf).items()
+                       if k != "workers"},
         ),
     })
 

@@ -92,3 +92,10 @@ def test_dvc_repro_end_to_end(clone):
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _run(["dvc", "status"], clone, env)
     assert "train_cam" in status and "download" not in status
+    # a CRF setting invalidates crf and what follows, not the affinity network
+    params["noise_scale"] = 1.0
+    params["crf"]["iterations"] = 5
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _run(["dvc", "status"], clone, env)
+    assert "crf:" in status
+    assert "train_affinity" not in status and "random_walk" not in status

@@ -51,6 +51,7 @@ def tiny_params(root: Path, workers: int = 2):
         affinity_batch_size=3,
     )
     raw["crf"]["workers"] = workers
+    raw["train_affinity"]["label_crf"]["workers"] = workers
     raw["random_walk"]["logt"] = 4
     return parse_params(raw)
 
