@@ -17,15 +17,26 @@ PAPER_TABLE5 = {"TransCAM (baseline)": 64.9, "BNR without noise": 62.4, "BNR x1"
 
 
 def _column(df: pd.DataFrame, name: str) -> str:
-    for col in df.columns:
-        if col == name or col.endswith(":" + name) or col.endswith("." + name):
-            return col
+    for suffix in (":" + name, "." + name):  # a top-level key before a nested one
+        for col in df.columns:
+            if col == name or col.endswith(suffix):
+                return col
     raise KeyError(f"no column {name!r} in the experiments table (have: {', '.join(df.columns)})")
 
 
+EXP_SHOW_COLUMNS = ("Experiment|State|metrics/seeds.json:miou$|^method$|^noise_scale$|^seed$|"
+                    "infer_seeds.source$")  # dvc exp show --csv --drop '.*' --keep <this>
+
+
 def read_exp_csv(text: str) -> pd.DataFrame:
-    """``dvc exp show --csv`` output -> a frame with method, noise_scale, seed, source, miou."""
+    """``dvc exp show --csv`` output -> a frame with method, noise_scale, seed, source, miou.
+
+    Run it with ``--drop '.*' --keep EXP_SHOW_COLUMNS``: dvc prefixes only the first column of
+    each file with the file name, so unrelated keys (``download.synthetic.seed``) would clash.
+    """
     df = pd.read_csv(io.StringIO(text))
+    if "State" in df:  # finished experiments only (queued/running rows carry stale metrics)
+        df = df[df["State"] == "Success"]
     out = pd.DataFrame({
         "experiment": df[_column(df, "Experiment")] if "Experiment" in df else df.index,
         "method": df[_column(df, "method")],

@@ -23,5 +23,6 @@ sleep 10
 while dvc queue status 2>/dev/null | grep -qE "Queued|Running"; do sleep 30; done
 dvc queue status
 out=$(mktemp)
-dvc exp show --csv > "$out"
+dvc exp show --csv --all-commits --drop '.*' \
+  --keep "$(python -c 'from bnr.experiments import EXP_SHOW_COLUMNS as c; print(c)')" > "$out"
 python -m bnr.experiments "$out" $SOURCES

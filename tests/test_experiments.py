@@ -2,21 +2,22 @@ import math
 
 from bnr.experiments import arm_table, read_exp_csv
 
-CSV = """Experiment,rev,typ,metrics/seeds.json:miou,params.yaml:method,params.yaml:noise_scale,\
-params.yaml:seed,params.yaml:infer_seeds.source
-,workspace,baseline,10.0,bnr,1.0,0,transcam
-a,1,branch_commit,4.0,transcam,1.0,0,transcam
-b,2,branch_commit,6.0,transcam,1.0,1,transcam
-c,3,branch_commit,8.0,bnr,0.0,0,transcam
-d,4,branch_commit,12.0,bnr,2.0,0,transcam
-e,5,branch_commit,30.0,transcam,1.0,0,clsattn
-f,6,branch_commit,,bnr,2.0,1,transcam
+CSV = """Experiment,State,metrics/seeds.json:miou,seed,method,noise_scale,infer_seeds.source
+,,5.0,0,bnr,1.0,transcam
+w,Success,10.0,0,bnr,1.0,transcam
+a,Success,4.0,0,transcam,1.0,transcam
+b,Success,6.0,1,transcam,1.0,transcam
+c,Success,8.0,0,bnr,0.0,transcam
+d,Success,12.0,0,bnr,2.0,transcam
+e,Success,30.0,0,transcam,1.0,clsattn
+f,Success,,1,bnr,2.0,transcam
+g,Running,99.0,1,bnr,2.0,transcam
 """
 
 
 def test_arm_table_groups_by_arm_and_seed():
     runs = read_exp_csv(CSV)
-    assert len(runs) == 6  # the row without a metric is dropped
+    assert len(runs) == 6  # baseline, running and metric-less rows are dropped
     table = arm_table(runs).set_index("arm")
     assert table.loc["TransCAM (baseline)", "runs"] == 2
     assert table.loc["TransCAM (baseline)", "miou_mean"] == 5.0
