@@ -14,6 +14,7 @@ switches to the paper's configuration.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -122,7 +123,7 @@ def number_list(
         if len(value) < min_len or (max_len is not None and len(value) > max_len):
             _fail(key, f"a list of {size} numbers", value)
         out = tuple(item(f"{key}[{i}]", v) for i, v in enumerate(value))
-        if ordered and any(a > b for a, b in zip(out, out[1:], strict=False)):
+        if ordered and any(a > b for a, b in itertools.pairwise(out)):
             _fail(key, "in non-decreasing order", value)
         return out
 

@@ -30,6 +30,7 @@ annotations of the image, crowd ones included (the classes visibly present).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
@@ -98,7 +99,7 @@ def load_coco(path: str | os.PathLike[str]) -> Any:
     got = [(c["id"], c["name"]) for c in cats]
     want = list(zip(COCO_CATEGORY_IDS, COCO_CLASSES[1:], strict=True))
     if got != want:
-        diff = next(((g, w) for g, w in zip(got, want, strict=False) if g != w), None)
+        diff = next(((g, w) for g, w in itertools.zip_longest(got, want) if g != w), None)
         raise BnrError(
             f"{path}: categories differ from the 80 COCO classes ({len(got)} categories; "
             f"first difference: {diff})"
