@@ -1,0 +1,50 @@
+"""Smoke tests of the benchmark scripts' core comparisons on tiny inputs (no timing checks)."""
+
+import importlib.util
+import sys
+
+import numpy as np
+import torch
+
+from tests.conftest import REPO
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_inference_stacking_equals_accumulated():
+    bench = _load("seed_inference")
+    assert bench.compare("conformer_tiny", 64) <= 1e-4
+
+
+def test_seed_inference_batched_passes_agree():
+    bench = _load("seed_inference")
+    model = bench.build("conformer_tiny", 5)
+    images = [torch.randn(3, 40, 48, generator=torch.Generator().manual_seed(0))]
+    a = bench.seed_maps(model, images, True, (32, 64))
+    b = bench.seed_maps(model, images, False, (32, 64))
+    assert torch.allclose(a[0], b[0], atol=1e-3)
+
+
+def test_confusion_bincount_equals_loop():
+    ours, ref = _load("confusion").compare(3)
+    assert np.array_equal(ours, ref)
+    assert ours.sum() > 0
+
+
+def test_crf_pool_workers_agree():
+    in_process, pooled = _load("crf_pool").compare(3, 32, (0, 2))
+    assert [i for i, _ in in_process] == [i for i, _ in pooled]
+    for (_, a), (_, b) in zip(in_process, pooled, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_data_loader_workers_agree():
+    (ids0, labels0), (ids2, labels2) = _load("data_loader").compare(4, (0, 2), 2)
+    assert ids0 == ids2 and len(ids0) == 4
+    assert torch.equal(labels0, labels2)
