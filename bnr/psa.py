@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -61,8 +60,10 @@ from bnr.postprocessing.random_walk import random_walk_segmentation
 from bnr.seeds import load_cams
 from bnr.training import (
     epoch_seed,
+    finish_run,
     load_checkpoint,
     load_state_strict,
+    open_live,
     run_key,
     save_checkpoint,
     source_digest,
@@ -299,12 +300,7 @@ def train_affinity(
         print(f"resuming train_affinity from {ckpt_path} "
               f"(epoch {start_epoch}/{data.affinity_epochs})")
 
-    if live_factory is None:
-        from dvclive import Live
-
-        live_factory = Live
-    live = live_factory(dir=str(run_dir / "dvclive"), resume=start_epoch > 0,
-                        save_dvc_exp=False, dvcyaml=None, report=None)
+    live = open_live(run_dir, start_epoch > 0, live_factory)
     if start_epoch == 0:
         live.log_params({"seed": params.seed, "model": data.affinity_model,
                          "lr": data.affinity_lr, "crop": data.affinity_crop})
@@ -363,11 +359,7 @@ def train_affinity(
               + ", ".join(f"{k}={means[k]:.4f}" for k in ("loss", "bg", "fg", "neg")))
     live.end()
 
-    save_checkpoint(model_out, {"model": model.state_dict(), "meta": meta,
-                                "protocol": params.protocol()})
-    with atomic_path(curves_out) as tmp:
-        shutil.copytree(run_dir / "dvclive", tmp)
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the next run trains afresh
+    finish_run(model, meta, params, model_out, curves_out, run_dir)
     return {"epochs": data.affinity_epochs, "steps": step, "history": history,
             "train_images": len(dataset), "affinity_labels": label_stats,
             "label_seconds": label_seconds,

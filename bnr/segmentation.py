@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -53,8 +52,10 @@ from bnr.postprocessing.crf import dense_crf_labels
 from bnr.psa import crf_kwargs, files_digest, write_palette_png
 from bnr.training import (
     epoch_seed,
+    finish_run,
     load_checkpoint,
     load_state_strict,
+    open_live,
     run_key,
     save_checkpoint,
     source_digest,
@@ -232,13 +233,7 @@ def train_segmenter(
         start, history = int(state["iteration"]), list(state["history"])
         print(f"resuming train_segmenter from {ckpt_path} (iteration {start}/{max_it})")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if live_factory is None:
-        from dvclive import Live
-
-        live_factory = Live
-    live = live_factory(dir=str(run_dir / "dvclive"), resume=start > 0, save_dvc_exp=False,
-                        dvcyaml=None, report=None)
+    live = open_live(run_dir, start > 0, live_factory)
     if start == 0:
         live.log_params({"seed": params.seed, "arch": cfg.arch, "backbone": meta["preset"],
                          "lr": data.segmenter_lr, "crop": data.segmenter_crop,
@@ -286,11 +281,7 @@ def train_segmenter(
             })
     bar.close()
     live.end()
-    save_checkpoint(model_out, {"model": model.state_dict(), "meta": meta,
-                                "protocol": params.protocol()})
-    with atomic_path(curves_out) as tmp:
-        shutil.copytree(run_dir / "dvclive", tmp)
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the next run trains afresh
+    finish_run(model, meta, params, model_out, curves_out, run_dir)
     seconds = round(time.time() - started, 1)
     return {"iterations": max_it, "resumed_from": start, "history": history,
             "train_images": len(dataset), "seconds_this_run": seconds,

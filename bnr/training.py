@@ -102,6 +102,28 @@ def load_checkpoint(path: Path, expected_meta: dict) -> dict:
     return state
 
 
+def open_live(run_dir: Path, resumed: bool, live_factory: Callable[..., Any] | None = None) -> Any:
+    """A dvclive logger writing to ``run_dir/dvclive`` (appending when ``resumed``)."""
+    (run_dir / "dvclive").mkdir(parents=True, exist_ok=True)
+    if live_factory is None:
+        from dvclive import Live
+
+        live_factory = Live
+    return live_factory(dir=str(run_dir / "dvclive"), resume=resumed, save_dvc_exp=False,
+                        dvcyaml=None, report=None)
+
+
+def finish_run(
+    model: nn.Module, meta: dict, params: Params, model_out: Path, curves_out: Path, run_dir: Path
+) -> None:
+    """Write the final weights and the curves (both atomically), then drop the resume state."""
+    save_checkpoint(model_out, {"model": model.state_dict(), "meta": meta,
+                                "protocol": params.protocol()})
+    with atomic_path(curves_out) as tmp:
+        shutil.copytree(run_dir / "dvclive", tmp)
+    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the next run trains afresh
+
+
 def cam_model_meta(params: Params) -> dict:
     """What a CAM checkpoint must agree on to be loaded."""
     return {
@@ -162,15 +184,7 @@ def train_cam(
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         print(f"resuming train_cam from {ckpt_path} (epoch {start_epoch}/{data.epochs})")
 
-    (run_dir / "dvclive").mkdir(parents=True, exist_ok=True)
-    if live_factory is None:
-        from dvclive import Live
-
-        live_factory = Live
-    live = live_factory(
-        dir=str(run_dir / "dvclive"), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None,
-        report=None,
-    )
+    live = open_live(run_dir, start_epoch > 0, live_factory)
     if start_epoch == 0:
         live.log_params({"method": params.method, "noise_scale": params.noise_scale,
                          "seed": params.seed, "model": data.model, "lr": data.lr})
@@ -224,11 +238,7 @@ def train_cam(
         print(f"epoch {epoch + 1}/{data.epochs}: {terms}")
     live.end()
 
-    save_checkpoint(model_out, {"model": model.state_dict(), "meta": meta,
-                                "protocol": params.protocol()})
-    with atomic_path(curves_out) as tmp:
-        shutil.copytree(run_dir / "dvclive", tmp)
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the next run trains afresh
+    finish_run(model, meta, params, model_out, curves_out, run_dir)
     return {"epochs": data.epochs, "steps": step, "history": history,
             "seconds_this_run": round(time.time() - started, 1),
             "train_images": len(dataset)}

@@ -10,7 +10,7 @@ ImageNet weights: :func:`load_imagenet_weights` reads either the original MXNet 
 (``ilsvrc-cls_rna-a1_cls1000_ep-0001.params``, keys like ``arg:res2a_branch2a_weight``) or the
 published PyTorch conversion (``.pth``, keys like ``b2.conv_branch2a.weight``), drops the
 1000-class classifier and nothing else, and loads with ``strict=True``; any missing, unexpected
-or mis-shaped key is a one-line :class:`BnrError`. (PSA / TransCAM load with ``strict=False``, so
+or mis-shaped key is a one-line :class:`BnrError`. (PSA / TransCAM load non-strictly, so
 a wrong file silently leaves the network random.)
 """
 
