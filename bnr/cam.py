@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnr.runtime import CPU, Runtime
+
 
 def aggregate_attention(attn: Sequence[Tensor] | Tensor, reduce: str) -> Tensor:
     """Head-mean, then block ``sum`` (A, eq. 3-4) or block ``mean`` (A-bar, eq. 7).
@@ -102,6 +104,7 @@ def multiscale_cam(
     batch_passes: bool = True,
     patch_multiple: int = 16,
     source: str = "transcam",
+    runtime: Runtime = CPU,
 ) -> Tensor:
     """Seed CAMs of one image, exactly as TransCAM infers them (``source``: cam_from_outputs).
 
@@ -110,9 +113,14 @@ def multiscale_cam(
     zeroed and flipped passes un-flipped; the passes are summed, ReLU'd and each class is
     min-max normalised to [0, 1]. Returns (K, H, W) for ``classes`` (1-based indices, K may be
     0). ``batch_passes`` runs an image's flipped pass in the same batch as the plain one.
+
+    ``runtime``: the network runs on its device under its autocast; the refinement and all
+    arithmetic after the network are float32, and the result is a CPU float32 tensor.
+    ``model`` must already be on that device (``runtime.prepare_model``).
     """
     h, w = image.shape[-2:]
     classes = list(classes)
+    image = runtime.to_device(image)  # resized on the device: one upload per image
     total = None
     for size in _pass_sizes(h, w, scales, resize, patch_multiple):
         scaled = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
@@ -120,7 +128,11 @@ def multiscale_cam(
         groups = [torch.cat(batch)] if batch_passes else batch
         outs = []
         for g in groups:
-            outs.append(cam_from_outputs(model(g), source))  # (P, S, h', w')
+            with runtime.autocast():
+                out = model(runtime.to_device(g))  # channels_last when the runtime asks
+            # M* = A* . M in float32: attention sums of 10+ blocks lose digits in bfloat16
+            refined = {"cam": out["cam"].float(), "attn_sum": out["attn_sum"].float()}
+            outs.append(cam_from_outputs(refined, source))  # (P, S, h', w')
         cams = torch.cat(outs)  # (P, S, h', w'), P = 2 with flip
         cams = F.interpolate(cams[:, 1:], size=(h, w), mode="bilinear", align_corners=False)
         if flip:
@@ -128,9 +140,9 @@ def multiscale_cam(
         summed = cams.sum(0)  # (S-1, H, W)
         total = summed if total is None else total + summed
     assert total is not None
-    keep = torch.tensor([c - 1 for c in classes], dtype=torch.long)
+    keep = torch.tensor([c - 1 for c in classes], dtype=torch.long, device=total.device)
     cams = F.relu(total[keep])  # (K, H, W): absent classes dropped (zeroed)
-    return normalize_cams(cams)
+    return normalize_cams(cams).cpu()  # callers save / threshold on the CPU
 
 
 def normalize_cams(cams: Tensor, eps: float = 1e-5) -> Tensor:

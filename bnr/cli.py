@@ -1,9 +1,9 @@
-"""The ``bnr`` command: ``bnr predict`` labels images with a trained checkpoint (CPU).
+"""The ``bnr`` command: ``bnr predict`` labels images with a trained checkpoint.
 
 ::
 
     bnr predict --checkpoint models/segmenter.pt [--scales 0.75 1.0 1.25] [--flip] \\
-        INPUT... --out DIR
+        [--device auto|cpu|cuda] [--precision auto|float32|bfloat16] INPUT... --out DIR
     bnr predict --checkpoint models/cam.pt --classes 1,3 --threshold 0.3 [--sizes 64 128] \\
         INPUT... --out DIR
 
@@ -12,6 +12,8 @@ INPUT: image files or folders (their .jpg/.jpeg/.png/.bmp files, sorted). For ea
 are written to DIR. The checkpoint kind is read from the file: a segmenter (train_segmenter)
 gives a segmentation; a CAM network (train_cam) gives seed labels from the TransCAM multi-scale
 CAMs of the given image-level ``--classes`` (1-based), background below ``--threshold``.
+The network runs on ``--device`` (auto: CUDA when present) in ``--precision`` (auto: bfloat16
+autocast on CUDA, float32 on CPU), as the ``runtime`` block of params.yaml does for the stages.
 A user error (unreadable image, bad checkpoint, missing option) is one line and exit code 2.
 """
 
@@ -27,8 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bnr.config import RuntimeConfig
 from bnr.errors import BnrError
 from bnr.io import read_image, write_label_png
+from bnr.runtime import Runtime, apply_threads, resolve_runtime
 from bnr.visualize import colorize_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -102,11 +106,21 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndar
     return np.where(keep, image, blend).astype(np.uint8)
 
 
+def predict_runtime(args: argparse.Namespace) -> Runtime:
+    """The :class:`Runtime` of ``--device`` / ``--precision`` (BnrError if CUDA is asked for
+    and absent); torch's CPU threads set to the available cores as in the stages."""
+    runtime = resolve_runtime(RuntimeConfig(device=args.device, precision=args.precision))
+    apply_threads(runtime)
+    return runtime
+
+
 def predict(args: argparse.Namespace) -> int:
     from bnr.data.transforms import EvalTransform
 
     images = collect_inputs(args.inputs)
+    runtime = predict_runtime(args)
     kind, model, state = load_any_checkpoint(Path(args.checkpoint))
+    model = runtime.prepare_model(model)
     out = Path(args.out)
     if kind == "cam":
         from bnr.cam import cams_to_seeds, multiscale_cam
@@ -127,11 +141,13 @@ def predict(args: argparse.Namespace) -> int:
             if kind == "segmenter":
                 from bnr.segmentation import multiscale_predict
 
-                probs = multiscale_predict(model, x, args.scales, args.flip)  # (S, H, W)
+                probs = multiscale_predict(model, x, args.scales, args.flip,
+                                           runtime=runtime)  # (S, H, W) CPU float32
                 label = probs.argmax(0).numpy().astype(np.uint8)
             else:
                 cams = multiscale_cam(model, x, classes, sizes, flip=args.flip,
-                                      patch_multiple=multiple)  # (K, H, W)
+                                      patch_multiple=multiple,
+                                      runtime=runtime)  # (K, H, W) CPU float32
                 label = cams_to_seeds(cams, classes, args.threshold)
         write_label_png(out / f"{path.stem}.png", label)
         Image.fromarray(overlay(image, label)).save(out / f"{path.stem}_overlay.png")
@@ -155,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="CAM: background threshold in [0, 1]")
     p.add_argument("--sizes", nargs="+", type=int,
                    help="CAM: square side lengths (default: the checkpoint's infer_scales)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the network runs (auto: cuda when present, else cpu)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="autocast precision (auto: bfloat16 on CUDA, float32 on CPU)")
     p.set_defaults(func=predict)
     return parser
 

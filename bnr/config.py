@@ -98,6 +98,15 @@ def boolean() -> Check:
     return check
 
 
+def auto_or_boolean() -> Check:
+    def check(key: str, value: Any) -> str | bool:
+        if value != "auto" and not isinstance(value, bool):
+            _fail(key, "auto, true or false", value)
+        return value
+
+    return check
+
+
 def string(allow_empty: bool = True) -> Check:
     def check(key: str, value: Any) -> str:
         if value is None and allow_empty:
@@ -321,7 +330,20 @@ class EvaluateConfig:
     overlays: int = spec(integer(0, 64), 6)
 
 
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the networks run (bnr.runtime); shared by every stage that runs one."""
+
+    nproc: int = spec(integer(1, 64), 1)  # training processes (torchrun --nproc_per_node)
+    device: str = spec(choice("auto", "cpu", "cuda"), "auto")
+    precision: str = spec(choice("auto", "float32", "bfloat16", "float16"), "auto")
+    channels_last: Any = spec(auto_or_boolean(), "auto")
+    pin_memory: Any = spec(auto_or_boolean(), "auto")
+    num_threads: int = spec(integer(0, 1024), 0)  # torch CPU threads per process; 0 = cores/nproc
+
+
 STAGE_BLOCKS: dict[str, type] = {
+    "runtime": RuntimeConfig,
     "download": DownloadConfig,
     "train_cam": TrainCamConfig,
     "infer_seeds": InferSeedsConfig,
@@ -350,6 +372,7 @@ class Params:
     crf: CrfConfig
     train_segmenter: TrainSegmenterConfig
     evaluate: EvaluateConfig
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def protocol(self) -> dict:

@@ -32,7 +32,7 @@ def environment() -> dict:
         "bnr": bnr.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cuda_available": torch.cuda.is_available(),  # the device used: the ``runtime`` field
     }
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bnr.cam import cams_to_seeds
@@ -40,32 +40,48 @@ from bnr.config import CrfConfig, Params
 from bnr.data.classes import class_names
 from bnr.data.transforms import EvalTransform, TrainTransform
 from bnr.data.voc import read_mask, read_split
+from bnr.distributed import (
+    SINGLE,
+    DistContext,
+    SeededItems,
+    barrier,
+    ddp_mean,
+    mean_over_processes,
+)
 from bnr.errors import BnrError
 from bnr.io import atomic_path, read_image, read_label_png, voc_palette
 from bnr.metrics import confusion_matrix, iou_per_class, mean_iou
 from bnr.models.resnet38 import (
     AffinityNet,
     load_imagenet_weights,
-    param_groups,
     resnet38d,
     resnet38d_tiny,
 )
 from bnr.postprocessing.affinity import (
     affinity_labels_from_cam,
     affinity_loss,
+    pair_affinity,
+    pair_indices,
     pair_labels,
 )
 from bnr.postprocessing.crf import crf_map, dense_crf_labels
 from bnr.postprocessing.random_walk import random_walk_segmentation
+from bnr.runtime import CPU, Runtime
 from bnr.seeds import load_cams
 from bnr.training import (
+    cpu_state,
+    epoch_batches,
     epoch_seed,
     finish_run,
     load_checkpoint,
     load_state_strict,
     open_live,
+    place_for_training,
+    poly_sgd,
+    resume_state,
     run_key,
     save_checkpoint,
+    shard_loader,
     source_digest,
 )
 
@@ -248,11 +264,16 @@ def train_affinity(
     stop_after_epoch: int | None = None,
     progress: bool = True,
     live_factory: Callable[..., Any] | None = None,
+    runtime: Runtime = CPU,
+    ctx: DistContext = SINGLE,
 ) -> dict:
     """Train AffinityNet on the seed CAMs of ``infer_split``; write ``model_out`` and curves.
 
     Resumes from ``run_root/<key>/last.pt`` (key: params, ids, CAM bytes, library source);
-    ``stop_after_epoch`` ends the call early as an interruption would. Returns a summary.
+    ``stop_after_epoch`` ends the call early as an interruption would. ``runtime`` / ``ctx``:
+    device, precision and torchrun place (the main process writes the affinity labels and
+    every output; the loss divides by the pair counts of the whole global batch). Returns a
+    summary.
     """
     data, cfg = params.data, params.train_affinity
     names = class_names(params.dataset)
@@ -269,38 +290,37 @@ def train_affinity(
     cam_paths = [Path(cam_dir) / f"{i}.npz" for i in ids]
     meta = affinity_model_meta(params)
     key = run_key(params.protocol(), asdict(cfg), ids,
-                  files_digest(cam_paths), source_digest())
+                  files_digest(cam_paths), source_digest(), runtime.precision)
     run_dir = Path(run_root) / key
     ckpt_path, label_dir = run_dir / "last.pt", run_dir / "labels"
     started = time.time()
     label_stats = None
-    if not label_dir.is_dir():
+    if ctx.is_main and not label_dir.is_dir():
         label_stats = write_affinity_labels(
             root, ids, Path(cam_dir), label_dir, low_bg=cfg.low_bg, high_bg=cfg.high_bg,
             n_labels=len(names), crf=cfg.label_crf, progress=progress,
         )
+    barrier(ctx)  # the other processes wait for the labels
     label_seconds = round(time.time() - started, 1)
     dataset = AffinityDataset(root, ids, label_dir, data.affinity_crop)
 
     torch.manual_seed(params.seed)
     model = build_affinity_model(data.affinity_model, cfg.pretrained)
-    groups = param_groups(model, data.affinity_lr, cfg.weight_decay)
-    optimizer = torch.optim.SGD(groups, lr=data.affinity_lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
     batch = data.affinity_batch_size
-    drop_last = len(dataset) > batch
-    per_epoch = len(dataset) // batch if drop_last else 1
+    per_epoch = max(1, len(dataset) // batch)
     max_step = per_epoch * data.affinity_epochs
-    start_epoch, step, history = 0, 0, []
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, meta)
-        load_state_strict(model, state["model"], ckpt_path)
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        print(f"resuming train_affinity from {ckpt_path} "
-              f"(epoch {start_epoch}/{data.affinity_epochs})")
+    state = resume_state(ckpt_path, meta, model, "train_affinity", ctx)
+    start_epoch, step, history = (0, 0, []) if state is None else (
+        state["epoch"], state["step"], state["history"])
+    model, optimizer, net = place_for_training(
+        model, lambda m: poly_sgd(m, data.affinity_lr, cfg.momentum, cfg.weight_decay),
+        state, runtime, ctx)
+    items = SeededItems(dataset)
 
-    live = open_live(run_dir, start_epoch > 0, live_factory)
+    def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        return ddp_mean(total, count, ctx, eps=1e-5)
+
+    live = open_live(run_dir, start_epoch > 0, live_factory, ctx)
     if start_epoch == 0:
         live.log_params({"seed": params.seed, "model": data.affinity_model,
                          "lr": data.affinity_lr, "crop": data.affinity_crop})
@@ -309,33 +329,39 @@ def train_affinity(
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             live.end()
             return {"interrupted_at_epoch": epoch}
-        torch.manual_seed(epoch_seed(params.seed, epoch))
-        shuffle = torch.Generator().manual_seed(epoch_seed(params.seed, epoch) + 1)
-        loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=shuffle,
-                            num_workers=cfg.num_workers, drop_last=drop_last)
-        model.train()
+        torch.manual_seed(epoch_seed(params.seed, epoch) + ctx.rank)  # dropout
+        batches = epoch_batches(len(dataset), batch, params.seed, epoch)
+        loader = shard_loader(items, batches, ctx, runtime, cfg.num_workers)
+        net.train()
         sums: dict[str, float] = {}
-        batches = 0
+        count = 0
         epoch_started = time.time()
         bar = tqdm(loader, desc=f"train_affinity {epoch + 1}/{data.affinity_epochs}",
-                   disable=not progress, leave=False)
+                   disable=not (progress and ctx.is_main), leave=False)
         for item in bar:
             lr = poly_lr(data.affinity_lr, step, max_step)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            aff, src, dst = model.affinity(item["image"], cfg.radius)  # (B, P)
-            bg_pos, fg_pos, neg = pair_labels(item["label"], src, dst)
-            loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg)
-            if not math.isfinite(float(loss.detach())):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            with runtime.autocast():
+                feats = net(runtime.to_device(item["image"]))  # (B/N, C, h, w)
+            src, dst = pair_indices(feats.shape[2], feats.shape[3], cfg.radius,
+                                    device=feats.device)
+            aff = pair_affinity(feats.float(), src, dst)  # (B/N, P)
+            bg_pos, fg_pos, neg = pair_labels(item["label"].to(runtime.device), src, dst)
+            loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg, mean=global_mean)
+            values = mean_over_processes(
+                {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}, ctx)
+            for k in ("bg_count", "fg_count", "neg_count"):  # pairs of the global batch
+                values[k] *= ctx.world_size
+            if not math.isfinite(values["loss"]):
+                terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
                 raise BnrError(f"train_affinity: loss is not finite at epoch {epoch + 1}, "
                                f"step {step} ({terms})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            batches += 1
-            values = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+            count += 1
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % LOG_EVERY == 0:
@@ -344,22 +370,25 @@ def train_affinity(
                     live.log_metric(f"train/{k}", values[k])
                 live.log_metric("train/lr", lr)
             bar.set_postfix(loss=f"{values['loss']:.4f}")
-        means = {k: v / max(batches, 1) for k, v in sums.items()}
+        means = {k: v / max(count, 1) for k, v in sums.items()}
         history.append({"epoch": epoch + 1, "seconds": round(time.time() - epoch_started, 1),
                         **means})
         live.step = step
         for k in ("loss", "bg", "fg", "neg"):
             live.log_metric(f"epoch/{k}", means.get(k, 0.0))
         live.log_metric("epoch/epoch", epoch + 1)
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1, "step": step, "history": history, "meta": meta,
-        })
-        print(f"epoch {epoch + 1}/{data.affinity_epochs} ({history[-1]['seconds']} s): "
-              + ", ".join(f"{k}={means[k]:.4f}" for k in ("loss", "bg", "fg", "neg")))
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, {
+                "model": cpu_state(model), "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1, "step": step, "history": history, "meta": meta,
+            })
+            print(f"epoch {epoch + 1}/{data.affinity_epochs} ({history[-1]['seconds']} s): "
+                  + ", ".join(f"{k}={means[k]:.4f}" for k in ("loss", "bg", "fg", "neg")))
     live.end()
 
-    finish_run(model, meta, params, model_out, curves_out, run_dir)
+    if ctx.is_main:
+        finish_run(model, meta, params, model_out, curves_out, run_dir)
+    barrier(ctx)
     return {"epochs": data.affinity_epochs, "steps": step, "history": history,
             "train_images": len(dataset), "affinity_labels": label_stats,
             "label_seconds": label_seconds,
@@ -380,15 +409,25 @@ def padded_size(h: int, w: int, radius: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def image_affinity(
-    model: AffinityNet, image: np.ndarray, radius: int
+    model: AffinityNet, image: np.ndarray, radius: int, *, runtime: Runtime = CPU
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """AffinityNet on the normalised image zero-padded to :func:`padded_size` (PSA pads to a
-    multiple of 8) -> aff (P,), src (P,), dst (P,) on the (H'/8) x (W'/8) grid."""
+    multiple of 8) -> aff (P,), src (P,), dst (P,) on the (H'/8) x (W'/8) grid.
+
+    The features are computed on ``runtime``'s device under its autocast (``model`` already
+    there); the affinities are float32 and, like src / dst, on that device.
+    """
     x, _ = EvalTransform()(image, None)  # (3, H, W)
     h, w = x.shape[1:]
     hp, wp = padded_size(h, w, radius)
     x = F.pad(x, (0, wp - w, 0, hp - h))  # (3, H', W')
-    aff, src, dst = model.affinity(x[None], radius)
+    with runtime.autocast():
+        feats = model(runtime.to_device(x[None]))  # (1, 3, H', W') -> (1, C, H'/8, W'/8)
+    # AffinityNet.affinity's two steps, with the pair differences in float32: the walk raises
+    # the affinities to the power beta (14), which would magnify bfloat16 rounding 14-fold
+    feats = feats.float()
+    src, dst = pair_indices(feats.shape[2], feats.shape[3], radius, device=feats.device)
+    aff = pair_affinity(feats, src, dst)  # (1, P)
     return aff[0], src, dst
 
 
@@ -399,11 +438,14 @@ def random_walk_split(
     out_dir: Path,
     cam_dir: Path = Path("data/cams"),
     progress: bool = True,
+    *,
+    runtime: Runtime = CPU,
 ) -> dict:
     """Random-walk labels of ``ids`` into ``out_dir`` (atomic directory of palette PNGs).
 
     Uses the sparse walk (never an N x N matrix). An image with no foreground class is all
-    background (kept and counted). Returns counts and timing.
+    background (kept and counted). Returns counts and timing. AffinityNet runs on
+    ``runtime`` (``model`` already prepared for it); the walk itself runs on the CPU in float32.
     """
     cfg, root = params.random_walk, Path(params.data.root)
     model.eval()
@@ -418,9 +460,12 @@ def random_walk_split(
                 label = np.zeros(image.shape[:2], np.uint8)
             else:
                 try:
-                    aff, src, dst = image_affinity(model, image, cfg.radius)
+                    aff, src, dst = image_affinity(model, image, cfg.radius, runtime=runtime)
                 except BnrError as exc:
                     raise BnrError(f"{img_id}: {exc}") from None
+                # random_walk_segmentation builds its score maps on the CPU, so the walk
+                # cannot run on another device: affinities (P,) and pairs come back here
+                aff, src, dst = aff.float().cpu(), src.cpu(), dst.cpu()
                 h, w = image.shape[:2]
                 hp, wp = padded_size(h, w, cfg.radius)
                 if (hp, wp) != (h + (-h % STRIDE), w + (-w % STRIDE)):  # a very small image:

@@ -19,6 +19,7 @@ from bnr.data.transforms import EvalTransform
 from bnr.data.voc import VocSegmentation, read_mask
 from bnr.errors import BnrError
 from bnr.io import atomic_path
+from bnr.runtime import CPU, Runtime
 
 
 def infer_split_cams(
@@ -33,8 +34,13 @@ def infer_split_cams(
     patch_multiple: int = 16,
     source: str = "transcam",
     progress: bool = True,
+    runtime: Runtime = CPU,
 ) -> int:
-    """Write the seed CAMs of every image of ``dataset`` into ``out_dir`` (atomically)."""
+    """Write the seed CAMs of every image of ``dataset`` into ``out_dir`` (atomically).
+
+    The network runs on ``runtime`` (``model`` already prepared for it); the saved CAMs are
+    computed in float32 after the network and stored as float16 whatever the precision.
+    """
     model.eval()
     to_tensor = EvalTransform()
     with atomic_path(out_dir) as tmp:
@@ -45,7 +51,7 @@ def infer_split_cams(
             classes = [int(c) for c in torch.nonzero(item["labels"][1:]).flatten() + 1]
             cams = multiscale_cam(model, image, classes, scales, flip=flip, resize=resize,
                                   batch_passes=batch_passes, patch_multiple=patch_multiple,
-                                  source=source)
+                                  source=source, runtime=runtime)  # (K, H, W) CPU float32
             np.savez(tmp / f"{item['id']}.npz", classes=np.asarray(classes, np.int64),
                      cams=cams.numpy().astype(np.float16))
     return len(dataset)

@@ -36,28 +36,40 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.data.transforms import EvalTransform, TrainTransform
 from bnr.data.voc import IGNORE_INDEX, read_mask, read_split
+from bnr.distributed import (
+    SINGLE,
+    DistContext,
+    barrier,
+    ddp_mean,
+    mean_over_processes,
+)
 from bnr.errors import BnrError
 from bnr.io import atomic_path, read_image, read_label_png, voc_palette
 from bnr.metrics import confusion_matrix
 from bnr.models.deeplab import create_segmenter
-from bnr.models.resnet38 import param_groups
 from bnr.postprocessing.crf import dense_crf_labels
 from bnr.psa import crf_kwargs, files_digest, write_palette_png
+from bnr.runtime import CPU, Runtime
 from bnr.training import (
+    cpu_state,
     epoch_seed,
     finish_run,
     load_checkpoint,
     load_state_strict,
     open_live,
+    place_for_training,
+    poly_sgd,
+    resume_state,
     run_key,
     save_checkpoint,
+    shard_loader,
     source_digest,
 )
 
@@ -178,13 +190,16 @@ def poly_lr(base: float, it: int, max_it: int, power: float = 0.9) -> float:
     return base * (1 - it / max_it) ** power if it < max_it else 0.0
 
 
-def segmentation_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """logits (B, S, h, w) upsampled bilinearly to label (B, H, W); cross-entropy, 255 ignored.
+def segmentation_loss(
+    logits: torch.Tensor, label: torch.Tensor, ctx: DistContext = SINGLE
+) -> torch.Tensor:
+    """logits (B, S, h, w) upsampled bilinearly to label (B, H, W); cross-entropy averaged over
+    the labelled pixels (255 ignored) of the whole global batch (all processes of ``ctx``).
     A batch with no labelled pixel gives 0 (not NaN)."""
     up = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    if not (label != IGNORE_INDEX).any():
-        return up.sum() * 0.0
-    return F.cross_entropy(up, label, ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(up, label, ignore_index=IGNORE_INDEX, reduction="sum")
+    labelled = (label != IGNORE_INDEX).sum().to(total.dtype)
+    return ddp_mean(total, labelled, ctx, min_count=1.0)
 
 
 def train_segmenter(
@@ -197,12 +212,15 @@ def train_segmenter(
     live_factory: Callable[..., Any] | None = None,
     label_dir: Path = Path("data/pseudo_labels"),
     checkpoint_every: int = CHECKPOINT_EVERY,
+    runtime: Runtime = CPU,
+    ctx: DistContext = SINGLE,
 ) -> dict:
     """Train the segmenter on the pseudo labels of ``infer_split``; write ``model_out`` and the
     dvclive curves (``curves_out``: train/loss, train/lr per ``log_every`` iterations).
 
     ``stop_after_iteration`` ends the call once that many iterations are done, as an
     interruption would (progress after the last checkpoint is lost and redone on resume).
+    ``runtime`` / ``ctx``: device, precision and torchrun place (only the main process writes).
     Returns a summary (iterations, timings, final mean loss).
     """
     data, cfg = params.data, params.train_segmenter
@@ -213,7 +231,7 @@ def train_segmenter(
     label_paths = check_pseudo_labels(label_dir, ids)
     meta = segmenter_meta(params)
     key = run_key(params.protocol(), asdict(cfg), ids, files_digest(label_paths),
-                  source_digest())
+                  source_digest(), runtime.precision)
     run_dir = Path(run_root) / key
     ckpt_path = run_dir / "last.pt"
     dataset = PseudoLabelDataset(root, ids, label_dir, data.segmenter_crop,
@@ -221,31 +239,27 @@ def train_segmenter(
 
     torch.manual_seed(params.seed)
     model = build_segmenter(params)
-    groups = param_groups(model, data.segmenter_lr, cfg.weight_decay)
-    optimizer = torch.optim.SGD(groups, lr=data.segmenter_lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
     max_it = data.segmenter_iterations
-    start, history = 0, []
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, meta)
-        load_state_strict(model, state["model"], ckpt_path)
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = int(state["iteration"]), list(state["history"])
-        print(f"resuming train_segmenter from {ckpt_path} (iteration {start}/{max_it})")
+    state = resume_state(ckpt_path, meta, model, "train_segmenter", ctx)
+    start, history = (0, []) if state is None else (int(state["iteration"]),
+                                                     list(state["history"]))
+    model, optimizer, net = place_for_training(
+        model, lambda m: poly_sgd(m, data.segmenter_lr, cfg.momentum, cfg.weight_decay),
+        state, runtime, ctx)
 
-    live = open_live(run_dir, start > 0, live_factory)
+    live = open_live(run_dir, start > 0, live_factory, ctx)
     if start == 0:
         live.log_params({"seed": params.seed, "arch": cfg.arch, "backbone": meta["preset"],
                          "lr": data.segmenter_lr, "crop": data.segmenter_crop,
                          "batch_size": data.segmenter_batch_size, "iterations": max_it})
     batches = list(iteration_batches(len(dataset), data.segmenter_batch_size, params.seed,
                                      start, max_it))
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers)
+    loader = shard_loader(dataset, batches, ctx, runtime, cfg.num_workers)
     started = time.time()
-    model.train()
+    net.train()
     window: list[float] = []
     bar = tqdm(loader, total=max_it, initial=start, desc="train_segmenter",
-               disable=not progress)
+               disable=not (progress and ctx.is_main))
     it = start
     for item in bar:
         if stop_after_iteration is not None and it >= stop_after_iteration:
@@ -254,10 +268,11 @@ def train_segmenter(
         lr = poly_lr(data.segmenter_lr, it, max_it, cfg.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        torch.manual_seed(epoch_seed(params.seed, it))  # dropout of this iteration
-        logits = model(item["image"])  # (B, S, h/8, w/8)
-        loss = segmentation_loss(logits, item["label"])
-        value = float(loss.detach())
+        torch.manual_seed(epoch_seed(params.seed, it) + ctx.rank)  # dropout of this iteration
+        with runtime.autocast():
+            logits = net(runtime.to_device(item["image"]))  # (B/N, S, h/8, w/8)
+        loss = segmentation_loss(logits.float(), item["label"].to(runtime.device), ctx)
+        value = mean_over_processes({"loss": float(loss.detach())}, ctx)["loss"]
         if not math.isfinite(value):
             raise BnrError(f"train_segmenter: loss is not finite at iteration {it + 1} "
                            f"(loss={value}, lr={lr:.4g}); lower segmenter_lr")
@@ -274,14 +289,16 @@ def train_segmenter(
             live.log_metric("train/loss", mean)
             live.log_metric("train/lr", lr)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-        if it % checkpoint_every == 0 and it < max_it:
+        if it % checkpoint_every == 0 and it < max_it and ctx.is_main:
             save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": cpu_state(model), "optimizer": optimizer.state_dict(),
                 "iteration": it, "history": history, "meta": meta,
             })
     bar.close()
     live.end()
-    finish_run(model, meta, params, model_out, curves_out, run_dir)
+    if ctx.is_main:
+        finish_run(model, meta, params, model_out, curves_out, run_dir)
+    barrier(ctx)
     seconds = round(time.time() - started, 1)
     return {"iterations": max_it, "resumed_from": start, "history": history,
             "train_images": len(dataset), "seconds_this_run": seconds,
@@ -295,21 +312,32 @@ def train_segmenter(
 
 @torch.no_grad()
 def multiscale_predict(
-    model: nn.Module, image: torch.Tensor, scales: Sequence[float], flip: bool = True
+    model: nn.Module,
+    image: torch.Tensor,
+    scales: Sequence[float],
+    flip: bool = True,
+    *,
+    runtime: Runtime = CPU,
 ) -> torch.Tensor:
     """Class probabilities of one normalised image (3, H, W) -> (S, H, W).
 
     For each scale the image is resized bilinearly to (round(H s), round(W s)) (at least 8 px),
     run with its horizontal flip in one batch, the logits upsampled bilinearly to (H, W) and
     softmaxed, the flipped pass un-flipped; the probabilities of all passes are averaged.
+
+    ``runtime``: the network runs on its device under its autocast (``model`` already there);
+    upsampling, softmax and the average are float32; the result is a CPU float32 tensor.
     """
     h, w = image.shape[-2:]
+    image = runtime.to_device(image)  # resized on the device: one upload per image
     total, passes = None, 0
     for s in scales:
         size = (max(8, round(h * s)), max(8, round(w * s)))
         x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
         batch = torch.cat([x, x.flip(-1)]) if flip else x  # (P, 3, h', w')
-        logits = model(batch)  # (P, S, h'/8, w'/8)
+        with runtime.autocast():
+            logits = model(runtime.to_device(batch))  # (P, S, h'/8, w'/8)
+        logits = logits.float()  # softmax and the average in float32 whatever the precision
         probs = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         probs = probs.softmax(1)  # (P, S, H, W)
         if flip:
@@ -318,7 +346,7 @@ def multiscale_predict(
         total = summed if total is None else total + summed
         passes += probs.shape[0]
     assert total is not None
-    return total / passes
+    return (total / passes).cpu()  # argmax / CRF / callers work on the CPU
 
 
 def predict_labels(
@@ -327,11 +355,13 @@ def predict_labels(
     scales: Sequence[float],
     flip: bool,
     crf: dict | None = None,
+    *,
+    runtime: Runtime = CPU,
 ) -> np.ndarray:
     """(H, W, 3) uint8 image -> (H, W) uint8 labels (arg-max; label dense CRF if ``crf`` holds
-    :func:`dense_crf_labels` keyword arguments)."""
+    :func:`dense_crf_labels` keyword arguments). The network runs on ``runtime``."""
     x, _ = EvalTransform()(image, None)  # (3, H, W)
-    probs = multiscale_predict(model, x, scales, flip)  # (S, H, W)
+    probs = multiscale_predict(model, x, scales, flip, runtime=runtime)  # (S, H, W) CPU float32
     label = probs.argmax(0).numpy().astype(np.uint8)
     if crf is not None and (label != 0).any():
         label = dense_crf_labels(image, label, probs.shape[0], **crf)
@@ -344,12 +374,15 @@ def evaluate_split(
     pred_dir: Path | None = Path("data/predictions"),
     ids: Sequence[str] | None = None,
     progress: bool = True,
+    *,
+    runtime: Runtime = CPU,
 ) -> tuple[np.ndarray, dict]:
     """Accumulated (S, S) confusion of ``val_split`` (or ``ids``) against ``gt_dir``.
 
     Scales ``eval_scales``, flip ``evaluate.flip``, label CRF (``crf`` block) when
     ``evaluate.crf``. Predictions are written to ``pred_dir`` (atomic directory of VOC palette
-    PNGs; None = not written). Returns ``(confusion, stats)``.
+    PNGs; None = not written). The network runs on ``runtime`` (``model`` already prepared
+    for it). Returns ``(confusion, stats)``.
     """
     data = params.data
     names = class_names(params.dataset)
@@ -365,7 +398,8 @@ def evaluate_split(
         for img_id in tqdm(ids, desc="evaluate", disable=not progress):
             image = read_image(root / "JPEGImages" / f"{img_id}.jpg")
             gt = read_mask(root / data.gt_dir / f"{img_id}.png", len(names), image.shape[:2])
-            label = predict_labels(model, image, data.eval_scales, params.evaluate.flip, crf)
+            label = predict_labels(model, image, data.eval_scales, params.evaluate.flip, crf,
+                                   runtime=runtime)
             conf += confusion_matrix(label, gt, len(names))
             if out is not None:
                 write_palette_png(out / f"{img_id}.png", label)
@@ -407,13 +441,16 @@ def write_server_archive(
     model: nn.Module,
     out: Path = Path("data/server_archive.tar"),
     progress: bool = True,
+    *,
+    runtime: Runtime = CPU,
 ) -> dict:
     """PASCAL VOC evaluation-server archive of ``test_split`` predictions (voc2012 only).
 
     Layout: ``results/VOC2012/Segmentation/comp6_test_cls/<id>.png`` (comp6: trained with
     data other than VOC segmentation labels). Same scales / flip / CRF as the evaluation. When
     not configured (another dataset, or ``test_split`` empty) an empty tar is written so the
-    stage output always exists. Returns ``{"images": n, "archive": path, "note": ...}``.
+    stage output always exists. The network runs on ``runtime``. Returns
+    ``{"images": n, "archive": path, "note": ...}``.
     """
     data = params.data
     if params.dataset != "voc2012" or not data.test_split:
@@ -430,7 +467,7 @@ def write_server_archive(
         for img_id in tqdm(ids, desc=f"predict {data.test_split}", disable=not progress):
             image = read_image(root / "JPEGImages" / f"{img_id}.jpg")
             yield img_id, predict_labels(model, image, data.eval_scales, params.evaluate.flip,
-                                         crf)
+                                         crf, runtime=runtime)
 
     n = write_label_tar(out, labels())
     return {"images": n, "archive": str(out), "note": f"{SERVER_DIR}/<id>.png for {n} images"}

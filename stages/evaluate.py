@@ -14,6 +14,7 @@ from bnr.io import atomic_path, read_image, read_label_png, write_json
 from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_table
 from bnr.protocol import protocol_record
 from bnr.psa import crf_kwargs
+from bnr.runtime import apply_threads, resolve_runtime
 from bnr.segmentation import evaluate_split, load_segmenter, write_server_archive
 from bnr.stage import run_stage
 from bnr.visualize import colorize_labels, panel
@@ -24,14 +25,17 @@ PRED_DIR = Path("data/predictions")
 def main(params: Params) -> None:
     data, cfg = params.data, params.evaluate
     names = class_names(params.dataset)
-    model = load_segmenter(params, Path("models/segmenter.pt"))
-    conf, stats = evaluate_split(params, model, PRED_DIR)
+    runtime = resolve_runtime(params.runtime)
+    apply_threads(runtime)
+    model = runtime.prepare_model(load_segmenter(params, Path("models/segmenter.pt")))
+    conf, stats = evaluate_split(params, model, PRED_DIR, runtime=runtime)
     iou = iou_per_class(conf)
     miou = round(mean_iou(conf) * 100, 3)
     per_class = {n: None if np.isnan(v) else round(float(v) * 100, 3)
                  for n, v in zip(names, iou, strict=True)}
     per_class["mIoU"] = miou  # paper Table 2 order: background, classes, mIoU
-    server = write_server_archive(params, model, Path("data/server_archive.tar"))
+    server = write_server_archive(params, model, Path("data/server_archive.tar"),
+                                  runtime=runtime)
     write_class_table(per_class_table(conf, names), Path("metrics/segmentation_per_class"))
     write_json("metrics/segmentation.json", {
         "miou": miou,
@@ -46,6 +50,7 @@ def main(params: Params) -> None:
             noise_scale=params.noise_scale, seed=params.seed,
             arch=params.train_segmenter.arch, backbone=data.segmenter_backbone,
             metric="mIoU (%) over all classes from the accumulated confusion matrix",
+            runtime=runtime.record(),
         ),
     })
     print(f"segmentation mIoU {miou:.2f} on {data.val_split} ({stats['images']} images, "

@@ -7,6 +7,7 @@ import torch
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.data.voc import VocSegmentation
+from bnr.runtime import apply_threads, resolve_runtime
 from bnr.seeds import infer_split_cams
 from bnr.stage import run_stage
 from bnr.training import build_cam_model, cam_model_meta, load_checkpoint, load_state_strict
@@ -14,19 +15,22 @@ from bnr.training import build_cam_model, cam_model_meta, load_checkpoint, load_
 
 def main(params: Params) -> None:
     torch.manual_seed(params.seed)
+    runtime = resolve_runtime(params.runtime)
+    apply_threads(runtime)
     ckpt = Path("models/cam.pt")
     state = load_checkpoint(ckpt, cam_model_meta(params))
     model = build_cam_model(params)
     load_state_strict(model, state["model"], ckpt)
+    model = runtime.prepare_model(model)
     dataset = VocSegmentation(params.data.root, params.data.infer_split,
                               class_names(params.dataset), with_mask=False)
     n = infer_split_cams(
         model, dataset, Path("data/cams"), params.data.infer_scales,
         flip=params.infer_seeds.flip, resize=params.infer_seeds.resize,
         batch_passes=params.infer_seeds.batch_passes, patch_multiple=model.cfg.patch_size,
-        source=params.infer_seeds.source,
+        source=params.infer_seeds.source, runtime=runtime,
     )
-    print(f"wrote CAMs of {n} images to data/cams")
+    print(f"wrote CAMs of {n} images to data/cams ({runtime.device}, {runtime.precision})")
 
 
 if __name__ == "__main__":

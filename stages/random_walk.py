@@ -7,16 +7,19 @@ import torch
 from bnr.config import Params
 from bnr.data.voc import read_split
 from bnr.psa import load_affinity_model, random_walk_split
+from bnr.runtime import apply_threads, resolve_runtime
 from bnr.stage import run_stage, seed_everything
 
 
 def main(params: Params) -> None:
     seed_everything(params.seed)
-    model = load_affinity_model(params, Path("models/affinity.pt"))
+    runtime = resolve_runtime(params.runtime)
+    apply_threads(runtime)
+    model = runtime.prepare_model(load_affinity_model(params, Path("models/affinity.pt")))
     ids = read_split(params.data.root, params.data.infer_split)
-    stats = random_walk_split(params, model, ids, Path("data/rw_labels"))
+    stats = random_walk_split(params, model, ids, Path("data/rw_labels"), runtime=runtime)
     print(f"random walk: {stats['images']} images ({stats['all_background']} without "
-          f"foreground) in {stats['seconds']} s")
+          f"foreground) in {stats['seconds']} s ({runtime.device}, {runtime.precision})")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,16 @@ from bnr.io import write_json
 from bnr.protocol import protocol_record
 from bnr.psa import train_affinity
 from bnr.stage import run_stage, seed_everything
+from bnr.training import training_session
 
 
 def main(params: Params) -> None:
     seed_everything(params.seed)
-    summary = train_affinity(params, Path("models/affinity.pt"), Path("metrics/train_affinity"))
+    with training_session(params) as (runtime, ctx):
+        summary = train_affinity(params, Path("models/affinity.pt"),
+                                 Path("metrics/train_affinity"), runtime=runtime, ctx=ctx)
+    if not ctx.is_main:
+        return
     last = summary["history"][-1] if summary["history"] else {}
     cfg, data = params.train_affinity, params.data
     write_json("metrics/train_affinity.json", {
@@ -23,7 +28,8 @@ def main(params: Params) -> None:
         "label_seconds": summary["label_seconds"],
         "seconds_this_run": summary["seconds_this_run"],
         "protocol": protocol_record(
-            params, dataset=params.dataset, split=data.infer_split, cams="data/cams",
+            params, runtime={**runtime.record(), "processes": ctx.world_size},
+            dataset=params.dataset, split=data.infer_split, cams="data/cams",
             method=params.method, noise_scale=params.noise_scale, seed=params.seed,
             model=data.affinity_model, pretrained=cfg.pretrained or None,
             crop=data.affinity_crop, batch_size=data.affinity_batch_size, lr=data.affinity_lr,
@@ -35,4 +41,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    run_stage(main, __doc__, distributed=True)

@@ -7,12 +7,16 @@ from bnr.io import write_json
 from bnr.protocol import protocol_record
 from bnr.segmentation import segmenter_meta, train_segmenter
 from bnr.stage import run_stage, seed_everything
+from bnr.training import training_session
 
 
 def main(params: Params) -> None:
     seed_everything(params.seed)
-    summary = train_segmenter(params, Path("models/segmenter.pt"),
-                              Path("metrics/train_segmenter"))
+    with training_session(params) as (runtime, ctx):
+        summary = train_segmenter(params, Path("models/segmenter.pt"),
+                                  Path("metrics/train_segmenter"), runtime=runtime, ctx=ctx)
+    if not ctx.is_main:
+        return
     cfg, data = params.train_segmenter, params.data
     meta = segmenter_meta(params)
     write_json("metrics/train_segmenter.json", {
@@ -23,7 +27,8 @@ def main(params: Params) -> None:
         "seconds_this_run": summary["seconds_this_run"],
         "seconds_per_iteration": summary["seconds_per_iteration"],
         "protocol": protocol_record(
-            params, dataset=params.dataset, split=data.infer_split, labels="data/pseudo_labels",
+            params, runtime={**runtime.record(), "processes": ctx.world_size},
+            dataset=params.dataset, split=data.infer_split, labels="data/pseudo_labels",
             method=params.method, noise_scale=params.noise_scale, seed=params.seed,
             arch=cfg.arch, backbone=meta["preset"] if cfg.arch == "largefov" else "resnet101",
             pretrained=cfg.pretrained or None, crop=data.segmenter_crop,
@@ -39,4 +44,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    run_stage(main, __doc__, distributed=True)

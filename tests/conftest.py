@@ -40,5 +40,16 @@ def write_voc_tree(root: Path, ids_by_split: dict, num_classes: int = 4, size=(2
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread: small convolutions on shared cores thrash with more (20x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def voc_tree(tmp_path: Path) -> Path:
     return write_voc_tree(tmp_path / "voc", {"train": ["a", "b", "c"], "val": ["d"]})

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bnr.cli import main
@@ -12,14 +11,7 @@ from bnr.models.conformer import create_conformer
 from bnr.models.deeplab import create_segmenter
 from bnr.training import save_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: small convolutions on shared cores thrash with more (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

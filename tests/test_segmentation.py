@@ -33,13 +33,7 @@ from tests.conftest import REPO, write_voc_tree
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: small convolutions on shared cores thrash with more (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_params(root: Path, **data):
@@ -205,7 +199,7 @@ def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> No
     import bnr.segmentation as seg
 
     monkeypatch.setattr(seg, "segmentation_loss",
-                        lambda logits, label: logits.sum() * float("nan"))
+                        lambda logits, label, ctx: logits.sum() * float("nan"))
     params = tiny_params(work / "data" / "synthetic")
     with pytest.raises(BnrError, match="loss is not finite at iteration 1"):
         train_segmenter(params, tmp_path / "n.pt", tmp_path / "c", run_root=tmp_path / "r",

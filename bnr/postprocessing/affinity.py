@@ -98,19 +98,24 @@ def affinity_loss(
     fg_pos: torch.Tensor,
     neg: torch.Tensor,
     eps: float = 1e-5,
+    mean: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PSA's AffinityNet loss ``bg/4 + fg/4 + neg/2``; every input has the same shape (B, P).
 
     bg = mean over bg_pos pairs of ``-log(aff + eps)``, fg likewise over fg_pos, neg = mean over
     neg pairs of ``-log(1 + eps - aff)``; each mean divides by ``count + eps`` as PSA does, so an
-    empty term is exactly 0. Returns ``(loss, parts)``, parts = detached bg / fg / neg terms and
-    the three pair counts.
+    empty term is exactly 0. ``mean(total, count)`` replaces that division (data-parallel
+    training divides by the count over all processes). Returns ``(loss, parts)``, parts =
+    detached bg / fg / neg terms and the three pair counts.
     """
     bg_w, fg_w, neg_w = (m.to(aff.dtype) for m in (bg_pos, fg_pos, neg))
     bg_n, fg_n, neg_n = bg_w.sum(), fg_w.sum(), neg_w.sum()
-    bg = (-bg_w * torch.log(aff + eps)).sum() / (bg_n + eps)
-    fg = (-fg_w * torch.log(aff + eps)).sum() / (fg_n + eps)
-    ng = (-neg_w * torch.log(1.0 + eps - aff)).sum() / (neg_n + eps)
+    if mean is None:
+        def mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+            return total / (count + eps)
+    bg = mean((-bg_w * torch.log(aff + eps)).sum(), bg_n)
+    fg = mean((-fg_w * torch.log(aff + eps)).sum(), fg_n)
+    ng = mean((-neg_w * torch.log(1.0 + eps - aff)).sum(), neg_n)
     loss = bg / 4 + fg / 4 + ng / 2
     parts = {
         "bg": bg.detach(),

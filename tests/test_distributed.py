@@ -1,0 +1,299 @@
+"""Data-parallel training: two gloo processes on CPU equal one process on the same global batch.
+
+What is compared and the tolerances (measured on this CPU, 2026-11-27):
+- train_cam through the stage CLI (``runtime.nproc: 2`` re-launches under torchrun) against an
+  in-process single run: per-epoch losses within 1e-5 relative, final weights within 1e-4.
+  The test uses ``train_cam.adam_eps: 1.0``: with the default 1e-8, AdamW divides by
+  sqrt(v) + 1e-8 and so turns rounding-level gradient differences of near-zero gradients into
+  full-size (lr) steps; a large epsilon keeps the update proportional to the gradient, so the
+  comparison sees the gradients themselves.
+- train_affinity and train_segmenter (spawned gloo processes): same weights within 1e-4 and
+  losses within 1e-5 relative, with dropout switched off in both runs (dropout masks are
+  per-process random draws, so they cannot match a single process's masks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from torch import nn
+
+import bnr.psa as psa
+import bnr.segmentation as segmentation
+from bnr.config import load_params
+from bnr.data.synthetic import SyntheticSpec, generate_synthetic
+from bnr.data.voc import read_split
+from bnr.distributed import (
+    SINGLE,
+    DistContext,
+    SeededItems,
+    SyncBatchNorm2d,
+    convert_sync_batchnorm,
+    ddp_mean,
+    relaunch_under_torchrun,
+    shard,
+)
+from bnr.errors import BnrError
+from bnr.training import epoch_batches, load_checkpoint, train_cam, training_session
+from tests.conftest import REPO
+from tests.test_psa_pipeline import fake_cams
+
+WEIGHT_TOL = 1e-4
+LOSS_RTOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Single-process pieces
+
+
+def test_shard_takes_contiguous_slices_and_refuses_uneven_batches() -> None:
+    batch = list(range(8))
+    parts = [shard(batch, DistContext(r, 4, r)) for r in range(4)]
+    assert parts == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert shard(batch, SINGLE) == batch
+    with pytest.raises(BnrError, match="batch of 6 does not split over runtime.nproc=4"):
+        shard(list(range(6)), DistContext(0, 4, 0))
+
+
+def test_epoch_batches_cover_a_permutation_with_distinct_sample_seeds() -> None:
+    batches = epoch_batches(10, 4, seed=3, epoch=1)
+    assert [len(b) for b in batches] == [4, 4]  # the incomplete last batch is dropped
+    indices = [i for b in batches for i, _ in b]
+    assert len(set(indices)) == 8 and set(indices) <= set(range(10))
+    seeds = [s for b in batches for _, s in b]
+    assert len(set(seeds)) == 8
+    assert epoch_batches(10, 4, 3, 1) == batches  # deterministic
+    assert epoch_batches(10, 4, 3, 2) != batches  # another epoch, another order
+    assert [len(b) for b in epoch_batches(3, 8, 0, 0)] == [3]  # fewer samples than a batch
+
+
+def test_seeded_items_do_not_depend_on_the_callers_random_state() -> None:
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.rand(3) + i
+
+    items = SeededItems(Noise())
+    torch.manual_seed(0)
+    a = items[(2, 77)]
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    torch.rand(5)  # another state before the call
+    b = items[(2, 77)]
+    assert torch.equal(a, b)
+    torch.manual_seed(0)
+    items[(1, 5)]
+    assert torch.equal(torch.rand(1), after)  # the caller's generator was restored
+
+
+def test_ddp_mean_is_the_plain_mean_in_one_process() -> None:
+    total, count = torch.tensor(6.0), torch.tensor(3.0)
+    assert float(ddp_mean(total, count, SINGLE)) == 2.0
+    assert float(ddp_mean(torch.tensor(0.0), torch.tensor(0.0), SINGLE, min_count=1.0)) == 0.0
+
+
+def test_convert_keeps_parameters_keys_and_frozen_batchnorms() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    model[2][0].requires_grad_(False)  # frozen (PSA's ImageNet statistics)
+    weight = model[1].weight
+    keys = list(model.state_dict())
+    convert_sync_batchnorm(model)
+    assert type(model[1]) is SyncBatchNorm2d and model[1].weight is weight
+    assert type(model[2][0]) is nn.BatchNorm2d
+    assert list(model.state_dict()) == keys
+    x = torch.randn(2, 3, 5, 5)
+    plain = nn.BatchNorm2d(4)
+    plain.load_state_dict(model[1].state_dict())
+    y = model[0](x)
+    assert torch.equal(model[1](y), plain(y))  # one process: exactly BatchNorm2d
+
+
+def test_relaunch_only_when_needed(monkeypatch) -> None:
+    assert relaunch_under_torchrun(1, ["x.py"]) is None
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert relaunch_under_torchrun(2, ["x.py"]) is None  # already inside torchrun
+
+
+# ----------------------------------------------------------------------------------------------
+# Two gloo processes
+
+
+def _reductions_worker(rank: int, port: int, x: torch.Tensor, w: torch.Tensor, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    ctx = DistContext(rank, 2, rank)
+    torch.manual_seed(0)
+    bn = SyncBatchNorm2d(3)
+    xs = x[rank * 2:(rank + 1) * 2].clone().requires_grad_()
+    y = bn(xs)
+    (y * w[rank * 2:(rank + 1) * 2]).sum().backward()
+    # uneven labelled counts: rank 0 has 3 labelled values, rank 1 has 1
+    values = torch.tensor([[1.0, 2.0, 3.0], [10.0, 0.0, 0.0]])[rank]
+    labelled = torch.tensor([3.0, 1.0])[rank]
+    mean = ddp_mean(values.sum(), labelled, ctx)  # x world size: DDP averages the gradients
+    dist.all_reduce(mean)
+    torch.save({"y": y.detach(), "grad": xs.grad, "wgrad": bn.weight.grad,
+                "running_var": bn.running_var, "mean": mean / 2}, f"{out}/r{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_sync_batchnorm_and_global_mean_over_two_processes(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    x, w = torch.randn(4, 3, 5, 5) * 3 + 1, torch.randn(4, 3, 5, 5)
+    mp.spawn(_reductions_worker, args=(free_port(), x, w, str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"r{r}.pt", weights_only=True) for r in (0, 1))
+    bn = nn.BatchNorm2d(3)
+    xx = x.clone().requires_grad_()
+    y = bn(xx)
+    (y * w).sum().backward()
+    assert torch.allclose(torch.cat([r0["y"], r1["y"]]), y.detach(), atol=1e-5)
+    assert torch.allclose(torch.cat([r0["grad"], r1["grad"]]), xx.grad, atol=1e-5)
+    assert torch.allclose(r0["wgrad"] + r1["wgrad"], bn.weight.grad, atol=1e-4)
+    assert torch.allclose(r0["running_var"], bn.running_var, atol=1e-5)
+    assert float(r0["mean"]) == pytest.approx(16.0 / 4)  # global mean, not (2 + 10) / 2
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loops
+
+
+def _workspace(tmp: Path) -> Path:
+    """Synthetic data, seed CAMs (from the ground truth) and pseudo labels (the ground truth)."""
+    root = tmp / "data" / "synthetic"
+    generate_synthetic(root, SyntheticSpec(num_train=8, num_val=2, image_size=48, clutter=2))
+    fake_cams(root, tmp / "data" / "cams", empty="")
+    labels = tmp / "data" / "pseudo_labels"
+    labels.mkdir()
+    for img_id in read_split(root, "train"):
+        shutil.copy(root / "SegmentationClass" / f"{img_id}.png", labels / f"{img_id}.png")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["dataset"] = "synthetic"
+    raw["datasets"]["synthetic"].update(
+        root=str(root), crop_size=32, resize_long=[28, 44], epochs=2, batch_size=4,
+        affinity_model="resnet38d_tiny", affinity_crop=32, affinity_epochs=2,
+        affinity_batch_size=4, segmenter_backbone="resnet38d_tiny", segmenter_crop=32,
+        segmenter_iterations=4, segmenter_batch_size=4,
+    )
+    raw["train_cam"]["adam_eps"] = 1.0  # see the module docstring
+    raw["train_affinity"]["radius"] = 2
+    raw["train_affinity"]["label_crf"]["workers"] = 1
+    raw["runtime"].update(device="cpu", num_threads=1)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
+    raw["runtime"]["nproc"] = 2
+    (tmp / "params_2.yaml").write_text(yaml.safe_dump(raw))
+    return tmp
+
+
+def _no_dropout(build):
+    def wrapped(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for m in model.modules():
+            if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+                m.p = 0.0
+        return model
+    return wrapped
+
+
+def _train_psa_and_segmenter(work: Path, out: Path, progress: bool = False) -> None:
+    """train_affinity then train_segmenter in ``work`` into ``out`` (dropout off)."""
+    psa.build_affinity_model = _no_dropout(psa.build_affinity_model)
+    segmentation.build_segmenter = _no_dropout(segmentation.build_segmenter)
+    params = load_params(work / "params.yaml")
+    with training_session(params) as (runtime, ctx):
+        a = psa.train_affinity(params, out / "affinity.pt", out / "aff_curves",
+                               cam_dir=work / "data" / "cams", run_root=out / "runs_aff",
+                               progress=progress, runtime=runtime, ctx=ctx)
+        s = segmentation.train_segmenter(params, out / "segmenter.pt", out / "seg_curves",
+                                         run_root=out / "runs_seg", progress=progress,
+                                         label_dir=work / "data" / "pseudo_labels",
+                                         runtime=runtime, ctx=ctx)
+    if ctx.is_main:
+        (out / "history.json").write_text(json.dumps({"affinity": a["history"],
+                                                      "segmenter": s["history"]}))
+
+
+def _psa_worker(rank: int, port: int, work: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    _train_psa_and_segmenter(Path(work), Path(work) / "two")
+
+
+def _assert_same_weights(a_path: Path, b_path: Path) -> None:
+    a = load_checkpoint(a_path, {})["model"]
+    b = load_checkpoint(b_path, {})["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        diff = float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0
+        assert diff <= WEIGHT_TOL, f"{a_path.name} {k}: max |diff| {diff:.3g}"
+
+
+def _assert_close_losses(a: list[dict], b: list[dict], keys: tuple[str, ...]) -> None:
+    assert len(a) == len(b)
+    for ha, hb in zip(a, b, strict=True):
+        for k in keys:
+            assert ha[k] == pytest.approx(hb[k], rel=LOSS_RTOL), (k, ha, hb)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return _workspace(tmp_path_factory.mktemp("ddp"))
+
+
+def test_train_cam_stage_with_two_processes_equals_one(work: Path) -> None:
+    # two processes: the plain stage command, as DVC runs it (runtime.nproc: 2 -> torchrun)
+    stage_dir = work / "stage"
+    stage_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "train_cam.py"),
+                           "--params", str(work / "params_2.yaml")], cwd=stage_dir, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.distributed.run" in proc.stdout
+    metrics = json.loads((stage_dir / "metrics" / "train_cam.json").read_text())
+    assert metrics["protocol"]["runtime"]["processes"] == 2
+    # one process, in this process
+    params = load_params(work / "params.yaml")
+    with training_session(params) as (runtime, ctx):
+        single = train_cam(params, work / "one" / "cam.pt", work / "one" / "curves",
+                           run_root=work / "one" / "runs", progress=False, runtime=runtime,
+                           ctx=ctx)
+    _assert_same_weights(work / "one" / "cam.pt", stage_dir / "models" / "cam.pt")
+    last = single["history"][-1]
+    for k in ("loss", "loss_cls", "loss_bnr"):
+        assert metrics["final_epoch_loss"][k] == pytest.approx(last[k], rel=LOSS_RTOL)
+
+
+def test_affinity_and_segmenter_with_two_processes_equal_one(work: Path, monkeypatch) -> None:
+    monkeypatch.setattr(psa, "build_affinity_model", psa.build_affinity_model)
+    monkeypatch.setattr(segmentation, "build_segmenter", segmentation.build_segmenter)
+    mp.spawn(_psa_worker, args=(free_port(), str(work)), nprocs=2)
+    _train_psa_and_segmenter(work, work / "single")
+    two, one = work / "two", work / "single"
+    _assert_same_weights(one / "affinity.pt", two / "affinity.pt")
+    _assert_same_weights(one / "segmenter.pt", two / "segmenter.pt")
+    h1 = json.loads((one / "history.json").read_text())
+    h2 = json.loads((two / "history.json").read_text())
+    _assert_close_losses(h1["affinity"], h2["affinity"], ("loss", "bg", "fg", "neg",
+                                                          "bg_count", "fg_count", "neg_count"))
+    _assert_close_losses(h1["segmenter"], h2["segmenter"], ("loss",))
+    assert np.isfinite([h["loss"] for h in h1["segmenter"]]).all()
