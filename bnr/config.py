@@ -98,6 +98,17 @@ def boolean() -> Check:
     return check
 
 
+def auto_or_integer(lo: int = 0) -> Check:
+    def check(key: str, value: Any) -> str | int:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            _fail(key, f"auto or an integer >= {lo}", value)
+        return int(value)
+
+    return check
+
+
 def auto_or_boolean() -> Check:
     def check(key: str, value: Any) -> str | bool:
         if value != "auto" and not isinstance(value, bool):
@@ -260,7 +271,7 @@ class TrainCamConfig:
     pretrained: str = spec(string(), "")  # ImageNet Conformer weights; "" = from scratch
     color_jitter: tuple = spec(number_list(number(0), 4, 4), (0.3, 0.3, 0.3, 0.1))
     adam_eps: float = spec(number(0, lo_open=True), 1e-8)
-    num_workers: int = spec(integer(0), 0)
+    num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
     log_every: int = spec(integer(1), 10)
 
 
@@ -300,7 +311,7 @@ class TrainAffinityConfig:
     radius: int = spec(integer(1, 16), 5)  # pair radius on the 1/8 feature map
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0), 5e-4)
-    num_workers: int = spec(integer(0), 0)
+    num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
     label_crf: CrfConfig = nested(CrfConfig)  # CRF of the la/ha affinity labels
 
 
@@ -319,7 +330,7 @@ class TrainSegmenterConfig:
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0), 5e-4)
     poly_power: float = spec(number(0), 0.9)
-    num_workers: int = spec(integer(0), 0)
+    num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
     log_every: int = spec(integer(1), 10)
 
 

@@ -32,6 +32,7 @@ class Runtime:
     channels_last: bool = False
     pin_memory: bool = False
     num_threads: int = 0
+    auto_workers: int = 0
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -59,6 +60,10 @@ class Runtime:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def loader_workers(self, requested: int | str) -> int:
+        """Data-loader worker processes for a ``num_workers`` param (``auto`` resolved)."""
+        return self.auto_workers if requested == "auto" else int(requested)
 
     def record(self) -> dict:
         """What the protocol records about this runtime."""
@@ -96,7 +101,8 @@ def resolve_runtime(cfg: RuntimeConfig, local_rank: int = 0, nproc: int = 1) -> 
 
     ``auto`` precision = bfloat16 autocast on CUDA (when the card supports it), float32 on
     CPU; ``auto`` channels_last and pin_memory = on for CUDA only; ``num_threads`` 0 = the
-    available cores shared evenly between the ``nproc`` processes of this machine.
+    available cores shared evenly between the ``nproc`` processes of this machine; ``auto``
+    data-loader workers = 0 on CPU, that share minus one (at most 8) on CUDA.
     """
     device = resolve_device(cfg.device, local_rank)
     cuda = device.type == "cuda"
@@ -108,8 +114,13 @@ def resolve_runtime(cfg: RuntimeConfig, local_rank: int = 0, nproc: int = 1) -> 
                        "(use bfloat16 or float32 on CPU)")
     channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
     pin_memory = cuda if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
-    threads = cfg.num_threads or max(1, available_cores() // max(1, nproc))
-    return Runtime(device, precision, channels_last, pin_memory, threads)
+    share = max(1, available_cores() // max(1, nproc))  # cores of each process
+    threads = cfg.num_threads or share
+    # auto loader workers: none on CPU, where workers take cores from the computation (the
+    # main process decodes 570 synthetic images/s, several times the CPU training rate);
+    # on CUDA the process's cores but one, at most 8, decode and augment in parallel
+    workers = min(8, share - 1) if cuda else 0
+    return Runtime(device, precision, channels_last, pin_memory, threads, max(0, workers))
 
 
 def apply_threads(runtime: Runtime) -> None:

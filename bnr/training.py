@@ -109,12 +109,14 @@ def training_session(params: Params) -> Iterator[tuple[Runtime, DistContext]]:
 
 def shard_loader(
     dataset: Any, batches: Sequence[Sequence[Any]], ctx: DistContext, runtime: Runtime,
-    num_workers: int,
+    num_workers: int | str,
 ) -> DataLoader:
     """A loader over this process's slice of each global batch (decoding and augmentation in
-    ``num_workers`` worker processes; pinned memory for CUDA)."""
+    ``num_workers`` worker processes, ``auto`` resolved by the runtime; pinned memory for
+    CUDA)."""
     return DataLoader(dataset, batch_sampler=[shard(b, ctx) for b in batches],
-                      num_workers=num_workers, pin_memory=runtime.pin_memory)
+                      num_workers=runtime.loader_workers(num_workers),
+                      pin_memory=runtime.pin_memory)
 
 
 class NullLive:

@@ -43,6 +43,12 @@ def test_switching_dataset_switches_the_whole_block(raw):
          "params.yaml: datasets.synthetic.epochs must be an integer >= 1, got 0"),
         (["infer_seeds", "flip"], "yes", "params.yaml: infer_seeds.flip must be true or false, "
          "got 'yes'"),
+        (["train_cam", "num_workers"], -1,
+         "params.yaml: train_cam.num_workers must be auto or an integer >= 0, got -1"),
+        (["runtime", "channels_last"], "yes",
+         "params.yaml: runtime.channels_last must be auto, true or false, got 'yes'"),
+        (["runtime", "nproc"], 0, "params.yaml: runtime.nproc must be an integer >= 1 and "
+         "<= 64, got 0"),
         (["eval_seeds", "threshold_stop"], 2,
          "params.yaml: eval_seeds.threshold_stop must be a number >= 0 and <= 1, got 2"),
     ],

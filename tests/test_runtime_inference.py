@@ -120,6 +120,18 @@ def test_resolve_runtime_auto_is_cpu_float32() -> None:
     assert runtime.record() == {"device": "cpu", "precision": "float32", "channels_last": False}
 
 
+def test_runtime_threads_and_loader_workers(monkeypatch) -> None:
+    import bnr.runtime as rt
+
+    monkeypatch.setattr(rt, "available_cores", lambda: 16)
+    cpu = resolve_runtime(RuntimeConfig(device="cpu"), nproc=4)
+    assert cpu.num_threads == 4  # 16 cores shared by 4 processes
+    assert cpu.loader_workers("auto") == 0 and cpu.loader_workers(3) == 3
+    assert resolve_runtime(RuntimeConfig(device="cpu", num_threads=2)).num_threads == 2
+    cuda_like = Runtime(torch.device("cpu"), auto_workers=3)
+    assert cuda_like.loader_workers("auto") == 3
+
+
 @NO_CUDA
 def test_cuda_without_cuda_is_one_line() -> None:
     with pytest.raises(BnrError) as info:
