@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bnr.errors import BnrError
+from bnr.postprocessing import random_walk
 from bnr.postprocessing.affinity import pair_indices
 from bnr.postprocessing.random_walk import (
+    affinity_parts,
     cams_with_background,
     downsample_scores,
     random_walk_dense,
@@ -66,6 +71,69 @@ def test_transition_is_column_stochastic_with_self_loops() -> None:
     assert a[0, 1].item() == 0.0  # (0,0)-(0,1) is outside PSA's cropped pair set
     tt = transition_sparse_t(aff, src, dst, 45, beta=2).to_dense()
     torch.testing.assert_close(tt, t.T)
+
+
+def _valid_csr(m: torch.Tensor) -> None:
+    """int32 indices, and torch's CSR invariants (sorted, in-range columns per row) hold."""
+    assert m.layout == torch.sparse_csr
+    assert m.crow_indices().dtype == m.col_indices().dtype == torch.int32
+    torch.sparse_csr_tensor(
+        m.crow_indices(), m.col_indices(), m.values(), m.shape, check_invariants=True
+    )
+
+
+def test_affinity_parts_make_the_transition() -> None:
+    """The walk's parts: D^-1 (I + U + U^T) = T^T, built directly as int32 CSR."""
+    g = torch.Generator().manual_seed(0)
+    src, dst = pair_indices(7, 11, 5)
+    aff = (0.5 + 0.5 * torch.rand(src.numel(), generator=g)).double()
+    upper, lower, deg = affinity_parts(aff, src, dst, 77, beta=3)
+    for m in (upper, lower, transition_sparse_t(aff, src, dst, 77, beta=3)):
+        _valid_csr(m)
+    assert upper._nnz() == lower._nnz() == src.numel()  # self-loops are not stored
+    torch.testing.assert_close(lower.to_dense(), upper.to_dense().T)
+    a = torch.eye(77, dtype=torch.float64) + upper.to_dense() + lower.to_dense()
+    torch.testing.assert_close(deg, a.sum(dim=1))
+    t = transition_dense(aff, src, dst, 77, beta=3)
+    torch.testing.assert_close(a / deg[:, None], t.T)
+
+
+@pytest.mark.parametrize("int32_max", [5000, 100])  # int64 keys only; int64 keys and indices
+def test_sparse_falls_back_to_int64_when_int32_overflows(
+    monkeypatch: pytest.MonkeyPatch, int32_max: int
+) -> None:
+    """Big grids (N (N + 1) > 2^31 - 1, over 46340 nodes) sort int64 keys: same walk."""
+    g = torch.Generator().manual_seed(1)
+    src, dst = pair_indices(9, 13, 5)  # N = 117, P = 850
+    aff = (0.5 + 0.5 * torch.rand(src.numel(), generator=g)).double()
+    cams = torch.rand(3, 9, 13, generator=g).double()
+    expected = random_walk_sparse(cams, aff, src, dst, logt=5)
+    monkeypatch.setattr(random_walk, "_INT32_MAX", int32_max)
+    upper, _, _ = affinity_parts(aff, src, dst, 117, beta=14)
+    want = torch.int32 if int32_max > src.numel() else torch.int64
+    assert upper.col_indices().dtype == upper.crow_indices().dtype == want
+    out = random_walk_sparse(cams, aff, src, dst, logt=5)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+    dense = random_walk_dense(cams, aff, src, dst, logt=5)
+    assert ((out - dense).abs().max() / dense.abs().max()).item() < 1e-10
+
+
+def test_sparse_rejects_negative_pair_indices() -> None:
+    src, dst = pair_indices(6, 10, 5)
+    with pytest.raises(BnrError, match="negative"):
+        random_walk_sparse(torch.rand(2, 6, 10), torch.rand(src.numel()), src, dst - 60)
+
+
+def test_bench_core_comparison_agrees() -> None:
+    """Smoke test of bench/random_walk.py's comparison on a small grid (no timings)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "random_walk.py"
+    spec = importlib.util.spec_from_file_location("bench_random_walk", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    rel, agree = bench.compare(96, 5)
+    assert rel < bench.REL_TOL and agree == 1.0
 
 
 def test_scores_with_background() -> None:

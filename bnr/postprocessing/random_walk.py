@@ -11,7 +11,8 @@ PSA's procedure on one image, with its AffinityNet output at 1/8 resolution (h x
 
 :func:`random_walk_dense` is PSA's formulation: the dense N x N matrix squared ``logt`` times
 (O(N^3) per squaring). :func:`random_walk_sparse` gives the same result with ``2 ** logt`` sparse
-products ``v <- v T`` (O(nnz * C) each) and never forms an N x N array.
+steps ``v <- v T`` (O(P * C) each) and never forms an N x N array: the pair weights are two CSR
+tensors (one per direction) with int32 indices; the self-loops and D^-1 are applied in the loop.
 """
 
 from __future__ import annotations
@@ -103,22 +104,78 @@ def random_walk_dense(
     return (cams_down.reshape(c, h * w) @ t).reshape(c, h, w)  # (C, h, w)
 
 
+_INT32_MAX = torch.iinfo(torch.int32).max
+
+
+def _index_dtypes(n: int, p: int) -> tuple[torch.dtype, torch.dtype]:
+    """(sort key, CSR index) dtypes for P entries on N nodes: int32 whenever the values fit."""
+    kdt = torch.int32 if n * (n + 1) <= _INT32_MAX else torch.int64  # keys row * N + col
+    idt = torch.int32 if max(n, p) <= _INT32_MAX else torch.int64
+    return kdt, idt
+
+
+def _csr_by_rows(
+    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int
+) -> torch.Tensor:
+    """Sparse CSR (N, N) holding ``vals[k]`` at ``(rows[k], cols[k])``; int32 indices if they fit.
+
+    The (row, col) pairs must be distinct (PSA's pairs are). One sort of the keys
+    ``row * N + col``, in int32 while N (N + 1) fits, orders the entries: no int64 copies of the
+    indices, no COO tensor and no COO -> CSR conversion (each of which copies the indices).
+    """
+    p, dev = rows.numel(), rows.device
+    kdt, idt = _index_dtypes(n, p)
+    out = torch.empty(p, dtype=kdt, device=dev)  # (P,) sorted keys, then the column indices
+    key = torch.empty(p, dtype=kdt, device=dev).copy_(rows).mul_(n)  # (P,) row * N
+    key.add_(out.copy_(cols))  # (P,) + col; an int64 operand would make an int64 temporary
+    order = torch.empty(p, dtype=torch.int64, device=dev)  # (P,)
+    torch.sort(key, out=(out, order))
+    del key
+    sorted_vals = torch.index_select(vals, 0, order)  # (P,)
+    del order
+    bounds = torch.arange(0, (n + 1) * n, n, dtype=kdt, device=dev)  # (N + 1,) first key per row
+    crow = torch.searchsorted(out, bounds, out_int32=idt == torch.int32)  # (N + 1,) row starts
+    col = out.remainder_(n).to(idt)  # (P,); no copy when kdt == idt
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product is stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, sorted_vals, (n, n))
+
+
+def affinity_parts(
+    aff: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n: int, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PSA's symmetric A = I + U + U^T in parts: ``(U, U^T, d)``.
+
+    U (N, N) holds ``aff ** beta`` at (src, dst) and U^T at (dst, src), both sparse CSR with int32
+    indices; d (N,) are A's row (= column) sums, so that T^T = D^-1 A. Each direction is sorted on
+    its own (P keys at a time, not 2P + N) and the self-loops are never stored.
+    """
+    if src.numel() and int(torch.minimum(src.min(), dst.min())) < 0:
+        raise BnrError("negative pair indices")
+    w = aff.pow(beta)  # (P,)
+    deg = torch.ones(n, dtype=w.dtype, device=w.device)  # (N,) self-loops: aff 1, 1 ** beta = 1
+    deg.index_add_(0, src, w).index_add_(0, dst, w)  # (N,)
+    upper = _csr_by_rows(src, dst, w, n)  # (N, N)
+    lower = _csr_by_rows(dst, src, w, n)  # (N, N)
+    return upper, lower, deg
+
+
 def transition_sparse_t(
     aff: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n: int, beta: float
 ) -> torch.Tensor:
-    """T transposed (= D^-1 A, rows summing to one) as a sparse CSR (N, N) tensor."""
-    w = aff.pow(beta)
-    loops = torch.arange(n, device=aff.device)
+    """T transposed (= D^-1 A, rows summing to one) as one sparse CSR (N, N) tensor.
+
+    For inspection and tests; :func:`random_walk_sparse` uses :func:`affinity_parts`, which
+    needs neither the self-loop entries nor one sort over both directions at once.
+    """
+    if src.numel() and int(torch.minimum(src.min(), dst.min())) < 0:
+        raise BnrError("negative pair indices")
+    w = aff.pow(beta)  # (P,)
+    loops = torch.arange(n, device=aff.device)  # (N,)
     rows = torch.cat([src, dst, loops])  # (2P + N,)
-    cols = torch.cat([dst, src, loops])  # (2P + N,)
-    vals = torch.cat([w, w, torch.ones(n, dtype=aff.dtype, device=aff.device)])
-    deg = torch.zeros(n, dtype=aff.dtype, device=aff.device).index_add_(0, rows, vals)  # (N,)
-    coo = torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), vals / deg[rows], (n, n), check_invariants=True
-    ).coalesce()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product is stable
-        warnings.simplefilter("ignore", UserWarning)
-        return coo.to_sparse_csr()
+    vals = torch.cat([w, w, torch.ones(n, dtype=w.dtype, device=w.device)])  # (2P + N,)
+    deg = torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(0, rows, vals)  # (N,)
+    return _csr_by_rows(rows, torch.cat([dst, src, loops]), vals / deg[rows], n)
 
 
 @contextlib.contextmanager
@@ -143,18 +200,25 @@ def random_walk_sparse(
 ) -> torch.Tensor:
     """``2 ** logt`` sparse steps ``v <- v T``; cams_down (C, h, w) -> (C, h, w).
 
-    Equal to :func:`random_walk_dense` up to rounding; memory O(P + N * C) instead of O(N^2).
+    Equal to :func:`random_walk_dense` up to rounding; memory O(P + N * C) instead of O(N^2):
+    the two CSR halves of A (int32 indices) and two (N, C) score buffers used in turn.
     ``num_threads``: CPU threads for the loop (restored afterwards; None keeps torch's setting).
     Each product is small and memory-bound, so one thread avoids an OpenMP barrier per step,
     which costs milliseconds when the cores are shared (see bench/random_walk.py).
     """
     aff = _check(cams_down, aff, src, dst).to(cams_down.dtype)
     c, h, w = cams_down.shape
-    tt = transition_sparse_t(aff, src, dst, h * w, beta)  # (N, N) sparse
-    x = cams_down.reshape(c, h * w).T.contiguous()  # (N, C)
+    upper, lower, deg = affinity_parts(aff, src, dst, h * w, beta)  # (N, N), (N, N), (N,)
+    dinv = deg.reciprocal_()[:, None]  # (N, 1)
+    x = cams_down.reshape(c, h * w).T.contiguous()  # (N, C): (v T)^T = T^T v^T
+    y = torch.empty_like(x)  # (N, C): a product cannot overwrite its own input
     with _torch_threads(num_threads if x.device.type == "cpu" else None):
         for _ in range(2**logt):
-            x = tt @ x  # (N, C): (v T)^T = T^T v^T
+            torch.addmm(x, upper, x, out=y)  # (N, C): x + U x
+            y.addmm_(lower, x)  # (N, C): + U^T x = A x
+            y.mul_(dinv)  # (N, C): D^-1 A x = T^T x
+            x, y = y, x
+    del y
     return x.T.reshape(c, h, w)  # (C, h, w)
 
 
