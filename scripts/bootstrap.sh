@@ -16,3 +16,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # DVC and dvclive must never phone home; timm must never reach a hub for weights.
 export DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
+# With arguments, run them with the environment's bin first on PATH: the DVC stage commands
+# call `python`, which must be this environment's (`bash scripts/bootstrap.sh dvc repro`).
+if [ "$#" -gt 0 ]; then
+  export PATH="$(cd "$VENV" && pwd)/bin:$PATH"
+  exec "$@"
+fi
