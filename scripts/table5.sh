@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Paper Table 5 on the current dataset: queue every arm x seed (x seed-map source) as a DVC
-# experiment up to eval_seeds, run the queue, then print mean and spread of seed mIoU per arm.
+# experiment up to eval_seeds, run the queue, then print mean and spread of seed mIoU per arm
+# (experiments of the current commit only).
 #   SEEDS="0 1 2" SOURCES="transcam clsattn" JOBS=1 bash scripts/table5.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,6 @@ sleep 10
 while dvc queue status 2>/dev/null | grep -qE "Queued|Running"; do sleep 30; done
 dvc queue status
 out=$(mktemp)
-dvc exp show --csv --all-commits --drop '.*' \
+dvc exp show --csv --drop '.*' \
   --keep "$(python -c 'from bnr.experiments import EXP_SHOW_COLUMNS as c; print(c)')" > "$out"
 python -m bnr.experiments "$out" $SOURCES
