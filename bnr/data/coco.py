@@ -44,7 +44,7 @@ import numpy as np
 
 from bnr.data.archives import safe_extract
 from bnr.data.download import fetch_source
-from bnr.data.sources import SOURCES, Source, resolve_source
+from bnr.data.sources import SOURCES, Source, compare_with_published, resolve_source
 from bnr.errors import BnrError
 from bnr.io import write_label_png, write_text
 
@@ -268,17 +268,7 @@ def coco_counts_check(root: str | os.PathLike[str]) -> dict[str, Any]:
         counts[s] = (
             sum(1 for ln in path.read_text().splitlines() if ln.strip()) if path.is_file() else None
         )
-    warnings = [
-        f"{key}: {counts[key]}, the official COCO 2014 set has {expected}"
-        for key, expected in PUBLISHED_COUNTS.items()
-        if counts[key] != expected
-    ]
-    return {
-        "counts": counts,
-        "published_counts": dict(PUBLISHED_COUNTS),
-        "matches_published": not warnings,
-        "warnings": warnings,
-    }
+    return compare_with_published(counts, PUBLISHED_COUNTS, "the official COCO 2014 set")
 
 
 def _move_tree_files(src: Path, dst: Path) -> int:

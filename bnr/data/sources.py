@@ -188,3 +188,14 @@ def resolve_source(
         if "url" in changes and not ({"md5", "sha256"} & set(ov)):
             changes["origin"] = f"url overridden in params; checksum: {src.origin}"
     return dataclasses.replace(src, **changes)
+
+
+def compare_with_published(
+    counts: dict[str, int | None], published: dict[str, int], what: str
+) -> dict[str, Any]:
+    """The dataset.json block comparing prepared ``counts`` with the ``published`` ones;
+    ``what`` names the set in the warnings (e.g. "the published VOC 2012 set")."""
+    warnings = [f"{key}: {counts.get(key)} images, {what} has {expected}"
+                for key, expected in published.items() if counts.get(key) != expected]
+    return {"counts": counts, "published_counts": dict(published),
+            "matches_published": not warnings, "warnings": warnings}

@@ -29,7 +29,7 @@ import numpy as np
 
 from bnr.data.archives import safe_extract
 from bnr.data.download import fetch_source
-from bnr.data.sources import SOURCES, Source, resolve_source
+from bnr.data.sources import SOURCES, Source, compare_with_published, resolve_source
 from bnr.errors import BnrError
 from bnr.io import atomic_path, write_label_png, write_text
 
@@ -103,17 +103,7 @@ def voc_counts_check(root: str | os.PathLike[str]) -> dict[str, Any]:
         counts[split] = len(read_id_list(path)) if path.is_file() else None
     aug = root / "SegmentationClassAug"
     counts["SegmentationClassAug"] = len(list(aug.glob("*.png"))) if aug.is_dir() else None
-    warnings = [
-        f"{key}: {counts[key]} images, the published VOC 2012 set has {expected}"
-        for key, expected in PUBLISHED_COUNTS.items()
-        if counts[key] != expected
-    ]
-    return {
-        "counts": counts,
-        "published_counts": dict(PUBLISHED_COUNTS),
-        "matches_published": not warnings,
-        "warnings": warnings,
-    }
+    return compare_with_published(counts, PUBLISHED_COUNTS, "the published VOC 2012 set")
 
 
 def read_sbd_mat(path: str | os.PathLike[str]) -> np.ndarray:
