@@ -3,24 +3,22 @@ the DVC stage commands call plain `python`, which must be the environment's)."""
 
 import os
 import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import REPO
 
 
-def test_bootstrap_runs_its_arguments_with_the_environments_python() -> None:
-    venv = Path(sys.prefix)
-    stamp = venv / ".bnr-installed"
-    if not stamp.is_file() or stamp.stat().st_mtime < (REPO / "pyproject.toml").stat().st_mtime:
-        pytest.skip("this environment was not installed by scripts/bootstrap.sh (would reinstall)")
+def test_bootstrap_runs_its_arguments_with_the_environments_python(tmp_path: Path) -> None:
+    # An environment that bootstrap.sh takes as installed (python present, stamp newer than
+    # pyproject.toml), whose `python` only says who it is.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "python"
+    fake.write_text('#!/bin/sh\necho "venv python:" "$@"\n')
+    fake.chmod(0o755)
+    (venv / ".bnr-installed").touch()
     env = {**os.environ, "BNR_VENV": str(venv), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "bootstrap.sh"), "python", "-c",
-         "import sys, bnr; print(sys.prefix)"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert Path(proc.stdout.strip().splitlines()[-1]).resolve() == venv.resolve()
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "bootstrap.sh"), "python", "-m", "x"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "venv python: -m x"
