@@ -38,6 +38,7 @@ from bnr.distributed import (
     DistContext,
     SeededItems,
     barrier,
+    context_from_env,
     init_distributed,
     mean_over_processes,
     shard,
@@ -95,8 +96,6 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[tuple[
 def training_session(params: Params) -> Iterator[tuple[Runtime, DistContext]]:
     """The runtime and process context of a training stage: joins the torchrun job (if any),
     sets the CPU threads, and leaves the job at the end."""
-    from bnr.distributed import context_from_env
-
     env = context_from_env()
     runtime = resolve_runtime(params.runtime, env.local_rank, env.world_size)
     apply_threads(runtime)
@@ -142,9 +141,10 @@ def float_outputs(outputs: Any) -> Any:
     return outputs.float()
 
 
-def check_finite(loss: torch.Tensor, parts: dict[str, float], epoch: int, step: int) -> None:
-    """Stop with the step and every loss term when the loss is NaN or infinite."""
-    if not math.isfinite(float(loss.detach())):
+def check_finite(parts: dict[str, float], epoch: int, step: int) -> None:
+    """Stop with the step and every loss term when the loss is NaN or infinite (``parts`` are
+    averaged over processes first, so every process of a torchrun job stops together)."""
+    if not math.isfinite(parts["loss"]):
         terms = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
         raise BnrError(f"train_cam: loss is not finite at epoch {epoch + 1}, step {step} ({terms})")
 
@@ -351,7 +351,7 @@ def train_cam(
                 float_outputs(outputs), labels, params.method, params.noise_scale, num_blocks
             )
             parts = mean_over_processes(parts, ctx)
-            check_finite(loss, parts, epoch, step)
+            check_finite(parts, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
