@@ -21,7 +21,10 @@ for src in $SOURCES; do
 done
 dvc queue start -j "${JOBS:-1}"
 sleep 10
-while dvc queue status 2>/dev/null | grep -qE "Queued|Running"; do sleep 30; done
+# (status captured first: under pipefail, grep -q closing the pipe early would end the wait)
+while status=$(dvc queue status 2>/dev/null) && grep -qE "Queued|Running" <<<"$status"; do
+  sleep 30
+done
 dvc queue status
 out=$(mktemp)
 dvc exp show --csv --drop '.*' \
