@@ -16,6 +16,7 @@ A stage started as a plain ``python stages/train_cam.py`` re-launches itself und
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -72,7 +73,9 @@ def init_distributed(device: torch.device) -> DistContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        # rank 0 alone writes train_affinity's CRF labels while the others wait at a barrier:
+        # on VOC that can outlast NCCL's 10-minute default
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=3))
     return ctx
 
 
