@@ -36,7 +36,6 @@ T0 = time.perf_counter()  # the budget counts from here, so imports and CUDA sta
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
-import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -334,40 +333,21 @@ def section_train(s: Settings, device: torch.device, seconds: float) -> dict:
 # 2. / 3. seed inference
 
 
-def has_runtime_keyword() -> bool:
-    from bnr.cam import multiscale_cam
-
-    return "runtime" in inspect.signature(multiscale_cam).parameters
-
-
 def seed_cams(
     model: torch.nn.Module, image: torch.Tensor, classes: Sequence[int], scales: Sequence[int],
     device: torch.device, bf16: bool, batch_passes: bool, patch_multiple: int,
-    flip: bool = True, resize: str = "square", source: str = "transcam", call: str = "auto",
+    flip: bool = True, resize: str = "square", source: str = "transcam",
 ) -> torch.Tensor:
-    """``multiscale_cam`` of one CPU (3, H, W) image on ``device``; (K, H, W) CPU float32.
-
-    ``call``: ``runtime`` passes a ``bnr.runtime.Runtime`` (the ``runtime=`` keyword of
-    multiscale_cam), ``autocast`` moves the image and wraps the call in autocast itself
-    (multiscale_cam without that keyword computes on the input's device); ``auto`` picks
-    ``runtime`` when the keyword exists.
-    """
+    """``multiscale_cam`` of one CPU (3, H, W) image on ``device`` in float32 or bfloat16
+    autocast (a ``bnr.runtime.Runtime``, as the infer_seeds stage runs it); (K, H, W) CPU
+    float32."""
     from bnr.cam import multiscale_cam
+    from bnr.runtime import Runtime
 
-    if call == "auto":
-        call = "runtime" if has_runtime_keyword() else "autocast"
-    kwargs = dict(flip=flip, resize=resize, batch_passes=batch_passes,
-                  patch_multiple=patch_multiple, source=source)
-    if call == "runtime":
-        from bnr.runtime import Runtime
-
-        runtime = Runtime(device, "bfloat16" if bf16 else "float32")
-        cams = multiscale_cam(model, image, classes, scales, runtime=runtime, **kwargs)
-    elif call == "autocast":
-        with autocast(device, bf16):
-            cams = multiscale_cam(model, image.to(device), classes, scales, **kwargs)
-    else:
-        raise ValueError(f"call must be auto, runtime or autocast, got {call!r}")
+    runtime = Runtime(device, "bfloat16" if bf16 else "float32")
+    cams = multiscale_cam(model, image, classes, scales, flip=flip, resize=resize,
+                          batch_passes=batch_passes, patch_multiple=patch_multiple,
+                          source=source, runtime=runtime)
     return cams.float().cpu()  # the stage saves CAMs from the CPU
 
 
@@ -409,18 +389,16 @@ def section_infer(s: Settings, device: torch.device, seconds: float) -> dict:
     base, target = rows[0], rows[-1]
     ratio = target["images_per_s"] / base["images_per_s"]
     diff = float((maps[True] - maps[False]).abs().max())
-    call = "runtime= keyword" if has_runtime_keyword() else "autocast around the call"
     return {
         "columns": ["variant", "images_per_s", "s_per_image", "timed_images", "peak_mib"],
         "rows": rows,
         "speedup": ratio,
         "target_met": ratio >= TARGET_INFER_SPEEDUP,
-        "precision_via": call,
         "max_abs_diff_bf16_vs_fp32": diff,
         "notes": [
             f"{s.infer_preset} (random init), {h}x{w} random images, scales "
             f"{'/'.join(map(str, s.infer_scales))} square + flip, classes "
-            f"{list(s.infer_classes)}, CAMs back on the CPU; precision via {call}",
+            f"{list(s.infer_classes)}, CAMs back on the CPU",
             f"bfloat16 batched / float32 one at a time: {ratio:.2f}x (target >= "
             f"{TARGET_INFER_SPEEDUP:.0f}x: {met_text(ratio >= TARGET_INFER_SPEEDUP)})",
             f"seed maps bfloat16 vs float32 (batched, first image, all 20 classes): max |diff| "
