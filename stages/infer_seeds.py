@@ -1,5 +1,6 @@
 """Stage infer_seeds: multi-scale + flip CAMs (M*) of every image of the inference split."""
 
+import time
 from pathlib import Path
 
 import torch
@@ -7,6 +8,8 @@ import torch
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.data.voc import VocSegmentation
+from bnr.io import write_json
+from bnr.protocol import protocol_record
 from bnr.runtime import apply_threads, resolve_runtime
 from bnr.seeds import infer_split_cams
 from bnr.stage import run_stage
@@ -24,13 +27,26 @@ def main(params: Params) -> None:
     model = runtime.prepare_model(model)
     dataset = VocSegmentation(params.data.root, params.data.infer_split,
                               class_names(params.dataset), with_mask=False)
+    started = time.time()
     n = infer_split_cams(
         model, dataset, Path("data/cams"), params.data.infer_scales,
         flip=params.infer_seeds.flip, resize=params.infer_seeds.resize,
         batch_passes=params.infer_seeds.batch_passes, patch_multiple=model.cfg.patch_size,
         source=params.infer_seeds.source, runtime=runtime,
     )
-    print(f"wrote CAMs of {n} images to data/cams ({runtime.device}, {runtime.precision})")
+    seconds = round(time.time() - started, 1)
+    cfg = params.infer_seeds
+    write_json("metrics/infer_seeds.json", {
+        "images": n, "seconds": seconds, "images_per_second": round(n / max(seconds, 1e-9), 2),
+        "protocol": protocol_record(
+            params, dataset=params.dataset, split=params.data.infer_split,
+            scales=list(params.data.infer_scales), flip=cfg.flip, resize=cfg.resize,
+            batch_passes=cfg.batch_passes, source=cfg.source, method=params.method,
+            noise_scale=params.noise_scale, seed=params.seed, runtime=runtime.record(),
+        ),
+    })
+    print(f"wrote CAMs of {n} images to data/cams in {seconds} s "
+          f"({runtime.device}, {runtime.precision})")
 
 
 if __name__ == "__main__":
