@@ -224,3 +224,22 @@ def tiny_params_crop(root: Path, crop: int):
 
     params = tiny_params(root)
     return dataclasses.replace(params, data=dataclasses.replace(params.data, affinity_crop=crop))
+
+
+def test_affinity_training_in_bfloat16_channels_last(work: Path, tmp_path: Path) -> None:
+    """The GPU defaults (bf16 autocast + channels_last) exercised on the CPU."""
+    import math
+
+    import torch
+
+    from bnr.psa import train_affinity
+    from bnr.runtime import Runtime
+    from bnr.training import load_checkpoint
+
+    runtime = Runtime(torch.device("cpu"), "bfloat16", channels_last=True)
+    summary = train_affinity(tiny_params(work / "data" / "synthetic"), tmp_path / "a.pt",
+                             tmp_path / "a", cam_dir=work / "data" / "cams",
+                             run_root=tmp_path / "r", progress=False, runtime=runtime)
+    assert all(math.isfinite(h["loss"]) for h in summary["history"])
+    state = load_checkpoint(tmp_path / "a.pt", {"kind": "affinity"})["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())

@@ -288,3 +288,17 @@ def test_server_archive_layout(tmp_path: Path) -> None:
     assert info["images"] == 0 and "test_split is empty" in info["note"]
     with tarfile.open(out) as tar:
         assert tar.getnames() == []
+
+
+def test_bfloat16_channels_last_runtime_trains(work: Path, tmp_path: Path) -> None:
+    """The GPU defaults (bf16 autocast + channels_last) exercised on the CPU."""
+    from bnr.runtime import Runtime
+
+    runtime = Runtime(torch.device("cpu"), "bfloat16", channels_last=True)
+    summary = train_segmenter(tiny_params(work / "data" / "synthetic"), tmp_path / "s.pt",
+                              tmp_path / "c", run_root=tmp_path / "r",
+                              label_dir=work / "data" / "pseudo_labels", progress=False,
+                              live_factory=_Recorder, runtime=runtime)
+    assert all(np.isfinite(h["loss"]) for h in summary["history"])
+    state = load_checkpoint(tmp_path / "s.pt", {"kind": "segmenter"})["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())

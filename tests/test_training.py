@@ -138,3 +138,17 @@ def test_seed_inference_and_sweep(tiny_root, tmp_path):
     with pytest.raises(BnrError, match=rf"{ds.ids[3]}.npz: CAM file missing for image"):
         seed_miou_sweep(out, tiny_root, ds.ids, "SegmentationClass", 7,
                         threshold_grid(0, 0.5, 0.1), progress=False)
+
+
+def test_bfloat16_channels_last_runtime_trains_in_float32_weights(tiny_root, tmp_path):
+    """The GPU defaults (bf16 autocast + channels_last) exercised on the CPU: finite losses,
+    float32 weights in a checkpoint that loads into a plain model."""
+    from bnr.runtime import Runtime
+
+    runtime = Runtime(torch.device("cpu"), "bfloat16", channels_last=True)
+    params = tiny_params(tiny_root)
+    summary = _train(params, tmp_path, "bf16", runtime=runtime)
+    assert all(np.isfinite(h["loss"]) for h in summary["history"])
+    state = load_checkpoint(tmp_path / "bf16" / "cam.pt", {"kind": "cam"})["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    training.load_state_strict(training.build_cam_model(params), state, "cam.pt")
