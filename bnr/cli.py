@@ -32,7 +32,7 @@ from PIL import Image
 from bnr.config import RuntimeConfig
 from bnr.errors import BnrError
 from bnr.io import read_image, write_label_png
-from bnr.runtime import Runtime, apply_threads, resolve_runtime
+from bnr.runtime import Runtime, start_runtime
 from bnr.visualize import colorize_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -109,9 +109,7 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndar
 def predict_runtime(args: argparse.Namespace) -> Runtime:
     """The :class:`Runtime` of ``--device`` / ``--precision`` (BnrError if CUDA is asked for
     and absent); torch's CPU threads set to the available cores as in the stages."""
-    runtime = resolve_runtime(RuntimeConfig(device=args.device, precision=args.precision))
-    apply_threads(runtime)
-    return runtime
+    return start_runtime(RuntimeConfig(device=args.device, precision=args.precision))
 
 
 def predict(args: argparse.Namespace) -> int:

@@ -66,9 +66,9 @@ def context_from_env() -> DistContext:
                        f"({os.environ.get('RANK')!r}, {os.environ.get('WORLD_SIZE')!r})") from None
 
 
-def init_distributed(device: torch.device) -> DistContext:
-    """Join the torchrun job (gloo for CPU devices, NCCL for CUDA); a no-op for one process."""
-    ctx = context_from_env()
+def init_distributed(device: torch.device, ctx: DistContext) -> None:
+    """Join the torchrun job ``ctx`` (gloo for CPU devices, NCCL for CUDA); a no-op for one
+    process."""
     if ctx.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -76,7 +76,6 @@ def init_distributed(device: torch.device) -> DistContext:
         # rank 0 alone writes train_affinity's CRF labels while the others wait at a barrier:
         # on VOC that can outlast NCCL's 10-minute default
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=3))
-    return ctx
 
 
 def shutdown_distributed() -> None:

@@ -60,8 +60,7 @@ from bnr.models.resnet38 import (
 from bnr.postprocessing.affinity import (
     affinity_labels_from_cam,
     affinity_loss,
-    pair_affinity,
-    pair_indices,
+    feature_affinity,
     pair_labels,
 )
 from bnr.postprocessing.crf import crf_map, dense_crf_labels
@@ -344,9 +343,7 @@ def train_affinity(
                 group["lr"] = lr * group["lr_mult"]
             with runtime.autocast():
                 feats = net(runtime.to_device(item["image"]))  # (B/N, C, h, w)
-            src, dst = pair_indices(feats.shape[2], feats.shape[3], cfg.radius,
-                                    device=feats.device)
-            aff = pair_affinity(feats.float(), src, dst)  # (B/N, P)
+            aff, src, dst = feature_affinity(feats, cfg.radius)  # (B/N, P) float32
             bg_pos, fg_pos, neg = pair_labels(item["label"].to(runtime.device), src, dst)
             loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg, mean=global_mean)
             values = mean_over_processes(
@@ -423,11 +420,7 @@ def image_affinity(
     x = F.pad(x, (0, wp - w, 0, hp - h))  # (3, H', W')
     with runtime.autocast():
         feats = model(runtime.to_device(x[None]))  # (1, 3, H', W') -> (1, C, H'/8, W'/8)
-    # AffinityNet.affinity's two steps, with the pair differences in float32: the walk raises
-    # the affinities to the power beta (14), which would magnify bfloat16 rounding 14-fold
-    feats = feats.float()
-    src, dst = pair_indices(feats.shape[2], feats.shape[3], radius, device=feats.device)
-    aff = pair_affinity(feats, src, dst)  # (1, P)
+    aff, src, dst = feature_affinity(feats, radius)  # (1, P) float32
     return aff[0], src, dst
 
 

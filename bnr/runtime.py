@@ -127,3 +127,11 @@ def apply_threads(runtime: Runtime) -> None:
     """Set torch's intra-op CPU threads (oversubscribed threads slow CPU training many-fold)."""
     if runtime.num_threads > 0 and torch.get_num_threads() != runtime.num_threads:
         torch.set_num_threads(runtime.num_threads)
+
+
+def start_runtime(cfg: RuntimeConfig, local_rank: int = 0, nproc: int = 1) -> Runtime:
+    """:func:`resolve_runtime` and apply its CPU threads to this process: what every stage
+    (and ``bnr predict``) does before it builds a network."""
+    runtime = resolve_runtime(cfg, local_rank, nproc)
+    apply_threads(runtime)
+    return runtime

@@ -46,6 +46,7 @@ from bnr.data.voc import IGNORE_INDEX, read_mask, read_split
 from bnr.distributed import (
     SINGLE,
     DistContext,
+    SeededItems,
     barrier,
     ddp_mean,
     mean_over_processes,
@@ -59,6 +60,7 @@ from bnr.psa import crf_kwargs, files_digest, write_palette_png
 from bnr.runtime import CPU, Runtime
 from bnr.training import (
     cpu_state,
+    epoch_batches,
     epoch_seed,
     finish_run,
     load_checkpoint,
@@ -122,9 +124,9 @@ def load_segmenter(params: Params, path: Path = Path("models/segmenter.pt")) -> 
 
 
 class PseudoLabelDataset(Dataset):
-    """Image + pseudo label. Items are addressed by ``(index, seed)``: the seed drives that
-    sample's augmentation (exact resume). Returns ``image`` (3, crop, crop) float32 and
-    ``label`` (crop, crop) int64 (class ids, 255 = padding / ignore)."""
+    """Image + pseudo label, randomly rescaled, flipped and cropped: ``image`` (3, crop, crop)
+    float32 and ``label`` (crop, crop) int64 (class ids, 255 = padding / ignore). The training
+    loop addresses it through :class:`bnr.distributed.SeededItems` (per-sample seeds)."""
 
     def __init__(self, root: Path, ids: Sequence[str], label_dir: Path, crop: int,
                  scale: Sequence[float]) -> None:
@@ -134,8 +136,7 @@ class PseudoLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, seed = key
+    def __getitem__(self, index: int) -> dict:
         img_id = self.ids[index]
         image = read_image(self.root / "JPEGImages" / f"{img_id}.jpg")
         label = read_label_png(self.label_dir / f"{img_id}.png")
@@ -145,9 +146,7 @@ class PseudoLabelDataset(Dataset):
         long = max(image.shape[:2])
         lo, hi = (max(1, round(long * s)) for s in self.scale)  # random rescale as a long side
         transform = TrainTransform(self.crop, (lo, hi), (0.0, 0.0, 0.0, 0.0), flip=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            img, lab = transform(image, label)
+        img, lab = transform(image, label)
         return {"image": img, "label": lab}
 
 
@@ -165,20 +164,16 @@ def iteration_batches(
 ) -> Iterator[list[tuple[int, int]]]:
     """The batches of iterations ``start .. stop - 1``: lists of ``(index, sample_seed)``.
 
-    Epoch ``e`` visits a permutation seeded by ``(seed, e)``; an epoch has ``n // batch``
-    batches (the rest dropped), or one batch of all ``n`` when ``n < batch``.
+    Iterations run through :func:`bnr.training.epoch_batches` epoch after epoch (an epoch has
+    ``n // batch`` batches, or one batch of all ``n`` when ``n < batch``).
     """
     per_epoch = max(1, n // batch)
-    size = min(batch, n)
-    perm_epoch, perm = -1, None
+    epoch, batches = -1, []
     for it in range(start, stop):
-        epoch, pos = divmod(it, per_epoch)
-        if epoch != perm_epoch:
-            gen = torch.Generator().manual_seed(epoch_seed(seed, epoch) + 1)
-            perm, perm_epoch = torch.randperm(n, generator=gen).tolist(), epoch
-        assert perm is not None
-        base = epoch_seed(seed, it) * 31
-        yield [(perm[pos * size + j], (base + j) % 2**63) for j in range(size)]
+        e, pos = divmod(it, per_epoch)
+        if e != epoch:
+            epoch, batches = e, epoch_batches(n, batch, seed, e)
+        yield batches[pos]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +249,7 @@ def train_segmenter(
                          "batch_size": data.segmenter_batch_size, "iterations": max_it})
     batches = list(iteration_batches(len(dataset), data.segmenter_batch_size, params.seed,
                                      start, max_it))
-    loader = shard_loader(dataset, batches, ctx, runtime, cfg.num_workers)
+    loader = shard_loader(SeededItems(dataset), batches, ctx, runtime, cfg.num_workers)
     started = time.time()
     net.train()
     window: list[float] = []

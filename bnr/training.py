@@ -50,7 +50,7 @@ from bnr.errors import BnrError
 from bnr.io import atomic_path
 from bnr.losses import total_loss
 from bnr.models.conformer import create_conformer, load_pretrained
-from bnr.runtime import CPU, Runtime, apply_threads, resolve_runtime
+from bnr.runtime import CPU, Runtime, start_runtime
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -96,10 +96,9 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[tuple[
 def training_session(params: Params) -> Iterator[tuple[Runtime, DistContext]]:
     """The runtime and process context of a training stage: joins the torchrun job (if any),
     sets the CPU threads, and leaves the job at the end."""
-    env = context_from_env()
-    runtime = resolve_runtime(params.runtime, env.local_rank, env.world_size)
-    apply_threads(runtime)
-    ctx = init_distributed(runtime.device)
+    ctx = context_from_env()
+    runtime = start_runtime(params.runtime, ctx.local_rank, ctx.world_size)
+    init_distributed(runtime.device, ctx)
     try:
         yield runtime, ctx
     finally:

@@ -14,7 +14,7 @@ from bnr.io import atomic_path, read_image, read_label_png, write_json
 from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_table
 from bnr.protocol import protocol_record
 from bnr.psa import crf_kwargs
-from bnr.runtime import apply_threads, resolve_runtime
+from bnr.runtime import start_runtime
 from bnr.segmentation import evaluate_split, load_segmenter, write_server_archive
 from bnr.stage import run_stage
 from bnr.visualize import colorize_labels, panel
@@ -25,8 +25,7 @@ PRED_DIR = Path("data/predictions")
 def main(params: Params) -> None:
     data, cfg = params.data, params.evaluate
     names = class_names(params.dataset)
-    runtime = resolve_runtime(params.runtime)
-    apply_threads(runtime)
+    runtime = start_runtime(params.runtime)
     model = runtime.prepare_model(load_segmenter(params, Path("models/segmenter.pt")))
     conf, stats = evaluate_split(params, model, PRED_DIR, runtime=runtime)
     iou = iou_per_class(conf)

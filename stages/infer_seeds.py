@@ -10,7 +10,7 @@ from bnr.data.classes import class_names
 from bnr.data.voc import VocSegmentation
 from bnr.io import write_json
 from bnr.protocol import protocol_record
-from bnr.runtime import apply_threads, resolve_runtime
+from bnr.runtime import start_runtime
 from bnr.seeds import infer_split_cams
 from bnr.stage import run_stage
 from bnr.training import build_cam_model, cam_model_meta, load_checkpoint, load_state_strict
@@ -18,8 +18,7 @@ from bnr.training import build_cam_model, cam_model_meta, load_checkpoint, load_
 
 def main(params: Params) -> None:
     torch.manual_seed(params.seed)
-    runtime = resolve_runtime(params.runtime)
-    apply_threads(runtime)
+    runtime = start_runtime(params.runtime)
     ckpt = Path("models/cam.pt")
     state = load_checkpoint(ckpt, cam_model_meta(params))
     model = build_cam_model(params)

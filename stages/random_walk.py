@@ -9,14 +9,13 @@ from bnr.data.voc import read_split
 from bnr.io import write_json
 from bnr.protocol import protocol_record
 from bnr.psa import load_affinity_model, random_walk_split
-from bnr.runtime import apply_threads, resolve_runtime
+from bnr.runtime import start_runtime
 from bnr.stage import run_stage, seed_everything
 
 
 def main(params: Params) -> None:
     seed_everything(params.seed)
-    runtime = resolve_runtime(params.runtime)
-    apply_threads(runtime)
+    runtime = start_runtime(params.runtime)
     model = runtime.prepare_model(load_affinity_model(params, Path("models/affinity.pt")))
     ids = read_split(params.data.root, params.data.infer_split)
     stats = random_walk_split(params, model, ids, Path("data/rw_labels"), runtime=runtime)

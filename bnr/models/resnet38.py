@@ -29,7 +29,7 @@ from torch import nn
 
 from bnr.errors import BnrError
 from bnr.models.mxnet_params import LIST_MAGIC, read_mxnet_params
-from bnr.postprocessing.affinity import pair_affinity, pair_indices
+from bnr.postprocessing.affinity import feature_affinity, pair_affinity
 
 __all__ = [
     "AffinityNet",
@@ -341,9 +341,7 @@ class AffinityNet(nn.Module):
         self, x: torch.Tensor, radius: int = 5
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, 3, H, W) -> ``(aff (B, P), src (P,), dst (P,))`` over PSA's radius pairs."""
-        feats = self(x)  # (B, C, h, w)
-        src, dst = pair_indices(feats.shape[2], feats.shape[3], radius, device=feats.device)
-        return pair_affinity(feats, src, dst), src, dst
+        return feature_affinity(self(x), radius)  # features (B, C, h, w)
 
 
 # --------------------------------------------------------------------------------------------

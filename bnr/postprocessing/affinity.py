@@ -73,6 +73,18 @@ def pair_affinity(features: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) 
     return torch.exp(-diff.mean(dim=1))  # (B, P)
 
 
+def feature_affinity(
+    features: torch.Tensor, radius: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PSA's radius pairs of a feature map (B, C, h, w) and their affinities:
+    ``(aff (B, P), src (P,), dst (P,))``. Computed in float32 whatever the features' precision:
+    the random walk raises affinities to the power beta (14), which would magnify bfloat16
+    rounding."""
+    feats = features.float()
+    src, dst = pair_indices(feats.shape[2], feats.shape[3], radius, device=feats.device)
+    return pair_affinity(feats, src, dst), src, dst
+
+
 def pair_labels(
     label_map: torch.Tensor | np.ndarray, src: torch.Tensor, dst: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -72,6 +72,8 @@ def _check(cams_down: torch.Tensor, aff: torch.Tensor, src: torch.Tensor, dst: t
     n = cams_down.shape[1] * cams_down.shape[2]
     if src.numel() and int(torch.maximum(src.max(), dst.max())) >= n:
         raise BnrError(f"pair indices exceed the {cams_down.shape[1]}x{cams_down.shape[2]} grid")
+    if src.numel() and int(torch.minimum(src.min(), dst.min())) < 0:
+        raise BnrError("negative pair indices")
     return aff
 
 
@@ -150,32 +152,12 @@ def affinity_parts(
     indices; d (N,) are A's row (= column) sums, so that T^T = D^-1 A. Each direction is sorted on
     its own (P keys at a time, not 2P + N) and the self-loops are never stored.
     """
-    if src.numel() and int(torch.minimum(src.min(), dst.min())) < 0:
-        raise BnrError("negative pair indices")
     w = aff.pow(beta)  # (P,)
     deg = torch.ones(n, dtype=w.dtype, device=w.device)  # (N,) self-loops: aff 1, 1 ** beta = 1
     deg.index_add_(0, src, w).index_add_(0, dst, w)  # (N,)
     upper = _csr_by_rows(src, dst, w, n)  # (N, N)
     lower = _csr_by_rows(dst, src, w, n)  # (N, N)
     return upper, lower, deg
-
-
-def transition_sparse_t(
-    aff: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n: int, beta: float
-) -> torch.Tensor:
-    """T transposed (= D^-1 A, rows summing to one) as one sparse CSR (N, N) tensor.
-
-    For inspection and tests; :func:`random_walk_sparse` uses :func:`affinity_parts`, which
-    needs neither the self-loop entries nor one sort over both directions at once.
-    """
-    if src.numel() and int(torch.minimum(src.min(), dst.min())) < 0:
-        raise BnrError("negative pair indices")
-    w = aff.pow(beta)  # (P,)
-    loops = torch.arange(n, device=aff.device)  # (N,)
-    rows = torch.cat([src, dst, loops])  # (2P + N,)
-    vals = torch.cat([w, w, torch.ones(n, dtype=w.dtype, device=w.device)])  # (2P + N,)
-    deg = torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(0, rows, vals)  # (N,)
-    return _csr_by_rows(rows, torch.cat([dst, src, loops]), vals / deg[rows], n)
 
 
 @contextlib.contextmanager
