@@ -524,8 +524,8 @@ def crf_split(
 # Evaluation
 
 
-def best_seed_threshold(path: Path = Path("metrics/seeds.json")) -> float:
-    """The best background threshold recorded by eval_seeds."""
+def best_seed_threshold(path: Path = Path("data/seed_threshold.json")) -> float:
+    """The best background threshold eval_seeds chose (its ``data/seed_threshold.json``)."""
     path = Path(path)
     if not path.is_file():
         raise BnrError(f"{path}: not found (run the eval_seeds stage)")
@@ -571,7 +571,7 @@ def evaluate_pseudo_labels(
     rw_dir: Path = Path("data/rw_labels"),
     crf_dir: Path = Path("data/pseudo_labels"),
     cam_dir: Path = Path("data/cams"),
-    seeds_json: Path = Path("metrics/seeds.json"),
+    seeds_json: Path = Path("data/seed_threshold.json"),
     progress: bool = True,
 ) -> tuple[dict, Any]:
     """mIoU of the seeds (best eval_seeds threshold), random-walk and CRF labels on

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from bnr.config import Params, load_params
+from bnr.declared import declared_params, declared_view
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
 
@@ -26,6 +27,9 @@ def seed_everything(seed: int) -> None:
 
 def run_stage(main: Callable[[Params], None], description: str, distributed: bool = False) -> None:
     """Parse ``--params``, load and validate them, run ``main``; BnrError -> one line, exit 1.
+
+    When ``dvc.yaml`` in the working directory has this stage, ``main`` sees only the params the
+    stage declares there (:mod:`bnr.declared`): reading any other key stops with one line.
 
     ``distributed``: a training stage; with ``runtime.nproc`` > 1 a plain start re-launches the
     script under ``torch.distributed.run`` (N processes) and exits with its status.
@@ -44,7 +48,9 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
                     raise BnrError(f"{Path(sys.argv[0]).stem}: {params.runtime.nproc} torchrun "
                                    f"processes failed (exit status {code}; see above)")
                 return
-        main(params)
+        stage = Path(sys.argv[0]).stem
+        keys = declared_params(stage)
+        main(params if keys is None else declared_view(params, stage, keys))
     except BnrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

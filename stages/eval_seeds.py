@@ -51,6 +51,8 @@ def main(params: Params) -> None:
             metric="mIoU (%) over all classes from the accumulated confusion matrix",
         ),
     })
+    # the one number the crf stage needs, in a file of its own: a dep that changes only with it
+    write_json("data/seed_threshold.json", {"best_threshold": float(thresholds[best])})
     print(f"seed mIoU {mious[best] * 100:.2f} at threshold {thresholds[best]:.2f}")
     write_overlays(params, dataset, float(thresholds[best]), Path("metrics/overlays/seeds"))
 

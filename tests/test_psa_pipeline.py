@@ -65,7 +65,7 @@ def work(tmp_path_factory) -> Path:
     empty = read_split(root, "train")[0]
     fake_cams(root, work / "data" / "cams", empty)
     (work / "metrics").mkdir()
-    (work / "metrics" / "seeds.json").write_text(json.dumps({"best_threshold": 0.3}))
+    (work / "data" / "seed_threshold.json").write_text(json.dumps({"best_threshold": 0.3}))
     return work
 
 

@@ -1,0 +1,63 @@
+"""dvc.yaml's code deps are exactly each stage's import closure, and stages read only the params
+they declare (bnr.declared)."""
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnr.config import parse_params
+from bnr.declared import declared_params, declared_view
+from bnr.errors import BnrError
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+from stage_deps import expected_and_declared, import_closure  # noqa: E402
+
+
+@pytest.mark.parametrize("stage", sorted(expected_and_declared()))
+def test_code_deps_are_the_import_closure(stage):
+    expected, declared = expected_and_declared()[stage]
+    assert declared == expected, (
+        f"dvc.yaml stage {stage}: code deps differ from its imports; "
+        "`python scripts/stage_deps.py` prints the right list")
+
+
+def test_closure_follows_function_level_and_package_imports(tmp_path):
+    (tmp_path / "bnr" / "sub").mkdir(parents=True)
+    (tmp_path / "bnr" / "__init__.py").write_text("")
+    (tmp_path / "bnr" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "bnr" / "sub" / "a.py").write_text("def f():\n    from bnr.sub import b\n")
+    (tmp_path / "bnr" / "sub" / "b.py").write_text("import os\n")
+    (tmp_path / "bnr" / "c.py").write_text("x = 1\n")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "s.py").write_text("from bnr.sub.a import f\n")
+    assert import_closure(tmp_path / "stages" / "s.py", tmp_path) == [
+        "bnr/__init__.py", "bnr/sub/__init__.py", "bnr/sub/a.py", "bnr/sub/b.py", "stages/s.py"]
+
+
+def _params():
+    import yaml
+
+    return parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+def test_declared_view_allows_declared_and_refuses_the_rest():
+    view = declared_view(_params(), "s", ["dataset", "datasets.${dataset}.crop_size", "crf"])
+    assert view.data.crop_size == 128 and view.crf.iterations == 10
+    assert view.data.name == "synthetic"  # the block's name is the `dataset` key
+    assert view.runtime.num_threads == 0  # runtime: undeclared by design
+    with pytest.raises(BnrError, match=r"stage s reads param datasets.\$\{dataset\}.epochs"):
+        _ = view.data.epochs
+    with pytest.raises(BnrError, match="stage s reads param noise_scale"):
+        _ = view.noise_scale
+    assert view.protocol() == {"dataset": "synthetic", "data": {"crop_size": 128},
+                               "crf": dataclasses.asdict(view.crf)}
+
+
+def test_every_stage_declares_its_params_in_dvc_yaml():
+    for stage in expected_and_declared():
+        assert declared_params(stage, REPO / "dvc.yaml") is not None, stage
+    assert declared_params("no_such_stage", REPO / "dvc.yaml") is None
+    assert declared_params("x", Path("/nonexistent/dvc.yaml")) is None
