@@ -235,6 +235,7 @@ class DatasetConfig:
     segmenter_lr: float = spec(number(0, lo_open=True), 1e-3)
     segmenter_resize_scale: tuple = spec(number_list(number(0, lo_open=True), 2, 2, ordered=True),
                                          (0.5, 1.5))
+    segmenter_bn_momentum: float = spec(number(0, 1, lo_open=True), 3e-4)  # head BN (TransCAM)
     eval_scales: tuple = spec(number_list(number(0, lo_open=True), 1, 8),
                               (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
     test_split: str = spec(string(), "")  # predictions for an evaluation server ("" = none)

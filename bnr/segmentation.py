@@ -98,7 +98,8 @@ def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
     """A fresh segmenter for ``params`` (ImageNet backbone if train_segmenter.pretrained)."""
     meta = segmenter_meta(params)
     weights = params.train_segmenter.pretrained if pretrained else ""
-    return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights)
+    return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights,
+                            bn_momentum=params.data.segmenter_bn_momentum)
 
 
 def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> nn.Module:

@@ -19,6 +19,7 @@ from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.errors import BnrError
 from bnr.models.deeplab import DeepLabLargeFOV, create_segmenter
+from bnr.models.resnet38 import param_groups
 from bnr.segmentation import (
     SERVER_DIR,
     iteration_batches,
@@ -87,6 +88,7 @@ def test_largefov_head_shapes() -> None:
     assert isinstance(model, DeepLabLargeFOV)
     assert model.head_conv.dilation == (12, 12) and model.head_conv.out_channels == 512
     assert model.classifier.kernel_size == (1, 1) and model.dropout.p == 0.5
+    assert type(model.dropout) is torch.nn.Dropout  # TransCAM: nn.Dropout, not Dropout2d
     model.eval()
     x = torch.randn(2, 3, 60, 72)
     feats = model.forward_features(x)
@@ -95,7 +97,35 @@ def test_largefov_head_shapes() -> None:
     assert model(x).shape == (2, 7, 8, 9)
     # from scratch the backbone BatchNorms train; head layers are the 10x group
     assert model.backbone.b2.bn_branch2a.weight.requires_grad
-    assert model.new_layers == [model.head_conv, model.head_bn, model.classifier]
+    assert model.new_layers == [model.head_conv, model.head_conv2, model.classifier]
+
+
+def test_largefov_head_layers_and_groups_match_transcam() -> None:
+    """TransCAM deeplabv1: conv_fov 3x3 d12 (no bias), bn_fov, ReLU, conv_fov2 1x1 (no bias),
+    bn_fov2, ReLU, Dropout(0.5), cls_conv; groups from convs only: new conv weights x10, the
+    classifier bias x20, head BatchNorm affine parameters in no group."""
+    model = create_segmenter("largefov", "resnet38d_tiny", 3, bn_momentum=3e-4)
+    head = [(n, type(m).__name__) for n, m in model.named_children() if n != "backbone"]
+    assert head == [("head_conv", "Conv2d"), ("head_bn", "BatchNorm2d"),
+                    ("head_conv2", "Conv2d"), ("head_bn2", "BatchNorm2d"),
+                    ("dropout", "Dropout"), ("classifier", "Conv2d")]
+    assert model.head_conv2.kernel_size == (1, 1) and model.head_conv2.bias is None
+    assert (model.head_conv2.in_channels, model.head_conv2.out_channels) == (512, 512)
+    assert model.head_bn.momentum == model.head_bn2.momentum == 3e-4
+    groups = {g["name"]: g for g in param_groups(model, lr=1.0)}
+    ids = {k: {id(p) for p in g["params"]} for k, g in groups.items()}
+    assert ids["new_weight"] == {id(model.head_conv.weight), id(model.head_conv2.weight),
+                                 id(model.classifier.weight)}
+    assert ids["new_bias"] == {id(model.classifier.bias)}
+    assert (groups["new_weight"]["lr"], groups["new_bias"]["lr"]) == (10.0, 20.0)
+    in_groups = set().union(*ids.values())
+    for bn in (model.head_bn, model.head_bn2):
+        assert id(bn.weight) not in in_groups and id(bn.bias) not in in_groups
+    # 6 keys more than the one-layer head: head_conv2.weight and head_bn2's five entries
+    keys = set(model.state_dict())
+    assert {k for k in keys if k.startswith("head_conv2.") or k.startswith("head_bn2.")} == {
+        "head_conv2.weight", "head_bn2.weight", "head_bn2.bias", "head_bn2.running_mean",
+        "head_bn2.running_var", "head_bn2.num_batches_tracked"}
 
 
 def test_deeplabv3_resnet101_shapes() -> None:
