@@ -331,14 +331,32 @@ class TrainSegmenterConfig:
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0), 5e-4)
     poly_power: float = spec(number(0), 0.9)
+    align_corners: bool = spec(boolean(), True)  # logits -> crop upsampling (TransCAM: true)
     num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
     log_every: int = spec(integer(1), 10)
 
 
 @dataclass(frozen=True)
+class TestCrfConfig:
+    """The probability dense CRF of the segmenter test (TransCAM deeplab/utils/DenseCRF.py)."""
+
+    gauss_sxy: float = spec(number(0, lo_open=True), 3.0)
+    gauss_compat: float = spec(number(0), 3.0)
+    bilateral_sxy: float = spec(number(0, lo_open=True), 32.0)
+    bilateral_srgb: float = spec(number(0, lo_open=True), 13.0)
+    bilateral_compat: float = spec(number(0), 10.0)
+    iterations: int = spec(integer(1, 100), 1)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     flip: bool = spec(boolean(), True)
-    crf: bool = spec(boolean(), False)  # dense CRF on the predictions (settings: crf block)
+    crf: bool = spec(boolean(), True)  # dense CRF on the predictions (TransCAM test: on)
+    crf_form: str = spec(choice("probability", "label"), "probability")  # test_crf | crf block
+    test_crf: TestCrfConfig = nested(TestCrfConfig)
+    average: str = spec(choice("logits", "probs"), "logits")  # over scales + flips (TransCAM)
+    align_corners: bool = spec(boolean(), True)  # logit upsampling (TransCAM: true)
+    resize: str = spec(choice("bicubic", "bilinear"), "bicubic")  # test image rescaling
     overlays: int = spec(integer(0, 64), 6)
 
 

@@ -184,13 +184,15 @@ def test_multiscale_predict_flip_average() -> None:
                                              align_corners=False)
         return up.softmax(1)[0]
 
+    ours = {"average": "probs", "align_corners": False, "resize": "bilinear"}
     plain = probs(image)
     flipped = probs(image.flip(-1)).flip(-1)
     assert not torch.allclose(plain, flipped)
-    out = multiscale_predict(model, image, [1.0], flip=True)
+    out = multiscale_predict(model, image, [1.0], flip=True, **ours)
     assert out.shape == (3, 32, 40)
     assert torch.allclose(out, (plain + flipped) / 2, atol=1e-6)
-    assert torch.allclose(multiscale_predict(model, image, [1.0], flip=False), plain, atol=1e-6)
+    assert torch.allclose(multiscale_predict(model, image, [1.0], flip=False, **ours), plain,
+                          atol=1e-6)
     multi = multiscale_predict(model, image, [0.5, 1.0, 1.5], flip=True)
     assert multi.shape == (3, 32, 40)
     assert torch.allclose(multi.sum(0), torch.ones(32, 40), atol=1e-5)
@@ -229,7 +231,7 @@ def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> No
     import bnr.segmentation as seg
 
     monkeypatch.setattr(seg, "segmentation_loss",
-                        lambda logits, label, ctx: logits.sum() * float("nan"))
+                        lambda logits, label, ctx, align: logits.sum() * float("nan"))
     params = tiny_params(work / "data" / "synthetic")
     with pytest.raises(BnrError, match="loss is not finite at iteration 1"):
         train_segmenter(params, tmp_path / "n.pt", tmp_path / "c", run_root=tmp_path / "r",
@@ -263,7 +265,9 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "method",
                 "noise_scale", "seed"):
         assert key in proto
-    assert proto["split"] == "val" and proto["scales"] == [1.0] and proto["crf"] is False
+    assert proto["split"] == "val" and proto["scales"] == [1.0]
+    assert proto["crf"]["iterations"] == 1 and proto["crf_form"] == "probability"
+    assert proto["average"] == "logits" and proto["align_corners"] is True
     val = read_split(params.data.root, "val")
     assert sorted(p.stem for p in Path("data/predictions").iterdir()) == sorted(val)
     with Image.open(f"data/predictions/{val[0]}.png") as im:
