@@ -397,11 +397,10 @@ def train_affinity(
 # Random walk
 
 
-def padded_size(h: int, w: int, radius: int) -> tuple[int, int]:
-    """(H', W'): the size rounded up to multiples of 8 (PSA), and at least the smallest size whose
-    1/8 grid holds the radius pairs (radius x (2 radius - 1) nodes; 40 x 72 px for radius 5)."""
-    hp, wp = h + (-h % STRIDE), w + (-w % STRIDE)
-    return max(hp, radius * STRIDE), max(wp, (2 * radius - 1) * STRIDE)
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """(H', W'): the size rounded up to multiples of 8 (PSA); a grid too small for the radius
+    shrinks the radius (TransCAM, :func:`bnr.postprocessing.affinity.shrunk_radius`)."""
+    return h + (-h % STRIDE), w + (-w % STRIDE)
 
 
 @torch.no_grad()
@@ -416,7 +415,7 @@ def image_affinity(
     """
     x, _ = EvalTransform()(image, None)  # (3, H, W)
     h, w = x.shape[1:]
-    hp, wp = padded_size(h, w, radius)
+    hp, wp = padded_size(h, w)
     x = F.pad(x, (0, wp - w, 0, hp - h))  # (3, H', W')
     with runtime.autocast():
         feats = model(runtime.to_device(x[None]))  # (1, 3, H', W') -> (1, C, H'/8, W'/8)
@@ -460,9 +459,6 @@ def random_walk_split(
                 # cannot run on another device: affinities (P,) and pairs come back here
                 aff, src, dst = aff.float().cpu(), src.cpu(), dst.cpu()
                 h, w = image.shape[:2]
-                hp, wp = padded_size(h, w, cfg.radius)
-                if (hp, wp) != (h + (-h % STRIDE), w + (-w % STRIDE)):  # a very small image:
-                    cams = np.pad(cams, ((0, 0), (0, hp - h), (0, wp - w)))  # CAMs to its grid
                 label = random_walk_segmentation(
                     cams, [int(c) for c in classes], aff, src, dst, beta=cfg.beta,
                     logt=cfg.logt, bg_score=cfg.bg_score, method="sparse", stride=STRIDE,

@@ -199,7 +199,8 @@ def test_affinity_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
 
 
 def test_random_walk_small_image_and_small_crop(tmp_path: Path) -> None:
-    """Images under 72 px (radius 5 needs a 5 x 9 grid) are padded; a tiny crop is refused."""
+    """Images under 88 px (a grid side under 11) walk with a shrunk radius; a tiny crop is
+    refused."""
     root = tmp_path / "syn"
     generate_synthetic(root, SyntheticSpec(num_train=2, num_val=1, image_size=48, clutter=2))
     fake_cams(root, tmp_path / "cams", empty="")
