@@ -310,6 +310,7 @@ class TrainAffinityConfig:
     low_bg: float = spec(number(0, 1), 0.60)  # fixed background score of la (confident fg)
     high_bg: float = spec(number(0, 1), 0.25)  # fixed background score of ha (confident bg)
     radius: int = spec(integer(1, 16), 5)  # pair radius on the 1/8 feature map
+    pad_label: str = spec(choice("background", "ignore"), "background")  # crop padding labels
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0), 5e-4)
     num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
