@@ -280,6 +280,7 @@ class TrainCamConfig:
 class InferSeedsConfig:
     flip: bool = spec(boolean(), True)
     resize: str = spec(choice("square", "keep_aspect"), "square")
+    resample: str = spec(choice("pil_bicubic", "bilinear"), "pil_bicubic")  # pass resizing
     batch_passes: bool = spec(boolean(), True)  # run the flips of a scale as one batch
     source: str = spec(choice("transcam", "conv", "clsattn", "attnagg"), "transcam")
 
