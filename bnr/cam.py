@@ -183,7 +183,12 @@ def multiscale_cam(
 
 
 def normalize_cams(cams: Tensor, eps: float = 1e-5) -> Tensor:
-    """Min-max normalise each class map to [0, 1]: (K, H, W) -> (K, H, W)."""
+    """Min-max normalise each class map to [0, 1]: (K, H, W) -> (K, H, W).
+
+    The paper's rule: an all-zero present class stays 0 and, in :func:`cams_to_seeds`, a tie
+    with the threshold is foreground ("equal to or above"); TransCAM (``infer_TransCAM.py``)
+    subtracts 1e-5 after the minimum, so such a class is negative and a tie is background.
+    """
     if cams.numel() == 0:
         return cams
     flat = cams.reshape(cams.shape[0], -1)

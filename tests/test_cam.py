@@ -174,3 +174,13 @@ def test_multiscale_cam_pil_bicubic_matches_manual_passes() -> None:
         total = total + F.interpolate(m[:, 1:], size=(20, 28), mode="bilinear",
                                       align_corners=False)[0]
     torch.testing.assert_close(got, normalize_cams(F.relu(total[[0, 2]])))
+
+
+def test_normalisation_edge_cases_follow_the_paper() -> None:
+    """All-zero present class -> 0 (TransCAM: -1e-5); a tie with the threshold is foreground
+    (paper: "equal to or above"; TransCAM's 1e-5 shift makes it background)."""
+    cams = normalize_cams(torch.stack([torch.zeros(2, 2), torch.tensor([[0.0, 1.0], [2.0, 4.0]])]))
+    assert torch.equal(cams[0], torch.zeros(2, 2))
+    assert torch.allclose(cams[1], torch.tensor([[0.0, 0.25], [0.5, 1.0]]), atol=1e-5)
+    tie = np.array([[[0.25, 0.24]]], np.float32)
+    assert cams_to_seeds(tie, [7], 0.25).tolist() == [[7, 0]]
