@@ -420,7 +420,7 @@ def image_affinity(
     x = F.pad(x, (0, wp - w, 0, hp - h))  # (3, H', W')
     with runtime.autocast():
         feats = model(runtime.to_device(x[None]))  # (1, 3, H', W') -> (1, C, H'/8, W'/8)
-    aff, src, dst = feature_affinity(feats, radius)  # (1, P) float32
+    aff, src, dst = feature_affinity(feats, radius, shrink=True)  # (1, P) float32
     return aff[0], src, dst
 
 

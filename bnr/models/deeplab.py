@@ -79,6 +79,7 @@ class DeepLabLargeFOV(nn.Module):
         for bn in (self.head_bn, self.head_bn2):  # convs-only optimizer groups (TransCAM)
             bn.weight.requires_grad_(False)
             bn.bias.requires_grad_(False)
+            bn.fixed_affine = True  # still batch statistics: synchronised across processes
         self.new_layers: list[nn.Module] = [self.head_conv, self.head_conv2, self.classifier]
 
     def train(self, mode: bool = True) -> DeepLabLargeFOV:

@@ -82,15 +82,15 @@ def shrunk_radius(h: int, w: int, radius: int) -> int:
 
 
 def feature_affinity(
-    features: torch.Tensor, radius: int
+    features: torch.Tensor, radius: int, shrink: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PSA's radius pairs of a feature map (B, C, h, w) and their affinities:
-    ``(aff (B, P), src (P,), dst (P,))``, with the radius shrunk on small maps
-    (:func:`shrunk_radius`). Computed in float32 whatever the features' precision:
-    the random walk raises affinities to the power beta (14), which would magnify bfloat16
-    rounding."""
+    ``(aff (B, P), src (P,), dst (P,))``; ``shrink``: the radius shrinks on small maps
+    (:func:`shrunk_radius`; the random walk; training crops are checked to fit instead).
+    Computed in float32 whatever the features' precision: the random walk raises affinities
+    to the power beta (14), which would magnify bfloat16 rounding."""
     feats = features.float()
-    r = shrunk_radius(feats.shape[2], feats.shape[3], radius)
+    r = shrunk_radius(feats.shape[2], feats.shape[3], radius) if shrink else radius
     if r < 2:
         none = torch.zeros(0, dtype=torch.int64, device=feats.device)
         return feats.new_zeros((feats.shape[0], 0)), none, none.clone()
