@@ -28,7 +28,7 @@ from bnr.segmentation import (
     train_segmenter,
     write_server_archive,
 )
-from bnr.training import load_checkpoint
+from bnr.training import load_checkpoint, load_state_strict
 from tests.conftest import REPO, write_voc_tree
 
 SIZE = 64
@@ -126,6 +126,10 @@ def test_largefov_head_layers_and_groups_match_transcam() -> None:
     assert {k for k in keys if k.startswith("head_conv2.") or k.startswith("head_bn2.")} == {
         "head_conv2.weight", "head_bn2.weight", "head_bn2.bias", "head_bn2.running_mean",
         "head_bn2.running_var", "head_bn2.num_batches_tracked"}
+    old_layout = {k: v for k, v in model.state_dict().items()
+                  if not k.startswith(("head_conv2.", "head_bn2."))}
+    with pytest.raises(BnrError, match="6 missing key"):  # a one-layer-head checkpoint
+        load_state_strict(model, old_layout, Path("segmenter.pt"))
 
 
 def test_deeplabv3_resnet101_shapes() -> None:
