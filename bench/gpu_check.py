@@ -532,7 +532,7 @@ def section_rw(s: Settings, device: torch.device, seconds: float) -> dict:
                 walk_device: torch.device = walk_device) -> np.ndarray:
             t0 = time.perf_counter()
             x, _ = to_tensor(image, None)
-            hp, wp = padded_size(h, w, s.rw_radius)
+            hp, wp = padded_size(h, w)
             x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h)).to(device)
             with torch.no_grad(), autocast(device, bf16):
                 aff, src, dst = model.affinity(x[None], s.rw_radius)

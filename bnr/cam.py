@@ -11,9 +11,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
+from bnr.data.transforms import normalize
 from bnr.runtime import CPU, Runtime
+
+RESAMPLES = ("pil_bicubic", "bilinear")
 
 
 def aggregate_attention(attn: Sequence[Tensor] | Tensor, reduce: str) -> Tensor:
@@ -92,6 +96,34 @@ def _pass_sizes(
     return sizes
 
 
+def _normalised(image: Tensor | np.ndarray) -> Tensor:
+    """(3, H, W) float as given; uint8 (3, H, W) tensor or (H, W, 3) array -> normalised."""
+    if isinstance(image, np.ndarray):
+        return normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    return normalize(image) if image.dtype == torch.uint8 else image
+
+
+def scaled_input(image: Tensor | np.ndarray, size: tuple[int, int], resample: str) -> Tensor:
+    """One seed-inference pass input, normalised (1, 3, h, w) for ``size`` = (h, w).
+
+    ``pil_bicubic`` (TransCAM ``voc12/data.py``): the uint8 image, (H, W, 3) array or (3, H, W)
+    tensor, resized by PIL's bicubic filter (antialiased when shrinking, rounded to uint8), then
+    normalised. ``bilinear``: the normalised float image (3, H, W) (a uint8 one is normalised
+    first) resized bilinearly without antialiasing, on its device.
+    """
+    if resample not in RESAMPLES:
+        raise ValueError(f"resample must be one of {', '.join(RESAMPLES)}, got {resample!r}")
+    if resample == "bilinear":
+        x = _normalised(image)[None]  # (1, 3, H, W)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if image.dtype not in (np.uint8, torch.uint8):
+        raise ValueError("resample='pil_bicubic' needs the uint8 image, got "
+                         f"{image.dtype} (pass the image before normalisation)")
+    arr = image.permute(1, 2, 0).cpu().numpy() if isinstance(image, Tensor) else image
+    resized = Image.fromarray(np.ascontiguousarray(arr)).resize(size[::-1], Image.BICUBIC)
+    return normalize(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1))[None]
+
+
 @torch.no_grad()
 def multiscale_cam(
     model: nn.Module,
@@ -104,11 +136,14 @@ def multiscale_cam(
     batch_passes: bool = True,
     patch_multiple: int = 16,
     source: str = "transcam",
+    resample: str = "bilinear",
     runtime: Runtime = CPU,
 ) -> Tensor:
     """Seed CAMs of one image, exactly as TransCAM infers them (``source``: cam_from_outputs).
 
-    ``image``: normalised (3, H, W). For each scale (and its flip), the image is resized, M* is
+    ``image``: normalised (3, H, W), or the uint8 image ((H, W, 3) array or (3, H, W) tensor),
+    which ``resample="pil_bicubic"`` (TransCAM) needs (:func:`scaled_input`). For each scale
+    (and its flip), the image is resized, M* is
     computed, its foreground channels are upsampled bilinearly to (H, W), absent classes are
     zeroed and flipped passes un-flipped; the passes are summed, ReLU'd and each class is
     min-max normalised to [0, 1]. Returns (K, H, W) for ``classes`` (1-based indices, K may be
@@ -118,12 +153,14 @@ def multiscale_cam(
     arithmetic after the network are float32, and the result is a CPU float32 tensor.
     ``model`` must already be on that device (``runtime.prepare_model``).
     """
-    h, w = image.shape[-2:]
+    channels_last_input = isinstance(image, np.ndarray)  # (H, W, 3)
+    h, w = image.shape[:2] if channels_last_input else image.shape[-2:]
     classes = list(classes)
-    image = runtime.to_device(image)  # resized on the device: one upload per image
+    if resample == "bilinear":
+        image = runtime.to_device(_normalised(image))  # resized on the device: one upload
     total = None
     for size in _pass_sizes(h, w, scales, resize, patch_multiple):
-        scaled = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        scaled = runtime.to_device(scaled_input(image, size, resample))  # (1, 3, s, s)
         batch = [scaled, scaled.flip(-1)] if flip else [scaled]  # (1, 3, s, s) each
         groups = [torch.cat(batch)] if batch_passes else batch
         outs = []
@@ -146,7 +183,12 @@ def multiscale_cam(
 
 
 def normalize_cams(cams: Tensor, eps: float = 1e-5) -> Tensor:
-    """Min-max normalise each class map to [0, 1]: (K, H, W) -> (K, H, W)."""
+    """Min-max normalise each class map to [0, 1]: (K, H, W) -> (K, H, W).
+
+    The paper's rule: an all-zero present class stays 0 and, in :func:`cams_to_seeds`, a tie
+    with the threshold is foreground ("equal to or above"); TransCAM (``infer_TransCAM.py``)
+    subtracts 1e-5 after the minimum, so such a class is negative and a tie is background.
+    """
     if cams.numel() == 0:
         return cams
     flat = cams.reshape(cams.shape[0], -1)

@@ -143,8 +143,8 @@ def predict(args: argparse.Namespace) -> int:
                                            runtime=runtime)  # (S, H, W) CPU float32
                 label = probs.argmax(0).numpy().astype(np.uint8)
             else:
-                cams = multiscale_cam(model, x, classes, sizes, flip=args.flip,
-                                      patch_multiple=multiple,
+                cams = multiscale_cam(model, image, classes, sizes, flip=args.flip,
+                                      patch_multiple=multiple, resample="pil_bicubic",
                                       runtime=runtime)  # (K, H, W) CPU float32
                 label = cams_to_seeds(cams, classes, args.threshold)
         write_label_png(out / f"{path.stem}.png", label)

@@ -235,6 +235,7 @@ class DatasetConfig:
     segmenter_lr: float = spec(number(0, lo_open=True), 1e-3)
     segmenter_resize_scale: tuple = spec(number_list(number(0, lo_open=True), 2, 2, ordered=True),
                                          (0.5, 1.5))
+    segmenter_bn_momentum: float = spec(number(0, 1, lo_open=True), 3e-4)  # head BN (TransCAM)
     eval_scales: tuple = spec(number_list(number(0, lo_open=True), 1, 8),
                               (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
     test_split: str = spec(string(), "")  # predictions for an evaluation server ("" = none)
@@ -279,6 +280,7 @@ class TrainCamConfig:
 class InferSeedsConfig:
     flip: bool = spec(boolean(), True)
     resize: str = spec(choice("square", "keep_aspect"), "square")
+    resample: str = spec(choice("pil_bicubic", "bilinear"), "pil_bicubic")  # pass resizing
     batch_passes: bool = spec(boolean(), True)  # run the flips of a scale as one batch
     source: str = spec(choice("transcam", "conv", "clsattn", "attnagg"), "transcam")
 
@@ -309,6 +311,7 @@ class TrainAffinityConfig:
     low_bg: float = spec(number(0, 1), 0.60)  # fixed background score of la (confident fg)
     high_bg: float = spec(number(0, 1), 0.25)  # fixed background score of ha (confident bg)
     radius: int = spec(integer(1, 16), 5)  # pair radius on the 1/8 feature map
+    pad_label: str = spec(choice("background", "ignore"), "background")  # crop padding labels
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0), 5e-4)
     num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
@@ -330,14 +333,32 @@ class TrainSegmenterConfig:
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0), 5e-4)
     poly_power: float = spec(number(0), 0.9)
+    align_corners: bool = spec(boolean(), True)  # logits -> crop upsampling (TransCAM: true)
     num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
     log_every: int = spec(integer(1), 10)
 
 
 @dataclass(frozen=True)
+class TestCrfConfig:
+    """The probability dense CRF of the segmenter test (TransCAM deeplab/utils/DenseCRF.py)."""
+
+    gauss_sxy: float = spec(number(0, lo_open=True), 3.0)
+    gauss_compat: float = spec(number(0), 3.0)
+    bilateral_sxy: float = spec(number(0, lo_open=True), 32.0)
+    bilateral_srgb: float = spec(number(0, lo_open=True), 13.0)
+    bilateral_compat: float = spec(number(0), 10.0)
+    iterations: int = spec(integer(1, 100), 1)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     flip: bool = spec(boolean(), True)
-    crf: bool = spec(boolean(), False)  # dense CRF on the predictions (settings: crf block)
+    crf: bool = spec(boolean(), True)  # dense CRF on the predictions (TransCAM test: on)
+    crf_form: str = spec(choice("probability", "label"), "probability")  # test_crf | crf block
+    test_crf: TestCrfConfig = nested(TestCrfConfig)
+    average: str = spec(choice("logits", "probs"), "logits")  # over scales + flips (TransCAM)
+    align_corners: bool = spec(boolean(), True)  # logit upsampling (TransCAM: true)
+    resize: str = spec(choice("bicubic", "bilinear"), "bicubic")  # test image rescaling
     overlays: int = spec(integer(0, 64), 6)
 
 

@@ -225,13 +225,15 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Replace every TRAINABLE ``nn.BatchNorm2d`` by :class:`SyncBatchNorm2d` in place (frozen
-    ones, e.g. ResNet-38's ImageNet statistics in PSA, stay as they are).
+    ones, e.g. ResNet-38's ImageNet statistics in PSA, stay as they are), and those marked
+    ``fixed_affine`` (affine not trained but batch statistics used, TransCAM's segmenter head).
 
     The new modules take over the very Parameter and buffer objects of the old ones, so an
     optimizer built before the conversion still updates them.
     """
     for name, child in list(model.named_children()):
-        if type(child) is nn.BatchNorm2d and (child.weight is None or child.weight.requires_grad):
+        if type(child) is nn.BatchNorm2d and (child.weight is None or child.weight.requires_grad
+                                              or getattr(child, "fixed_affine", False)):
             sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
                                    child.track_running_stats)
             for key, param in child._parameters.items():

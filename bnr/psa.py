@@ -5,8 +5,8 @@ Three stages, each a function here (the ``stages/`` CLIs are thin wrappers):
 * :func:`train_affinity`: affinity labels from image + seed CAM (dense CRF of the arg-max with
   a fixed background score ``low_bg`` -> la and ``high_bg`` -> ha; la foreground kept, la+ha
   background -> 0, the rest ignored), computed once per run with :func:`crf_map` and cached in
-  the resume directory; AffinityNet (ResNet-38d) trained on random resize / jitter / flip /
-  crop (label padding 255), labels subsampled by 8; poly SGD with the 1x/2x/10x/20x groups;
+  the resume directory; AffinityNet (ResNet-38d) trained on jitter / crop / flip as TransCAM
+  (no rescaling; padding black, labels ``pad_label``), labels subsampled by 8; poly SGD;
   per-epoch resumable checkpoints and dvclive curves like :func:`bnr.training.train_cam`.
 * :func:`random_walk_split`: AffinityNet affinities on the zero-padded image, sparse random
   walk of the CAMs (fixed background score) -> ``<out>/<id>.png`` VOC palette labels.
@@ -38,7 +38,7 @@ from tqdm import tqdm
 from bnr.cam import cams_to_seeds
 from bnr.config import CrfConfig, Params
 from bnr.data.classes import class_names
-from bnr.data.transforms import EvalTransform, TrainTransform
+from bnr.data.transforms import EvalTransform, PadCropTransform
 from bnr.data.voc import read_mask, read_split
 from bnr.distributed import (
     SINGLE,
@@ -88,7 +88,7 @@ STRIDE = 8  # AffinityNet output stride
 POLY_POWER = 0.9
 LOG_EVERY = 10  # steps between logged loss values
 AFFINITY_JITTER = (0.3, 0.3, 0.3, 0.1)  # PSA / TransCAM colour jitter
-RESIZE_RATIO = 768 / 448  # TransCAM: long side random in [448, 768] for crop 448
+PAD_LABELS = {"background": 0, "ignore": 255}  # train_affinity.pad_label
 PRESETS: dict[str, Callable[[], Any]] = {"resnet38d": resnet38d, "resnet38d_tiny": resnet38d_tiny}
 
 
@@ -223,15 +223,16 @@ class AffinityDataset(Dataset):
     """Image + cached affinity labels -> ``image`` (3, crop, crop) float and ``label``
     (ceil(crop/8), ceil(crop/8)) int64 (0 bg, class ids, 255 ignore).
 
-    Augmentation: random long-side resize in [crop, crop * 768 / 448], colour jitter, flip,
-    random crop with image padding 0 and label padding 255 (the joint ``TrainTransform``), then
-    the label map is subsampled by 8 (pixel (8i, 8j), TransCAM's ``RescaleNearest(1/8)``).
+    Augmentation of TransCAM / PSA ``train_aff.py`` (:class:`PadCropTransform`; neither
+    rescales): colour jitter, random crop into a black container (label padding ``pad_label``:
+    0 = background pairs as TransCAM, 255 = ignored), flip, normalisation; then the label map
+    is subsampled by 8 (pixel (8i, 8j), TransCAM's ``RescaleNearest(1/8)``).
     """
 
-    def __init__(self, root: Path, ids: Sequence[str], label_dir: Path, crop: int) -> None:
+    def __init__(self, root: Path, ids: Sequence[str], label_dir: Path, crop: int,
+                 pad_label: int = 0) -> None:
         self.root, self.ids, self.label_dir = Path(root), list(ids), Path(label_dir)
-        hi = max(crop, round(crop * RESIZE_RATIO))
-        self.transform = TrainTransform(crop, (crop, hi), AFFINITY_JITTER)
+        self.transform = PadCropTransform(crop, AFFINITY_JITTER, pad_label)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -301,7 +302,7 @@ def train_affinity(
         )
     barrier(ctx)  # the other processes wait for the labels
     label_seconds = round(time.time() - started, 1)
-    dataset = AffinityDataset(root, ids, label_dir, data.affinity_crop)
+    dataset = AffinityDataset(root, ids, label_dir, data.affinity_crop, PAD_LABELS[cfg.pad_label])
 
     torch.manual_seed(params.seed)
     model = build_affinity_model(data.affinity_model, cfg.pretrained)
@@ -397,11 +398,10 @@ def train_affinity(
 # Random walk
 
 
-def padded_size(h: int, w: int, radius: int) -> tuple[int, int]:
-    """(H', W'): the size rounded up to multiples of 8 (PSA), and at least the smallest size whose
-    1/8 grid holds the radius pairs (radius x (2 radius - 1) nodes; 40 x 72 px for radius 5)."""
-    hp, wp = h + (-h % STRIDE), w + (-w % STRIDE)
-    return max(hp, radius * STRIDE), max(wp, (2 * radius - 1) * STRIDE)
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """(H', W'): the size rounded up to multiples of 8 (PSA); a grid too small for the radius
+    shrinks the radius (TransCAM, :func:`bnr.postprocessing.affinity.shrunk_radius`)."""
+    return h + (-h % STRIDE), w + (-w % STRIDE)
 
 
 @torch.no_grad()
@@ -416,11 +416,11 @@ def image_affinity(
     """
     x, _ = EvalTransform()(image, None)  # (3, H, W)
     h, w = x.shape[1:]
-    hp, wp = padded_size(h, w, radius)
+    hp, wp = padded_size(h, w)
     x = F.pad(x, (0, wp - w, 0, hp - h))  # (3, H', W')
     with runtime.autocast():
         feats = model(runtime.to_device(x[None]))  # (1, 3, H', W') -> (1, C, H'/8, W'/8)
-    aff, src, dst = feature_affinity(feats, radius)  # (1, P) float32
+    aff, src, dst = feature_affinity(feats, radius, shrink=True)  # (1, P) float32
     return aff[0], src, dst
 
 
@@ -438,7 +438,7 @@ def random_walk_split(
 
     Uses the sparse walk (never an N x N matrix). An image with no foreground class is all
     background (kept and counted). Returns counts and timing. AffinityNet runs on
-    ``runtime`` (``model`` already prepared for it); the walk itself runs on the CPU in float32.
+    ``runtime`` (``model`` already prepared for it); the walk runs on the CPU in float64.
     """
     cfg, root = params.random_walk, Path(params.data.root)
     model.eval()
@@ -458,11 +458,8 @@ def random_walk_split(
                     raise BnrError(f"{img_id}: {exc}") from None
                 # random_walk_segmentation builds its score maps on the CPU, so the walk
                 # cannot run on another device: affinities (P,) and pairs come back here
-                aff, src, dst = aff.float().cpu(), src.cpu(), dst.cpu()
+                aff, src, dst = aff.double().cpu(), src.cpu(), dst.cpu()  # float64 walk
                 h, w = image.shape[:2]
-                hp, wp = padded_size(h, w, cfg.radius)
-                if (hp, wp) != (h + (-h % STRIDE), w + (-w % STRIDE)):  # a very small image:
-                    cams = np.pad(cams, ((0, 0), (0, hp - h), (0, wp - w)))  # CAMs to its grid
                 label = random_walk_segmentation(
                     cams, [int(c) for c in classes], aff, src, dst, beta=cfg.beta,
                     logt=cfg.logt, bg_score=cfg.bg_score, method="sparse", stride=STRIDE,

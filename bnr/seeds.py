@@ -15,7 +15,6 @@ from torch import nn
 from tqdm import tqdm
 
 from bnr.cam import multiscale_cam
-from bnr.data.transforms import EvalTransform
 from bnr.data.voc import VocSegmentation, read_mask
 from bnr.errors import BnrError
 from bnr.io import atomic_path
@@ -33,25 +32,28 @@ def infer_split_cams(
     batch_passes: bool = True,
     patch_multiple: int = 16,
     source: str = "transcam",
+    resample: str = "pil_bicubic",
     progress: bool = True,
     runtime: Runtime = CPU,
 ) -> int:
     """Write the seed CAMs of every image of ``dataset`` into ``out_dir`` (atomically).
+    ``resample``: how each pass resizes the image (:func:`bnr.cam.scaled_input`; TransCAM:
+    PIL bicubic on the uint8 image, then normalisation).
 
     The network runs on ``runtime`` (``model`` already prepared for it); the saved CAMs are
     computed in float32 after the network and stored as float16 whatever the precision.
     """
     model.eval()
-    to_tensor = EvalTransform()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for index in tqdm(range(len(dataset)), desc="infer_seeds", disable=not progress):
             item = dataset[index]
-            image, _ = to_tensor(item["image"], None)
+            image = np.asarray(item["image"])  # (H, W, 3) uint8
             classes = [int(c) for c in torch.nonzero(item["labels"][1:]).flatten() + 1]
             cams = multiscale_cam(model, image, classes, scales, flip=flip, resize=resize,
                                   batch_passes=batch_passes, patch_multiple=patch_multiple,
-                                  source=source, runtime=runtime)  # (K, H, W) CPU float32
+                                  source=source, resample=resample,
+                                  runtime=runtime)  # (K, H, W) CPU float32
             np.savez(tmp / f"{item['id']}.npz", classes=np.asarray(classes, np.int64),
                      cams=cams.numpy().astype(np.float16))
     return len(dataset)

@@ -13,9 +13,10 @@
   augmentation depend only on ``(seed, it)`` (an epoch permutation from ``(seed, epoch)``, one
   torch seed per sample, one per iteration for dropout), so a resumed run ends with the same
   weights as an uninterrupted one (on CPU).
-* :func:`multiscale_predict`: softmax probabilities averaged over scales and flips.
-* :func:`evaluate_split`: confusion matrix of ``val_split`` against ``gt_dir`` (optional label
-  dense CRF), prediction PNGs in the VOC palette.
+* :func:`evaluate_split`: confusion matrix of ``val_split`` against ``gt_dir`` with the test-time
+  inference of :mod:`bnr.postprocessing.test_time` (TransCAM's test_deeplab.py: logits averaged
+  over scales and flips, align_corners, bicubic rescaling, probability CRF; ``evaluate`` block),
+  prediction PNGs in the VOC palette.
 * :func:`write_server_archive`: PASCAL VOC evaluation-server tar
   (``results/VOC2012/Segmentation/comp6_test_cls/<id>.png``).
 """
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from bnr.config import Params
 from bnr.data.classes import class_names
-from bnr.data.transforms import EvalTransform, TrainTransform
+from bnr.data.transforms import TrainTransform
 from bnr.data.voc import IGNORE_INDEX, read_mask, read_split
 from bnr.distributed import (
     SINGLE,
@@ -55,8 +56,12 @@ from bnr.errors import BnrError
 from bnr.io import atomic_path, read_image, read_label_png, voc_palette
 from bnr.metrics import confusion_matrix
 from bnr.models.deeplab import create_segmenter
-from bnr.postprocessing.crf import dense_crf_labels
-from bnr.psa import crf_kwargs, files_digest, write_palette_png
+from bnr.postprocessing.test_time import (  # noqa: F401 - multiscale_predict re-exported
+    multiscale_predict,
+    predict_labels,
+    prediction_options,
+)
+from bnr.psa import files_digest, write_palette_png
 from bnr.runtime import CPU, Runtime
 from bnr.training import (
     cpu_state,
@@ -98,7 +103,8 @@ def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
     """A fresh segmenter for ``params`` (ImageNet backbone if train_segmenter.pretrained)."""
     meta = segmenter_meta(params)
     weights = params.train_segmenter.pretrained if pretrained else ""
-    return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights)
+    return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights,
+                            bn_momentum=params.data.segmenter_bn_momentum)
 
 
 def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> nn.Module:
@@ -185,13 +191,12 @@ def poly_lr(base: float, it: int, max_it: int, power: float = 0.9) -> float:
     return base * (1 - it / max_it) ** power if it < max_it else 0.0
 
 
-def segmentation_loss(
-    logits: torch.Tensor, label: torch.Tensor, ctx: DistContext = SINGLE
-) -> torch.Tensor:
-    """logits (B, S, h, w) upsampled bilinearly to label (B, H, W); cross-entropy averaged over
-    the labelled pixels (255 ignored) of the whole global batch (all processes of ``ctx``).
-    A batch with no labelled pixel gives 0 (not NaN)."""
-    up = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ctx: DistContext = SINGLE,
+                      align_corners: bool = True) -> torch.Tensor:
+    """logits (B, S, h, w) upsampled bilinearly to label (B, H, W) (``align_corners``: TransCAM
+    True); cross-entropy averaged over the labelled pixels (255 ignored) of the whole global
+    batch (all processes of ``ctx``). A batch with no labelled pixel gives 0 (not NaN)."""
+    up = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=align_corners)
     total = F.cross_entropy(up, label, ignore_index=IGNORE_INDEX, reduction="sum")
     labelled = (label != IGNORE_INDEX).sum().to(total.dtype)
     return ddp_mean(total, labelled, ctx, min_count=1.0)
@@ -266,7 +271,8 @@ def train_segmenter(
         torch.manual_seed(epoch_seed(params.seed, it) + ctx.rank)  # dropout of this iteration
         with runtime.autocast():
             logits = net(runtime.to_device(item["image"]))  # (B/N, S, h/8, w/8)
-        loss = segmentation_loss(logits.float(), item["label"].to(runtime.device), ctx)
+        loss = segmentation_loss(logits.float(), item["label"].to(runtime.device), ctx,
+                                 cfg.align_corners)
         value = mean_over_processes({"loss": float(loss.detach())}, ctx)["loss"]
         if not math.isfinite(value):
             raise BnrError(f"train_segmenter: loss is not finite at iteration {it + 1} "
@@ -305,64 +311,6 @@ def train_segmenter(
 # Prediction
 
 
-@torch.no_grad()
-def multiscale_predict(
-    model: nn.Module,
-    image: torch.Tensor,
-    scales: Sequence[float],
-    flip: bool = True,
-    *,
-    runtime: Runtime = CPU,
-) -> torch.Tensor:
-    """Class probabilities of one normalised image (3, H, W) -> (S, H, W).
-
-    For each scale the image is resized bilinearly to (round(H s), round(W s)) (at least 8 px),
-    run with its horizontal flip in one batch, the logits upsampled bilinearly to (H, W) and
-    softmaxed, the flipped pass un-flipped; the probabilities of all passes are averaged.
-
-    ``runtime``: the network runs on its device under its autocast (``model`` already there);
-    upsampling, softmax and the average are float32; the result is a CPU float32 tensor.
-    """
-    h, w = image.shape[-2:]
-    image = runtime.to_device(image)  # resized on the device: one upload per image
-    total, passes = None, 0
-    for s in scales:
-        size = (max(8, round(h * s)), max(8, round(w * s)))
-        x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
-        batch = torch.cat([x, x.flip(-1)]) if flip else x  # (P, 3, h', w')
-        with runtime.autocast():
-            logits = model(runtime.to_device(batch))  # (P, S, h'/8, w'/8)
-        logits = logits.float()  # softmax and the average in float32 whatever the precision
-        probs = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        probs = probs.softmax(1)  # (P, S, H, W)
-        if flip:
-            probs = torch.stack([probs[0], probs[1].flip(-1)])
-        summed = probs.sum(0)  # (S, H, W)
-        total = summed if total is None else total + summed
-        passes += probs.shape[0]
-    assert total is not None
-    return (total / passes).cpu()  # argmax / CRF / callers work on the CPU
-
-
-def predict_labels(
-    model: nn.Module,
-    image: np.ndarray,
-    scales: Sequence[float],
-    flip: bool,
-    crf: dict | None = None,
-    *,
-    runtime: Runtime = CPU,
-) -> np.ndarray:
-    """(H, W, 3) uint8 image -> (H, W) uint8 labels (arg-max; label dense CRF if ``crf`` holds
-    :func:`dense_crf_labels` keyword arguments). The network runs on ``runtime``."""
-    x, _ = EvalTransform()(image, None)  # (3, H, W)
-    probs = multiscale_predict(model, x, scales, flip, runtime=runtime)  # (S, H, W) CPU float32
-    label = probs.argmax(0).numpy().astype(np.uint8)
-    if crf is not None and (label != 0).any():
-        label = dense_crf_labels(image, label, probs.shape[0], **crf)
-    return label
-
-
 def evaluate_split(
     params: Params,
     model: nn.Module,
@@ -374,16 +322,16 @@ def evaluate_split(
 ) -> tuple[np.ndarray, dict]:
     """Accumulated (S, S) confusion of ``val_split`` (or ``ids``) against ``gt_dir``.
 
-    Scales ``eval_scales``, flip ``evaluate.flip``, label CRF (``crf`` block) when
-    ``evaluate.crf``. Predictions are written to ``pred_dir`` (atomic directory of VOC palette
-    PNGs; None = not written). The network runs on ``runtime`` (``model`` already prepared
+    Scales ``eval_scales`` and the ``evaluate`` block (:func:`prediction_options`).
+    Predictions are written to ``pred_dir`` (atomic directory of VOC palette PNGs; None = not
+    written). The network runs on ``runtime`` (``model`` already prepared
     for it). Returns ``(confusion, stats)``.
     """
     data = params.data
     names = class_names(params.dataset)
     root = Path(data.root)
     ids = list(ids) if ids is not None else read_split(root, data.val_split)
-    crf = crf_kwargs(params.crf) if params.evaluate.crf else None
+    options = prediction_options(params)
     conf = np.zeros((len(names), len(names)), np.int64)
     model.eval()
     started = time.time()
@@ -393,8 +341,7 @@ def evaluate_split(
         for img_id in tqdm(ids, desc="evaluate", disable=not progress):
             image = read_image(root / "JPEGImages" / f"{img_id}.jpg")
             gt = read_mask(root / data.gt_dir / f"{img_id}.png", len(names), image.shape[:2])
-            label = predict_labels(model, image, data.eval_scales, params.evaluate.flip, crf,
-                                   runtime=runtime)
+            label = predict_labels(model, image, **options, runtime=runtime)
             conf += confusion_matrix(label, gt, len(names))
             if out is not None:
                 write_palette_png(out / f"{img_id}.png", label)
@@ -455,14 +402,13 @@ def write_server_archive(
         return {"images": 0, "archive": str(out), "note": f"no server predictions ({why})"}
     root = Path(data.root)
     ids = read_split(root, data.test_split)
-    crf = crf_kwargs(params.crf) if params.evaluate.crf else None
+    options = prediction_options(params)
     model.eval()
 
     def labels() -> Iterator[tuple[str, np.ndarray]]:
         for img_id in tqdm(ids, desc=f"predict {data.test_split}", disable=not progress):
             image = read_image(root / "JPEGImages" / f"{img_id}.jpg")
-            yield img_id, predict_labels(model, image, data.eval_scales, params.evaluate.flip,
-                                         crf, runtime=runtime)
+            yield img_id, predict_labels(model, image, **options, runtime=runtime)
 
     n = write_label_tar(out, labels())
     return {"images": n, "archive": str(out), "note": f"{SERVER_DIR}/<id>.png for {n} images"}

@@ -3,6 +3,7 @@ it imports, directly or through other ``bnr`` modules (function-level imports in
 
     python scripts/stage_deps.py            # print the code deps dvc.yaml should list per stage
     python scripts/stage_deps.py --check    # exit 1 and name each stage whose deps differ
+    python scripts/stage_deps.py --write    # rewrite the code deps in dvc.yaml (data deps kept)
 
 ``tests/test_stage_deps.py`` runs the check, so dvc.yaml cannot drift from the imports. The files
 are read with ``ast``, never imported.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -87,10 +89,37 @@ def expected_and_declared(repo: Path = REPO) -> dict[str, tuple[list[str], list[
     return out
 
 
+def write_code_deps(repo: Path = REPO) -> None:
+    """Rewrite each stage's ``deps:`` in dvc.yaml: its import closure, then its other deps in
+    their order. A text edit, so the file's layout and every other entry stay as they are."""
+    path = repo / "dvc.yaml"
+    text = path.read_text()
+    stages = yaml.safe_load(text)["stages"]
+    pieces = re.split(r"(?m)^(?=  [A-Za-z_][\w-]*:\n)", text)
+    for i, piece in enumerate(pieces):
+        match = re.match(r"  ([A-Za-z_][\w-]*):\n", piece)
+        if not match or match.group(1) not in stages:
+            continue
+        stage = stages[match.group(1)]
+        script = stage_script(stage.get("cmd", ""))
+        if script is None:
+            continue
+        other = [d for d in stage.get("deps", []) if not (isinstance(d, str)
+                                                           and d.endswith(CODE_SUFFIXES))]
+        deps = import_closure(repo / script, repo) + other
+        block = "    deps:\n" + "".join(f"      - {d}\n" for d in deps)
+        pieces[i] = re.sub(r"(?m)^    deps:\n(      - .*\n)+", lambda _, b=block: b, piece)
+    path.write_text("".join(pieces))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with dvc.yaml")
+    parser.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps")
     args = parser.parse_args()
+    if args.write:
+        write_code_deps()
+        return 0
     bad = 0
     for name, (expected, declared) in expected_and_declared().items():
         if not args.check:

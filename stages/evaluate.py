@@ -12,8 +12,8 @@ from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
 from bnr.io import atomic_path, read_image, read_label_png, write_json
 from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_table
+from bnr.postprocessing.test_time import prediction_options
 from bnr.protocol import protocol_record
-from bnr.psa import crf_kwargs
 from bnr.runtime import start_runtime
 from bnr.segmentation import evaluate_split, load_segmenter, write_server_archive
 from bnr.stage import run_stage
@@ -36,6 +36,7 @@ def main(params: Params) -> None:
     server = write_server_archive(params, model, Path("data/server_archive.tar"),
                                   runtime=runtime)
     write_class_table(per_class_table(conf, names), Path("metrics/segmentation_per_class"))
+    opts = prediction_options(params)  # test-time settings (TransCAM test_deeplab.py)
     write_json("metrics/segmentation.json", {
         "miou": miou,
         "per_class_iou": per_class,
@@ -45,7 +46,8 @@ def main(params: Params) -> None:
         "protocol": protocol_record(
             params, dataset=params.dataset, split=data.val_split, images=stats["images"],
             ground_truth=data.gt_dir, scales=list(data.eval_scales), flip=cfg.flip,
-            crf=crf_kwargs(params.crf) if cfg.crf else False, method=params.method,
+            crf=opts["crf"] or False, crf_form=opts["crf_form"], average=opts["average"],
+            align_corners=opts["align_corners"], resize=opts["resize"], method=params.method,
             noise_scale=params.noise_scale, seed=params.seed,
             arch=params.train_segmenter.arch, backbone=data.segmenter_backbone,
             metric="mIoU (%) over all classes from the accumulated confusion matrix",

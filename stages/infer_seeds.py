@@ -31,7 +31,8 @@ def main(params: Params) -> None:
         model, dataset, Path("data/cams"), params.data.infer_scales,
         flip=params.infer_seeds.flip, resize=params.infer_seeds.resize,
         batch_passes=params.infer_seeds.batch_passes, patch_multiple=model.cfg.patch_size,
-        source=params.infer_seeds.source, runtime=runtime,
+        source=params.infer_seeds.source, resample=params.infer_seeds.resample,
+        runtime=runtime,
     )
     seconds = round(time.time() - started, 1)
     cfg = params.infer_seeds
@@ -40,7 +41,8 @@ def main(params: Params) -> None:
         "protocol": protocol_record(
             params, dataset=params.dataset, split=params.data.infer_split,
             scales=list(params.data.infer_scales), flip=cfg.flip, resize=cfg.resize,
-            batch_passes=cfg.batch_passes, source=cfg.source, method=params.method,
+            batch_passes=cfg.batch_passes, source=cfg.source, resample=cfg.resample,
+            method=params.method,
             noise_scale=params.noise_scale, seed=params.seed, runtime=runtime.record(),
         ),
     })

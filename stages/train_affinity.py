@@ -33,7 +33,7 @@ def main(params: Params) -> None:
             method=params.method, noise_scale=params.noise_scale, seed=params.seed,
             model=data.affinity_model, pretrained=cfg.pretrained or None,
             crop=data.affinity_crop, batch_size=data.affinity_batch_size, lr=data.affinity_lr,
-            low_bg=cfg.low_bg, high_bg=cfg.high_bg, radius=cfg.radius,
+            low_bg=cfg.low_bg, high_bg=cfg.high_bg, radius=cfg.radius, pad_label=cfg.pad_label,
             label_crf={k: v for k, v in vars(params.train_affinity.label_crf).items()
                        if k != "workers"},
         ),

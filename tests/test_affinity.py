@@ -185,3 +185,23 @@ def test_affinity_labels_bad_input() -> None:
         affinity_labels_from_cam(image, np.zeros((1, 8, 8)), [0], crf_fn=_identity_crf)
     with pytest.raises(BnrError, match="cams must be"):
         affinity_labels_from_cam(image, np.zeros((1, 4, 8)), [1], crf_fn=_identity_crf)
+
+
+def test_radius_shrinks_on_small_maps_as_transcam() -> None:
+    """TransCAM resnet38_aff.Net.forward: short side m < 2 r + 1 -> radius (m - 1) // 2."""
+    from bnr.postprocessing.affinity import feature_affinity, shrunk_radius
+    from bnr.postprocessing.random_walk import random_walk_sparse
+
+    assert [shrunk_radius(h, w, 5) for h, w in ((56, 56), (11, 40), (10, 40), (40, 9), (5, 6),
+                                               (4, 60))] == [5, 5, 4, 4, 2, 1]
+    # radius 4: 3 offsets (0, 1..3) + 7 (dy 1) + 7 (dy 2) + 5 (dy 3, |dx| <= 2) = 22, on
+    # (9 - 3) x (40 - 2 * 3) = 6 x 34 from-pixels
+    aff, src, dst = feature_affinity(torch.randn(2, 4, 9, 40), 5, shrink=True)
+    assert len(pair_offsets(4)) == 22 and aff.shape == (2, 22 * 6 * 34)
+    assert src.shape == dst.shape == (22 * 6 * 34,)
+    aff, src, dst = feature_affinity(torch.randn(1, 4, 4, 60), 5, shrink=True)  # no pairs
+    assert aff.shape == (1, 0) and src.numel() == dst.numel() == 0
+    cams = torch.rand(3, 4, 60)
+    assert torch.allclose(random_walk_sparse(cams, aff[0], src, dst), cams)  # identity walk
+    with pytest.raises(BnrError, match="too small"):  # training keeps its radius
+        feature_affinity(torch.randn(1, 4, 4, 60), 5)

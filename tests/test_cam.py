@@ -12,6 +12,7 @@ from bnr.cam import (
     normalize_cams,
     refine_cam,
 )
+from bnr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _attn(blocks, b, heads, n, seed=0):
@@ -135,3 +136,51 @@ def test_cam_sources_match_einsum():
         torch.testing.assert_close(cam_from_outputs({"cam": cam, "attn_sum": attn}, source), value)
     with pytest.raises(ValueError, match="source must be one of"):
         cam_from_outputs({"cam": cam, "attn_sum": attn}, "gradcam")
+
+
+def test_pil_bicubic_resizes_the_uint8_image_before_normalising() -> None:
+    """TransCAM voc12/data.py: PIL bicubic (a = -0.5, taps renormalised at the border, rounded
+    to uint8), then normalisation. Row [0, 255] to width 4, by hand: output 1 has centre 0.75,
+    taps x = 0, 1 with weights k(0.25) = 0.8671875, k(0.25 + 0.5) = 0.2265625, so
+    255 * 0.2265625 / 1.09375 = 52.8 -> 53; output 0 is negative -> 0; the rest mirror."""
+    from bnr.cam import scaled_input
+    from bnr.data.transforms import normalize
+
+    image = np.zeros((1, 2, 3), np.uint8)
+    image[0, 1] = 255
+    got = scaled_input(image, (1, 4), "pil_bicubic")  # (1, 3, 1, 4)
+    want = normalize(torch.tensor([0, 53, 202, 255], dtype=torch.uint8).expand(3, 1, 4))
+    assert got.shape == (1, 3, 1, 4)
+    assert torch.allclose(got[0], want, atol=1.5 / 255 / 0.224)  # within one uint8 step
+    # the earlier path: bilinear on the normalised image, samples 0, 63.75, 191.25, 255
+    old = scaled_input(image, (1, 4), "bilinear")
+    ramp = torch.tensor([0.0, 63.75, 191.25, 255.0]) / 255
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None], torch.tensor(IMAGENET_STD)[:, None]
+    assert torch.allclose(old[0, :, 0], (ramp[None] - mean) / std, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the uint8 image"):
+        scaled_input(normalize(torch.zeros(3, 2, 2, dtype=torch.uint8)), (4, 4), "pil_bicubic")
+
+
+def test_multiscale_cam_pil_bicubic_matches_manual_passes() -> None:
+    from bnr.cam import scaled_input
+
+    model = FakeCamModel().eval()
+    image = np.random.default_rng(0).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    got = multiscale_cam(model, image, [1, 3], [16, 32], flip=False, patch_multiple=8,
+                         resample="pil_bicubic")
+    total = 0
+    for s in (16, 32):
+        m = cam_from_outputs(model(scaled_input(image, (s, s), "pil_bicubic")))
+        total = total + F.interpolate(m[:, 1:], size=(20, 28), mode="bilinear",
+                                      align_corners=False)[0]
+    torch.testing.assert_close(got, normalize_cams(F.relu(total[[0, 2]])))
+
+
+def test_normalisation_edge_cases_follow_the_paper() -> None:
+    """All-zero present class -> 0 (TransCAM: -1e-5); a tie with the threshold is foreground
+    (paper: "equal to or above"; TransCAM's 1e-5 shift makes it background)."""
+    cams = normalize_cams(torch.stack([torch.zeros(2, 2), torch.tensor([[0.0, 1.0], [2.0, 4.0]])]))
+    assert torch.equal(cams[0], torch.zeros(2, 2))
+    assert torch.allclose(cams[1], torch.tensor([[0.0, 0.25], [0.5, 1.0]]), atol=1e-5)
+    tie = np.array([[[0.25, 0.24]]], np.float32)
+    assert cams_to_seeds(tie, [7], 0.25).tolist() == [[7, 0]]

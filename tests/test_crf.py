@@ -34,6 +34,21 @@ def test_label_crf_cleans_noisy_labels() -> None:
     assert crf_acc > 0.98 and crf_acc > noisy_acc
 
 
+def test_crf_accepts_read_only_and_strided_images() -> None:
+    """pydensecrf raised ValueError on a read-only image buffer (e.g. np.asarray of a PIL image)."""
+    image, truth = _two_regions()
+    expected = dense_crf_labels(image, truth, n_labels=3)
+    frozen = image.copy()
+    frozen.setflags(write=False)
+    assert (dense_crf_labels(frozen, truth, n_labels=3) == expected).all()
+    probs = np.stack([(truth == 1), (truth == 2)]).astype(np.float32) * 0.8 + 0.1
+    assert dense_crf_probs(frozen, probs).shape == probs.shape
+    strided = np.repeat(image, 2, axis=1)[:, ::2]  # not C-contiguous, the same pixels
+    assert not strided.flags.c_contiguous and (strided == image).all()
+    assert (dense_crf_labels(strided, truth, n_labels=3) == expected).all()
+    assert not frozen.flags.writeable  # the caller's array is left as it was
+
+
 def test_prob_crf_cleans_noisy_scores() -> None:
     image, truth = _two_regions(2)
     rng = np.random.default_rng(3)

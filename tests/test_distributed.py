@@ -205,11 +205,17 @@ def _workspace(tmp: Path) -> Path:
 
 
 def _no_dropout(build):
+    """Dropout off; a segmenter's classifier re-initialised with std 0.01: with TransCAM's
+    kaiming init (std 0.8 for 3 classes) the 4 steps amplify rounding-level differences of the
+    two-process gradient sums to 5e-3 in the weights (measured 2026-11-30), hiding what this
+    test compares."""
     def wrapped(*args, **kwargs):
         model = build(*args, **kwargs)
         for m in model.modules():
             if isinstance(m, (nn.Dropout, nn.Dropout2d)):
                 m.p = 0.0
+        if isinstance(getattr(model, "classifier", None), nn.Conv2d):
+            nn.init.normal_(model.classifier.weight, std=0.01)
         return model
     return wrapped
 

@@ -19,6 +19,7 @@ from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.errors import BnrError
 from bnr.models.deeplab import DeepLabLargeFOV, create_segmenter
+from bnr.models.resnet38 import param_groups
 from bnr.segmentation import (
     SERVER_DIR,
     iteration_batches,
@@ -27,7 +28,7 @@ from bnr.segmentation import (
     train_segmenter,
     write_server_archive,
 )
-from bnr.training import load_checkpoint
+from bnr.training import load_checkpoint, load_state_strict
 from tests.conftest import REPO, write_voc_tree
 
 SIZE = 64
@@ -87,6 +88,7 @@ def test_largefov_head_shapes() -> None:
     assert isinstance(model, DeepLabLargeFOV)
     assert model.head_conv.dilation == (12, 12) and model.head_conv.out_channels == 512
     assert model.classifier.kernel_size == (1, 1) and model.dropout.p == 0.5
+    assert type(model.dropout) is torch.nn.Dropout  # TransCAM: nn.Dropout, not Dropout2d
     model.eval()
     x = torch.randn(2, 3, 60, 72)
     feats = model.forward_features(x)
@@ -95,7 +97,39 @@ def test_largefov_head_shapes() -> None:
     assert model(x).shape == (2, 7, 8, 9)
     # from scratch the backbone BatchNorms train; head layers are the 10x group
     assert model.backbone.b2.bn_branch2a.weight.requires_grad
-    assert model.new_layers == [model.head_conv, model.head_bn, model.classifier]
+    assert model.new_layers == [model.head_conv, model.head_conv2, model.classifier]
+
+
+def test_largefov_head_layers_and_groups_match_transcam() -> None:
+    """TransCAM deeplabv1: conv_fov 3x3 d12 (no bias), bn_fov, ReLU, conv_fov2 1x1 (no bias),
+    bn_fov2, ReLU, Dropout(0.5), cls_conv; groups from convs only: new conv weights x10, the
+    classifier bias x20, head BatchNorm affine parameters in no group."""
+    model = create_segmenter("largefov", "resnet38d_tiny", 3, bn_momentum=3e-4)
+    head = [(n, type(m).__name__) for n, m in model.named_children() if n != "backbone"]
+    assert head == [("head_conv", "Conv2d"), ("head_bn", "BatchNorm2d"),
+                    ("head_conv2", "Conv2d"), ("head_bn2", "BatchNorm2d"),
+                    ("dropout", "Dropout"), ("classifier", "Conv2d")]
+    assert model.head_conv2.kernel_size == (1, 1) and model.head_conv2.bias is None
+    assert (model.head_conv2.in_channels, model.head_conv2.out_channels) == (512, 512)
+    assert model.head_bn.momentum == model.head_bn2.momentum == 3e-4
+    groups = {g["name"]: g for g in param_groups(model, lr=1.0)}
+    ids = {k: {id(p) for p in g["params"]} for k, g in groups.items()}
+    assert ids["new_weight"] == {id(model.head_conv.weight), id(model.head_conv2.weight),
+                                 id(model.classifier.weight)}
+    assert ids["new_bias"] == {id(model.classifier.bias)}
+    assert (groups["new_weight"]["lr"], groups["new_bias"]["lr"]) == (10.0, 20.0)
+    in_groups = set().union(*ids.values())
+    for bn in (model.head_bn, model.head_bn2):
+        assert id(bn.weight) not in in_groups and id(bn.bias) not in in_groups
+    # 6 keys more than the one-layer head: head_conv2.weight and head_bn2's five entries
+    keys = set(model.state_dict())
+    assert {k for k in keys if k.startswith("head_conv2.") or k.startswith("head_bn2.")} == {
+        "head_conv2.weight", "head_bn2.weight", "head_bn2.bias", "head_bn2.running_mean",
+        "head_bn2.running_var", "head_bn2.num_batches_tracked"}
+    old_layout = {k: v for k, v in model.state_dict().items()
+                  if not k.startswith(("head_conv2.", "head_bn2."))}
+    with pytest.raises(BnrError, match="6 missing key"):  # a one-layer-head checkpoint
+        load_state_strict(model, old_layout, Path("segmenter.pt"))
 
 
 def test_deeplabv3_resnet101_shapes() -> None:
@@ -154,13 +188,15 @@ def test_multiscale_predict_flip_average() -> None:
                                              align_corners=False)
         return up.softmax(1)[0]
 
+    ours = {"average": "probs", "align_corners": False, "resize": "bilinear"}
     plain = probs(image)
     flipped = probs(image.flip(-1)).flip(-1)
     assert not torch.allclose(plain, flipped)
-    out = multiscale_predict(model, image, [1.0], flip=True)
+    out = multiscale_predict(model, image, [1.0], flip=True, **ours)
     assert out.shape == (3, 32, 40)
     assert torch.allclose(out, (plain + flipped) / 2, atol=1e-6)
-    assert torch.allclose(multiscale_predict(model, image, [1.0], flip=False), plain, atol=1e-6)
+    assert torch.allclose(multiscale_predict(model, image, [1.0], flip=False, **ours), plain,
+                          atol=1e-6)
     multi = multiscale_predict(model, image, [0.5, 1.0, 1.5], flip=True)
     assert multi.shape == (3, 32, 40)
     assert torch.allclose(multi.sum(0), torch.ones(32, 40), atol=1e-5)
@@ -199,7 +235,7 @@ def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> No
     import bnr.segmentation as seg
 
     monkeypatch.setattr(seg, "segmentation_loss",
-                        lambda logits, label, ctx: logits.sum() * float("nan"))
+                        lambda logits, label, ctx, align: logits.sum() * float("nan"))
     params = tiny_params(work / "data" / "synthetic")
     with pytest.raises(BnrError, match="loss is not finite at iteration 1"):
         train_segmenter(params, tmp_path / "n.pt", tmp_path / "c", run_root=tmp_path / "r",
@@ -233,7 +269,9 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "method",
                 "noise_scale", "seed"):
         assert key in proto
-    assert proto["split"] == "val" and proto["scales"] == [1.0] and proto["crf"] is False
+    assert proto["split"] == "val" and proto["scales"] == [1.0]
+    assert proto["crf"]["iterations"] == 1 and proto["crf_form"] == "probability"
+    assert proto["average"] == "logits" and proto["align_corners"] is True
     val = read_split(params.data.root, "val")
     assert sorted(p.stem for p in Path("data/predictions").iterdir()) == sorted(val)
     with Image.open(f"data/predictions/{val[0]}.png") as im:

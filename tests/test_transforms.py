@@ -1,7 +1,14 @@
 import numpy as np
 import torch
 
-from bnr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
+from bnr.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    PadCropTransform,
+    TrainTransform,
+)
+from bnr.postprocessing.affinity import pair_indices, pair_labels
 
 
 def _pattern(h, w):
@@ -59,3 +66,47 @@ def test_eval_transform_is_identity_on_geometry():
     img, msk = EvalTransform()(image, mask)
     assert img.shape == (3, 20, 30)
     assert torch.equal(msk, torch.from_numpy(mask.astype(np.int64)))
+
+
+# The 8 radius-2 pairs of a 3 x 3 map: from (0, 1) and (1, 1), offsets (0, 1), (1, -1), (1, 0),
+# (1, 1). How many of them touch each cell, counted by hand:
+TOUCHING = [[0, 4, 1], [1, 5, 2], [1, 1, 1]]
+
+
+def test_affinity_crop_padding_becomes_background_pairs() -> None:
+    """TransCAM crops into a zero container, so padded label cells are background (0) and
+    form background pairs; the padded image is black before normalisation."""
+    image = np.full((1, 1, 3), 200, np.uint8)
+    label = np.full((1, 1), 255, np.uint8)  # one ignored cell, placed at random in a 3 x 3 crop
+    src, dst = pair_indices(3, 3, radius=2)
+    assert src.numel() == 8
+    black = (torch.zeros(3) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        img, lab = PadCropTransform(3, (0, 0, 0, 0), pad_label=0)(image, label)
+        (y,), (x,) = np.nonzero(lab.numpy() == 255)
+        seen.add((int(y), int(x)))
+        bg, fg, neg = pair_labels(lab, src, dst)
+        assert int(bg.sum()) == 8 - TOUCHING[y][x] and not fg.any() and not neg.any()
+        pad = torch.ones(3, 3, dtype=torch.bool)
+        pad[y, x] = False
+        assert torch.allclose(img[:, pad], black[:, None].expand(3, 8), atol=1e-6)
+        torch.manual_seed(seed)
+        _, ignored = PadCropTransform(3, (0, 0, 0, 0), pad_label=255)(image, label)
+        assert (ignored == 255).all()  # the "ignore" option: no pair at all
+    assert len(seen) > 1  # the placement is random
+
+
+def test_affinity_crop_of_a_larger_image_is_a_plain_crop() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    label = rng.integers(0, 3, (6, 7)).astype(np.uint8)
+    torch.manual_seed(0)
+    img, lab = PadCropTransform(4, (0, 0, 0, 0), flip=False)(image, label)
+    assert img.shape == (3, 4, 4) and lab.shape == (4, 4)
+    want = EvalTransform()(image, label)
+    found = [(y, x) for y in range(3) for x in range(4)
+             if torch.equal(want[1][y:y + 4, x:x + 4], lab)
+             and torch.allclose(want[0][:, y:y + 4, x:x + 4], img)]
+    assert found  # no rescaling: the crop is a window of the original image

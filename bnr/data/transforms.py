@@ -2,7 +2,9 @@
 
 Training: random resize of the long side, colour jitter (image only), horizontal flip,
 ImageNet normalisation, random crop with padding (image 0 = mean colour after normalisation,
-mask 255 = ignore).
+mask 255 = ignore). AffinityNet training (:class:`PadCropTransform`, TransCAM / PSA
+``train_aff.py``): colour jitter, random crop of the uint8 image into a zero container (black
+padding, label padding ``pad_label``), flip, then normalisation; no rescaling.
 """
 
 from __future__ import annotations
@@ -88,3 +90,45 @@ class EvalTransform:
         return normalize(img).as_subclass(torch.Tensor), (
             None if msk is None else msk.as_subclass(torch.Tensor)
         )
+
+
+def random_pad_crop(
+    image: torch.Tensor, mask: torch.Tensor, crop: int, pad_label: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TransCAM / PSA ``imutils.RandomCrop``: (3, H, W) uint8 + (H, W) -> (3, crop, crop) +
+    (crop, crop). A side longer than ``crop`` is cut at a random offset; a shorter one is placed
+    at a random offset in a container of 0 (image: black) and ``pad_label`` (mask)."""
+    h, w = image.shape[-2:]
+    box = []
+    for n in (h, w):
+        offset = int(torch.randint(0, abs(n - crop) + 1, ()).item())
+        box.append((0, offset) if n > crop else (offset, 0))  # (container, source) starts
+    (ct, it), (cl, il) = box
+    ch, cw = min(crop, h), min(crop, w)
+    img = image.new_zeros((image.shape[0], crop, crop))
+    img[:, ct:ct + ch, cl:cl + cw] = image[:, it:it + ch, il:il + cw]
+    msk = mask.new_full((crop, crop), pad_label)
+    msk[ct:ct + ch, cl:cl + cw] = mask[it:it + ch, il:il + cw]
+    return img, msk
+
+
+class PadCropTransform:
+    """AffinityNet training augmentation of TransCAM / PSA ``train_aff.py``: colour jitter,
+    :func:`random_pad_crop` (``pad_label`` 0: padded cells become background pairs, as
+    TransCAM's zero container; 255: ignored), horizontal flip, ImageNet normalisation.
+    Returns (3, crop, crop) float32 and (crop, crop) int64."""
+
+    def __init__(self, crop_size: int, color_jitter: Sequence[float] = (0.3, 0.3, 0.3, 0.1),
+                 pad_label: int = 0, flip: bool = True) -> None:
+        self.crop, self.pad_label, self.flip = int(crop_size), int(pad_label), flip
+        self.jitter = v2.ColorJitter(*color_jitter) if any(color_jitter) else None
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        img, msk = to_tensors(image, mask)
+        img, msk = img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
+        if self.jitter is not None:
+            img = self.jitter(img)  # uint8 (3, H, W)
+        img, msk = random_pad_crop(img, msk, self.crop, self.pad_label)
+        if self.flip and torch.rand(()) < 0.5:
+            img, msk = img.flip(-1), msk.flip(-1)
+        return normalize(img), msk

@@ -1,8 +1,9 @@
 """The segmentation networks of the last step (timm style: one family, presets, a factory).
 
 * :class:`DeepLabLargeFOV`: DeepLab-v1 LargeFOV on the dilated ResNet-38d of
-  :mod:`bnr.models.resnet38` (paper 4.2 / PSA): head = 3x3 conv, dilation 12, 512 channels,
-  BatchNorm, ReLU, dropout 0.5, 1x1 conv to the classes.
+  :mod:`bnr.models.resnet38`, TransCAM's ``deeplab/net/deeplabv1.py``: head = 3x3 conv,
+  dilation 12, 512 channels, BatchNorm, ReLU, 1x1 conv 512 -> 512, BatchNorm, ReLU,
+  ``nn.Dropout(0.5)``, 1x1 conv to the classes.
 * ``deeplabv3_resnet101``: torchvision's DeepLab-v3 (ResNet-101, ASPP), built with
   ``weights=None, weights_backbone=None`` (nothing is ever downloaded), wrapped in
   :class:`TorchvisionDeepLab` so both archs have the same interface.
@@ -10,8 +11,10 @@
 Both return logits at **1/8 of the input resolution** (output stride 8, ceil-rounded for
 ResNet-38d): ``forward(x (B, 3, H, W)) -> (B, S, ceil(H/8), ceil(W/8))``. Training upsamples
 the logits bilinearly to the label size, and evaluation (:func:`bnr.segmentation.
-multiscale_predict`) upsamples them to the image size. ``new_layers`` lists the head modules
-(trained with the 10x / 20x learning rates of :func:`bnr.models.resnet38.param_groups`).
+multiscale_predict`) upsamples them to the image size. ``new_layers`` lists the head's convs
+(trained with the 10x / 20x learning rates of :func:`bnr.models.resnet38.param_groups`); as in
+TransCAM's ``get_parameter_groups`` (convs only), the head BatchNorms' affine parameters are in
+no optimizer group (they stay 1 / 0; their running statistics still update).
 
 ``create_segmenter(arch, backbone_preset, num_classes, pretrained)`` is the one entry point;
 ``pretrained`` is an ImageNet backbone file loaded strictly (a wrong file is a one-line
@@ -44,10 +47,11 @@ OUTPUT_STRIDE = 8
 
 
 class DeepLabLargeFOV(nn.Module):
-    """DeepLab-v1 LargeFOV head on a ResNet-38d backbone (output stride 8).
+    """DeepLab-v1 LargeFOV head on a ResNet-38d backbone (output stride 8), TransCAM's layout.
 
-    ``head_conv`` 3x3 dilation 12 (C -> 512, no bias) -> ``head_bn`` -> ReLU -> dropout 0.5 ->
-    ``classifier`` 1x1 (512 -> S, with bias).
+    ``head_conv`` 3x3 dilation 12 (C -> 512, no bias) -> ``head_bn`` -> ReLU -> ``head_conv2``
+    1x1 (512 -> 512, no bias) -> ``head_bn2`` -> ReLU -> ``nn.Dropout(0.5)`` -> ``classifier``
+    1x1 (512 -> S, with bias). ``bn_momentum``: the head BatchNorms' momentum (TransCAM 0.0003).
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class DeepLabLargeFOV(nn.Module):
         head_channels: int = 512,
         dilation: int = 12,
         dropout: float = 0.5,
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -64,13 +69,18 @@ class DeepLabLargeFOV(nn.Module):
         self.output_stride = OUTPUT_STRIDE
         self.head_conv = nn.Conv2d(backbone.num_features, head_channels, 3, padding=dilation,
                                    dilation=dilation, bias=False)
-        self.head_bn = nn.BatchNorm2d(head_channels)
-        self.dropout = nn.Dropout2d(dropout)
+        self.head_bn = nn.BatchNorm2d(head_channels, momentum=bn_momentum)
+        self.head_conv2 = nn.Conv2d(head_channels, head_channels, 1, bias=False)
+        self.head_bn2 = nn.BatchNorm2d(head_channels, momentum=bn_momentum)
+        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
-        nn.init.kaiming_normal_(self.head_conv.weight, nonlinearity="relu")
-        nn.init.normal_(self.classifier.weight, std=0.01)
-        nn.init.zeros_(self.classifier.bias)
-        self.new_layers: list[nn.Module] = [self.head_conv, self.head_bn, self.classifier]
+        for conv in (self.head_conv, self.head_conv2, self.classifier):  # TransCAM __initial__
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        for bn in (self.head_bn, self.head_bn2):  # convs-only optimizer groups (TransCAM)
+            bn.weight.requires_grad_(False)
+            bn.bias.requires_grad_(False)
+            bn.fixed_affine = True  # still batch statistics: synchronised across processes
+        self.new_layers: list[nn.Module] = [self.head_conv, self.head_conv2, self.classifier]
 
     def train(self, mode: bool = True) -> DeepLabLargeFOV:
         """``nn.Module.train``; the backbone keeps its frozen BatchNorms in eval mode."""
@@ -85,6 +95,7 @@ class DeepLabLargeFOV(nn.Module):
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (B, C, h, w) -> logits (B, S, h, w)."""
         x = torch.relu(self.head_bn(self.head_conv(feats)))  # (B, 512, h, w)
+        x = torch.relu(self.head_bn2(self.head_conv2(x)))  # (B, 512, h, w)
         return self.classifier(self.dropout(x))  # (B, S, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,9 +164,11 @@ def create_segmenter(
     backbone_preset: str,
     num_classes: int,
     pretrained: str | os.PathLike[str] = "",
+    bn_momentum: float = 0.1,
 ) -> nn.Module:
     """A fresh segmenter: ``arch`` in :data:`ARCHS`; ``backbone_preset`` names the ResNet-38d
-    preset (``resnet38d`` | ``resnet38d_tiny``; ignored by ``deeplabv3_resnet101``).
+    preset (``resnet38d`` | ``resnet38d_tiny``; ignored by ``deeplabv3_resnet101``);
+    ``bn_momentum``: the LargeFOV head BatchNorms' momentum.
 
     ResNet-38d BatchNorms are frozen (PSA) only with ImageNet weights; from scratch they train.
     ``pretrained``: ImageNet backbone weights file ("" = from scratch), loaded strictly.
@@ -178,4 +191,4 @@ def create_segmenter(
     backbone = BACKBONES[backbone_preset](freeze_bn=path is not None)
     if path is not None:
         load_imagenet_weights(backbone, path)
-    return DeepLabLargeFOV(backbone, num_classes)
+    return DeepLabLargeFOV(backbone, num_classes, bn_momentum=bn_momentum)

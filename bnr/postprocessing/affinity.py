@@ -73,15 +73,28 @@ def pair_affinity(features: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) 
     return torch.exp(-diff.mean(dim=1))  # (B, P)
 
 
+def shrunk_radius(h: int, w: int, radius: int) -> int:
+    """TransCAM's ``network/resnet38_aff.py``: on a map whose short side m is under
+    ``2 * radius + 1`` the radius becomes ``(m - 1) // 2`` (e.g. 4 for a 9 x 40 map); below 2
+    there are no pairs (TransCAM's pair function fails there; here the walk is the identity)."""
+    m = min(h, w)
+    return (m - 1) // 2 if m < 2 * radius + 1 else radius
+
+
 def feature_affinity(
-    features: torch.Tensor, radius: int
+    features: torch.Tensor, radius: int, shrink: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PSA's radius pairs of a feature map (B, C, h, w) and their affinities:
-    ``(aff (B, P), src (P,), dst (P,))``. Computed in float32 whatever the features' precision:
-    the random walk raises affinities to the power beta (14), which would magnify bfloat16
-    rounding."""
+    ``(aff (B, P), src (P,), dst (P,))``; ``shrink``: the radius shrinks on small maps
+    (:func:`shrunk_radius`; the random walk; training crops are checked to fit instead).
+    Computed in float32 whatever the features' precision: the random walk raises affinities
+    to the power beta (14), which would magnify bfloat16 rounding."""
     feats = features.float()
-    src, dst = pair_indices(feats.shape[2], feats.shape[3], radius, device=feats.device)
+    r = shrunk_radius(feats.shape[2], feats.shape[3], radius) if shrink else radius
+    if r < 2:
+        none = torch.zeros(0, dtype=torch.int64, device=feats.device)
+        return feats.new_zeros((feats.shape[0], 0)), none, none.clone()
+    src, dst = pair_indices(feats.shape[2], feats.shape[3], r, device=feats.device)
     return pair_affinity(feats, src, dst), src, dst
 
 

@@ -38,7 +38,9 @@ def _check_image(image: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
         raise BnrError(f"CRF image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if image.shape[:2] != tuple(hw):
         raise BnrError(f"CRF image {image.shape[:2]} and scores {tuple(hw)} differ in size")
-    return np.ascontiguousarray(image)
+    if not (image.flags.c_contiguous and image.flags.writeable):  # pydensecrf needs both
+        image = np.array(image, order="C")
+    return image
 
 
 def dense_crf_labels(
