@@ -100,7 +100,9 @@ def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "train_aug": 10582,
         "SegmentationClassAug": 12031,
     }
-    assert stats["matches_published"] is False and len(stats["warnings"]) == 4
+    assert stats["matches_published"] is False and len(stats["warnings"]) == 5
+    assert stats["test_images"] == 0  # the trainval archive has no test split
+    assert "test.txt not found" in stats["warnings"][-1]
     assert Path(f"models/pre/{CONFORMER}").read_bytes() == WEIGHTS
     assert stats["pretrained_downloaded"] == {"train_cam.pretrained": f"models/pre/{CONFORMER}"}
     json.dumps(stats)  # dataset.json content

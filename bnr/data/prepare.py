@@ -135,6 +135,20 @@ def split_statistics(
     return stats
 
 
+def test_split_record(params: Params) -> dict:
+    """``{"images": n, "note": why none}`` of the configured ``test_split`` (VOC test images
+    are optional: the trainval archive has none; evaluate then writes an empty server archive)."""
+    from bnr.data.checks import server_archive_skip
+    from bnr.data.voc import read_split
+
+    why = server_archive_skip(params)
+    if why and params.dataset != "voc2012":
+        return {"images": 0, "note": ""}
+    if why:
+        return {"images": 0, "note": f"no test split for the evaluation server: {why}"}
+    return {"images": len(read_split(params.data.root, params.data.test_split)), "note": ""}
+
+
 def prepare_dataset(
     params: Params,
     *,
@@ -200,6 +214,9 @@ def prepare_dataset(
         params, sources=sources, progress=progress, download_kwargs=download_kwargs
     )
     check = counts_check(root)
+    test = test_split_record(params)
+    if test["note"]:
+        check["warnings"] = [*check["warnings"], test["note"]]
     return {
         "dataset": params.dataset,
         "root": str(root),
@@ -211,4 +228,5 @@ def prepare_dataset(
         "matches_published": check["matches_published"],
         "warnings": check["warnings"],
         "pretrained_downloaded": weights,
+        "test_images": test["images"],
     }
