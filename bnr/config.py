@@ -264,6 +264,7 @@ class DownloadConfig:
     synthetic: SyntheticConfig = nested(SyntheticConfig)
     existing_root: str = spec(string(), "")  # use data already on disk (real datasets)
     mirrors: dict = spec(mapping_of_strings(), {})  # source name -> replacement URL
+    allow_unverified: bool = spec(boolean(), False)  # accept a no-checksum, unknown-length file
 
 
 @dataclass(frozen=True)

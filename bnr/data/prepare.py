@@ -167,6 +167,8 @@ def prepare_dataset(
     (:func:`fetch_pretrained`).
     """
     root = Path(params.data.root)
+    download_kwargs = {"allow_unverified": params.download.allow_unverified,
+                       **dict(download_kwargs or {})}
     if params.dataset == "synthetic":
         spec = SyntheticSpec(**asdict(params.download.synthetic))
         stats = generate_synthetic(root, spec)
