@@ -11,24 +11,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bnr.config import Params
-from bnr.data.voc import read_split
+from bnr.data.voc import check_split_images, read_split
 from bnr.errors import BnrError
 
 
 def check_split_files(root: str | Path, split: str, mask_dir: str | None = None) -> list[str]:
-    """The ids of ``split`` after checking that each has its JPEG (and its ``mask_dir`` PNG when
-    given); the first missing file is a BnrError naming it and the split."""
+    """The ids of ``split`` after checking that each has a non-empty JPEG (and its ``mask_dir``
+    PNG when given); the first missing file is a BnrError naming it."""
     root = Path(root)
     if not root.is_dir():
         raise BnrError(f"{root}: dataset root not found (run the download stage)")
     ids = read_split(root, split)
-    for img_id in ids:
-        files = [root / "JPEGImages" / f"{img_id}.jpg"]
-        if mask_dir is not None:
-            files.append(root / mask_dir / f"{img_id}.png")
-        for path in files:
-            if not path.is_file():
-                raise BnrError(f"{path}: listed in split {split!r} but missing")
+    check_split_images(root, ids)
+    for img_id in ids if mask_dir is not None else ():
+        path = root / mask_dir / f"{img_id}.png"
+        if not path.is_file():
+            raise BnrError(f"{path}: mask of an image of split {split!r} is missing")
     return ids
 
 

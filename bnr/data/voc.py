@@ -59,11 +59,14 @@ def read_split(root: str | Path, split: str) -> list[str]:
 
 
 def check_split_images(root: str | Path, ids: Sequence[str]) -> None:
-    """Stop with the first listed image whose JPEG is missing."""
+    """Stop with the first listed image whose JPEG is missing or empty (zero bytes)."""
     img_dir = Path(root) / "JPEGImages"
     for img_id in ids:
-        if not (img_dir / f"{img_id}.jpg").is_file():
-            raise BnrError(f"{img_dir / (img_id + '.jpg')}: listed in the split but missing")
+        path = img_dir / f"{img_id}.jpg"
+        if not path.is_file():
+            raise BnrError(f"{path}: listed in the split but missing")
+        if path.stat().st_size == 0:
+            raise BnrError(f"{path}: empty image file (0 bytes)")
 
 
 def read_image_labels(root: str | Path, ids: Sequence[str], class_names: Sequence[str]) -> dict:
