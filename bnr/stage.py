@@ -15,6 +15,7 @@ import torch
 
 from bnr.config import Params, load_params
 from bnr.curves import remove_stale_temporaries, stage_outputs
+from bnr.data.checks import check_stage_inputs
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
 
@@ -54,8 +55,10 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         params = load_params(args.params)
+        stage = Path(sys.argv[0]).stem
         if int(os.environ.get("RANK", "0")) == 0:
-            clean_stale_outputs(params, Path(sys.argv[0]).stem)
+            clean_stale_outputs(params, stage)
+        check_stage_inputs(params, stage)  # splits, images, masks: before any long work
         if distributed:
             code = relaunch_under_torchrun(params.runtime.nproc,
                                            [sys.argv[0], "--params", args.params])

@@ -98,6 +98,12 @@ def _zero_byte_jpeg_in_worker(work: Path, raw: dict) -> None:
     raw["train_cam"]["num_workers"] = 1
 
 
+def _cams_of_another_split(work: Path, raw: dict) -> None:
+    (work / "data" / "cams").mkdir(parents=True)
+    for img_id in "abc":  # d of the train split has none
+        (work / "data" / "cams" / f"{img_id}.npz").write_bytes(b"")
+
+
 STAGE_CASES = [
     ("split-not-utf8", "train_cam", _edit(f"{SPLITS}/train.txt", b"a\nb\xff\nc\n"),
      "train.txt: split file is not UTF-8"),
@@ -127,6 +133,10 @@ STAGE_CASES = [
     ("unknown-top-level-key", "random_walk", _params(lambda r: r.update(extra_knob=1)),
      "unknown key extra_knob"),
     ("garbage-checkpoint", "infer_seeds", _garbage_checkpoint, "cam.pt: unreadable checkpoint"),
+    ("val-mask-missing-before-evaluation", "evaluate",
+     lambda work, raw: (work / "voc" / "SegmentationClass" / "e.png").unlink(),
+     "e.png: mask of an image of split 'val' is missing"),
+    ("cams-of-another-split", "eval_seeds", _cams_of_another_split, "cams/d.npz: missing"),
 ]
 
 

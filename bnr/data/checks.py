@@ -56,3 +56,40 @@ def server_archive_skip(params: Params) -> str:
         return (f"{len(missing)} of {len(ids)} {data.test_split} images are missing "
                 f"(e.g. {root / 'JPEGImages' / (missing[0] + '.jpg')})")
     return ""
+
+
+# What each stage reads: (split key, mask folder key or None) and whether it reads data/<dir>
+# files per image of its first split (written by an earlier stage).
+STAGE_INPUTS: dict[str, tuple[list[tuple[str, str | None]], str | None]] = {
+    "train_cam": ([("train_split", None)], None),
+    "infer_seeds": ([("infer_split", None)], None),
+    "eval_seeds": ([("seed_eval_split", "gt_dir")], "cams"),
+    "train_affinity": ([("infer_split", None)], "cams"),
+    "random_walk": ([("infer_split", None)], "cams"),
+    "crf": ([("infer_split", None), ("seed_eval_split", "gt_dir")], "rw_labels"),
+    "train_segmenter": ([("infer_split", None)], "pseudo_labels"),
+    "evaluate": ([("val_split", "gt_dir")], None),
+}
+_SUFFIX = {"cams": ".npz", "rw_labels": ".png", "pseudo_labels": ".png"}
+
+
+def check_stage_inputs(params: Params, stage: str, data_dir: Path = Path("data")) -> None:
+    """Before ``stage``'s work: its splits list only present, non-empty images (and masks), and
+    the per-image files of the stage before it exist. Unknown stages (download, report) pass."""
+    if stage not in STAGE_INPUTS:
+        return
+    splits, made_by_earlier = STAGE_INPUTS[stage]
+    data = params.data
+    first_ids: list[str] = []
+    for split_key, mask_key in splits:
+        ids = check_split_files(data.root, getattr(data, split_key),
+                                getattr(data, mask_key) if mask_key else None)
+        first_ids = first_ids or ids
+    if made_by_earlier is None or not (data_dir / made_by_earlier).is_dir():
+        return  # absent altogether: the stage names it (DVC runs the earlier stage first)
+    folder = data_dir / made_by_earlier
+    for img_id in first_ids:
+        path = folder / f"{img_id}{_SUFFIX[made_by_earlier]}"
+        if not path.is_file():
+            raise BnrError(f"{path}: missing (is {folder} from another split or an older run? "
+                           "re-run the stage that writes it)")
