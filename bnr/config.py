@@ -351,7 +351,7 @@ class RuntimeConfig:
     precision: str = spec(choice("auto", "float32", "bfloat16", "float16"), "auto")
     channels_last: Any = spec(auto_or_boolean(), "auto")
     pin_memory: Any = spec(auto_or_boolean(), "auto")
-    num_threads: int = spec(integer(0, 1024), 0)  # torch CPU threads per process; 0 = cores/nproc
+    num_threads: int = spec(integer(0, 1024), 0)  # CPU threads per process; 0 = auto (bnr.threads)
 
 
 STAGE_BLOCKS: dict[str, type] = {
