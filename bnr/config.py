@@ -410,6 +410,9 @@ def check_constraints(params: Params) -> None:
         raise ParamsError(f"params.yaml: eval_seeds.threshold_start ({es.threshold_start:g}) "
                           f"must not exceed eval_seeds.threshold_stop ({es.threshold_stop:g})")
     patch = CONFORMER_PATCH.get(data.model)
+    if patch is not None and data.crop_size % patch:
+        raise ParamsError(f"params.yaml: {name}.crop_size must be a multiple of the patch size "
+                          f"{patch} of {name}.model={data.model}, got {data.crop_size}")
     if patch is not None and params.infer_seeds.resize == "square":
         bad = [s for s in data.infer_scales if s % patch]
         if bad:

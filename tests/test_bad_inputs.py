@@ -126,6 +126,9 @@ STAGE_CASES = [
     ("infer-scales-vs-patch", "infer_seeds",
      _params(lambda r: r["datasets"]["synthetic"].update(infer_scales=[32, 36])),
      "datasets.synthetic.infer_scales must be multiples of the patch size 8"),
+    ("crop-vs-patch", "train_cam",
+     _params(lambda r: r["datasets"]["synthetic"].update(crop_size=36)),
+     "datasets.synthetic.crop_size must be a multiple of the patch size 8"),
     ("batch-vs-nproc", "train_cam",
      _params(lambda r: (r["runtime"].update(nproc=2), r["datasets"]["synthetic"].update(
          batch_size=3))),
