@@ -197,7 +197,8 @@ def prepare_dataset(
     if params.dataset == "voc2012":
         from bnr.data.voc_prepare import prepare_voc2012, voc_counts_check
 
-        prepared = prepare_voc2012(DATA_DIR, **common)
+        prepared = prepare_voc2012(DATA_DIR, **common,
+                                   with_test="voc2012_test" in params.download.mirrors)
         counts_check = voc_counts_check
     else:
         from bnr.data.coco import coco_counts_check, prepare_coco2014
