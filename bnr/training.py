@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from bnr.checkpoints import load_weights_only
 from bnr.config import Params
-from bnr.curves import trim_curves
+from bnr.curves import remove_stale_temporaries, trim_curves
 from bnr.data.classes import class_names
 from bnr.data.transforms import TrainTransform
 from bnr.data.voc import VocSegmentation
@@ -222,6 +222,8 @@ def resume_state(ckpt_path: Path, meta: dict, model: nn.Module, stage: str,
                  ctx: DistContext = SINGLE) -> dict | None:
     """The resume checkpoint of an interrupted run (its weights loaded strictly into
     ``model``), or None when the run starts afresh."""
+    if ctx.is_main:
+        remove_stale_temporaries([ckpt_path])  # a checkpoint write cut short by a kill
     if not ckpt_path.is_file():
         return None
     state = load_checkpoint(ckpt_path, meta)
