@@ -8,6 +8,7 @@ names the file and the first concrete reason only.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from bnr.errors import BnrError
 
 _MARKER = "WeightsUnpickler error:"
+_BOILERPLATE = ("Weights only load failed", "Check the documentation", "Please file an issue")
 
 
 def short_load_reason(exc: BaseException) -> str:
@@ -24,9 +26,10 @@ def short_load_reason(exc: BaseException) -> str:
     text = str(exc)
     if _MARKER in text:
         text = text.split(_MARKER, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()
+             and "weights_only" not in line and not line.startswith(_BOILERPLATE)]
     reason = lines[0] if lines else ""
-    reason = reason.split(" Please ")[0].split(" Check the documentation")[0]
+    reason = reason.split(". ")[0].split(" Please ")[0].rstrip(".")  # the first sentence
     if not reason or "weights_only" in reason:
         reason = type(exc).__name__
     elif isinstance(exc, KeyError):
@@ -41,7 +44,9 @@ def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") ->
     if not path.is_file():
         raise BnrError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols, naming weights_only
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file
         raise BnrError(f"{path}: unreadable {what}: not a torch file of tensors "
                        f"({short_load_reason(exc)})") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
 import signal
 import subprocess
 import sys
@@ -88,6 +89,16 @@ def _garbage_checkpoint(work: Path, raw: dict) -> None:
     (work / "models" / "cam.pt").write_bytes(b"\x80\x02garbage" * 40)
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this checkpoint ran code",))
+
+
+def _malicious_checkpoint(work: Path, raw: dict) -> None:
+    (work / "models").mkdir()
+    (work / "models" / "cam.pt").write_bytes(pickle.dumps({"model": _RunsCode()}, protocol=2))
+
+
 def _corrupt_jpeg_in_worker(work: Path, raw: dict) -> None:
     (work / "voc" / "JPEGImages" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     raw["train_cam"]["num_workers"] = 1
@@ -136,6 +147,8 @@ STAGE_CASES = [
     ("unknown-top-level-key", "random_walk", _params(lambda r: r.update(extra_knob=1)),
      "unknown key extra_knob"),
     ("garbage-checkpoint", "infer_seeds", _garbage_checkpoint, "cam.pt: unreadable checkpoint"),
+    ("malicious-checkpoint", "infer_seeds", _malicious_checkpoint,
+     "cam.pt: unreadable checkpoint: not a torch file of tensors ("),
     ("val-mask-missing-before-evaluation", "evaluate",
      lambda work, raw: (work / "voc" / "SegmentationClass" / "e.png").unlink(),
      "e.png: mask of an image of split 'val' is missing"),
