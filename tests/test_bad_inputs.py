@@ -24,10 +24,10 @@ import torch
 import yaml
 
 from bnr.cli import main as bnr_main
-from bnr.config import CONFORMER_PATCH
 from bnr.data.download import download_file
 from bnr.errors import BnrError
 from bnr.models.conformer import PRESETS
+from bnr.param_checks import CONFORMER_PATCH
 from bnr.stage import run_stage
 from tests.conftest import REPO, write_voc_tree
 
