@@ -112,9 +112,24 @@ def predict_runtime(args: argparse.Namespace) -> Runtime:
     return start_runtime(RuntimeConfig(device=args.device, precision=args.precision))
 
 
+def check_predict_args(args: argparse.Namespace) -> None:
+    """Every option of ``bnr predict`` in range, before any work (one line naming it)."""
+    if args.scales is not None and any(not 0 < s <= 8 for s in args.scales):
+        raise BnrError(f"--scales must be resize factors in (0, 8], got {args.scales}")
+    if args.sizes is not None and any(not 8 <= s <= 4096 for s in args.sizes):
+        raise BnrError(f"--sizes must be side lengths in [8, 4096] pixels, got {args.sizes}")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise BnrError(f"--threshold must be a background threshold in [0, 1], "
+                       f"got {args.threshold:g}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BnrError(f"{out}: --out must be a folder, but it is an existing file")
+
+
 def predict(args: argparse.Namespace) -> int:
     from bnr.data.transforms import EvalTransform
 
+    check_predict_args(args)
     images = collect_inputs(args.inputs)
     runtime = predict_runtime(args)
     kind, model, state = load_any_checkpoint(Path(args.checkpoint))

@@ -265,6 +265,7 @@ class DownloadConfig:
     synthetic: SyntheticConfig = nested(SyntheticConfig)
     existing_root: str = spec(string(), "")  # use data already on disk (real datasets)
     mirrors: dict = spec(mapping_of_strings(), {})  # source name -> replacement URL
+    allow_unverified: bool = spec(boolean(), False)  # accept a no-checksum, unknown-length file
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,7 @@ class RuntimeConfig:
     precision: str = spec(choice("auto", "float32", "bfloat16", "float16"), "auto")
     channels_last: Any = spec(auto_or_boolean(), "auto")
     pin_memory: Any = spec(auto_or_boolean(), "auto")
-    num_threads: int = spec(integer(0, 1024), 0)  # torch CPU threads per process; 0 = cores/nproc
+    num_threads: int = spec(integer(0, 1024), 0)  # CPU threads per process; 0 = auto (bnr.threads)
 
 
 STAGE_BLOCKS: dict[str, type] = {
@@ -454,7 +455,11 @@ def parse_params(raw: Any) -> Params:
             values["data"] = dataclasses.replace(parsed, name=name)
     for key, cls in STAGE_BLOCKS.items():
         values[key] = build(cls, raw.get(key) or {}, key)
-    return Params(**values, raw=raw)
+    from bnr.param_checks import check_constraints  # (it imports this module)
+
+    params = Params(**values, raw=raw)
+    check_constraints(params)
+    return params
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -99,7 +100,16 @@ def relaunch_under_torchrun(nproc: int, argv: Sequence[str] | None = None) -> in
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", *argv]
     print(f"runtime.nproc={nproc}: {' '.join(cmd)}", flush=True)
-    return subprocess.call(cmd)
+    with subprocess.Popen(cmd) as proc:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: torchrun passes SIGTERM to the workers
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
 
 
 # ----------------------------------------------------------------------------------------------

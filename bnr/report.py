@@ -104,7 +104,8 @@ def protocol_lines(metrics: dict[str, dict]) -> list[str]:
     for name, data in sorted(metrics.items()):
         proto = data.get("protocol") or {}
         bits = [f"{k}={proto[k]}" for k in ("dataset", "split", "images", "ground_truth",
-                                           "scales", "flip", "method", "noise_scale", "seed")
+                                           "scales", "flip", "method", "noise_scale", "seed",
+                                           "server_archive")
                 if k in proto]
         if "crf" in proto:
             bits.append(f"crf={'yes' if proto['crf'] else 'no'}")

@@ -18,6 +18,7 @@ from torch import nn
 
 from bnr.config import RuntimeConfig
 from bnr.errors import BnrError
+from bnr.threads import auto_threads, free_cores
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,7 +69,7 @@ class Runtime:
     def record(self) -> dict:
         """What the protocol records about this runtime."""
         rec = {"device": str(self.device), "precision": self.precision,
-               "channels_last": self.channels_last}
+               "channels_last": self.channels_last, "num_threads": self.num_threads}
         if self.device.type == "cuda":
             rec["device_name"] = torch.cuda.get_device_name(self.device)
         return rec
@@ -101,7 +102,8 @@ def resolve_runtime(cfg: RuntimeConfig, local_rank: int = 0, nproc: int = 1) -> 
 
     ``auto`` precision = bfloat16 autocast on CUDA (when the card supports it), float32 on
     CPU; ``auto`` channels_last and pin_memory = on for CUDA only; ``num_threads`` 0 = the
-    available cores shared evenly between the ``nproc`` processes of this machine; ``auto``
+    available cores shared evenly between the ``nproc`` processes of this machine (a single CPU
+    process: only the cores idle at its start, :mod:`bnr.threads`); ``auto``
     data-loader workers = 0 on CPU, that share minus one (at most 8) on CUDA.
     """
     device = resolve_device(cfg.device, local_rank)
@@ -115,7 +117,10 @@ def resolve_runtime(cfg: RuntimeConfig, local_rank: int = 0, nproc: int = 1) -> 
     channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
     pin_memory = cuda if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
     share = max(1, available_cores() // max(1, nproc))  # cores of each process
-    threads = cfg.num_threads or share
+    # num_threads 0 on a CPU stage: one thread per idle core at start (bnr.threads; to be
+    # measured with bench/threads.py); CUDA and several processes: the share
+    threads = cfg.num_threads or (auto_threads(share, free_cores()) if not cuda and nproc == 1
+                                  else share)
     # auto loader workers: none on CPU, where workers take cores from the computation (the
     # main process decodes 570 synthetic images/s, several times the CPU training rate);
     # on CUDA the process's cores but one, at most 8, decode and augment in parallel

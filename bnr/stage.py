@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 
 from bnr.config import Params, load_params
+from bnr.curves import remove_stale_temporaries, stage_outputs
+from bnr.data.checks import check_stage_inputs
 from bnr.declared import declared_params, declared_view
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
@@ -23,6 +26,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (outputs not written, training resumable)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def clean_stale_outputs(params: Params, stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """Remove the temporaries a killed run of ``stage`` left next to its outputs."""
+    for tmp in remove_stale_temporaries(stage_outputs(dvc_yaml, stage,
+                                                      {"dataset": params.dataset})):
+        print(f"removed {tmp} (left by an interrupted run)")
 
 
 def run_stage(main: Callable[[Params], None], description: str, distributed: bool = False) -> None:
@@ -38,8 +56,16 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from files, never from a hub
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        stage = Path(sys.argv[0]).stem
+        keys = declared_params(stage)
         params = load_params(args.params)
+        if keys is not None:
+            params = declared_view(params, stage, keys)
+        if int(os.environ.get("RANK", "0")) == 0:
+            clean_stale_outputs(params, stage)
+        check_stage_inputs(params, stage)  # splits, images, masks: before any long work
         if distributed:
             code = relaunch_under_torchrun(params.runtime.nproc,
                                            [sys.argv[0], "--params", args.params])
@@ -48,13 +74,12 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
                     raise BnrError(f"{Path(sys.argv[0]).stem}: {params.runtime.nproc} torchrun "
                                    f"processes failed (exit status {code}; see above)")
                 return
-        stage = Path(sys.argv[0]).stem
-        keys = declared_params(stage)
-        main(params if keys is None else declared_view(params, stage, keys))
+        main(params)
     except BnrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted; outputs were not written (training resumes from its checkpoint)",
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}; outputs were not written (training resumes from its checkpoint)",
               file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)

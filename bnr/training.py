@@ -29,7 +29,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from bnr.checkpoints import load_weights_only
 from bnr.config import Params
+from bnr.curves import remove_stale_temporaries, trim_curves
 from bnr.data.classes import class_names
 from bnr.data.transforms import TrainTransform
 from bnr.data.voc import VocSegmentation
@@ -173,10 +175,7 @@ def load_state_strict(model: nn.Module, state_dict: dict, source: Path | str) ->
 
 def load_checkpoint(path: Path, expected_meta: dict) -> dict:
     """Load a checkpoint (weights_only) and check its ``meta`` matches ``expected_meta``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear line
-        raise BnrError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    state = load_weights_only(path)
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise BnrError(f"{path}: not a bnr checkpoint (no 'model' and 'meta' entries)")
     for key, value in expected_meta.items():
@@ -223,10 +222,14 @@ def resume_state(ckpt_path: Path, meta: dict, model: nn.Module, stage: str,
                  ctx: DistContext = SINGLE) -> dict | None:
     """The resume checkpoint of an interrupted run (its weights loaded strictly into
     ``model``), or None when the run starts afresh."""
+    if ctx.is_main:
+        remove_stale_temporaries([ckpt_path])  # a checkpoint write cut short by a kill
     if not ckpt_path.is_file():
         return None
     state = load_checkpoint(ckpt_path, meta)
     load_state_strict(model, state["model"], ckpt_path)
+    if ctx.is_main:  # curve points logged after the checkpoint are logged again: drop them
+        trim_curves(ckpt_path.parent / "dvclive", int(state.get("step", state.get("iteration", 0))))
     if ctx.is_main:
         done = ", ".join(f"{k} {state[k]}" for k in ("epoch", "step", "iteration") if k in state)
         print(f"resuming {stage} from {ckpt_path} ({done} done)")

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from bnr.config import Params
+from bnr.data.checks import check_split_files, server_archive_skip
 from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
 from bnr.io import atomic_path, read_image, read_label_png, write_json
@@ -15,7 +16,12 @@ from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_ta
 from bnr.postprocessing.test_time import prediction_options
 from bnr.protocol import protocol_record
 from bnr.runtime import start_runtime
-from bnr.segmentation import evaluate_split, load_segmenter, write_server_archive
+from bnr.segmentation import (
+    evaluate_split,
+    load_segmenter,
+    write_label_tar,
+    write_server_archive,
+)
 from bnr.stage import run_stage
 from bnr.visualize import colorize_labels, panel
 
@@ -25,6 +31,8 @@ PRED_DIR = Path("data/predictions")
 def main(params: Params) -> None:
     data, cfg = params.data, params.evaluate
     names = class_names(params.dataset)
+    check_split_files(data.root, data.val_split, data.gt_dir)  # before the long val pass
+    skip = server_archive_skip(params)  # why no server archive ("" = it is written)
     runtime = start_runtime(params.runtime)
     model = runtime.prepare_model(load_segmenter(params, Path("models/segmenter.pt")))
     conf, stats = evaluate_split(params, model, PRED_DIR, runtime=runtime)
@@ -33,8 +41,12 @@ def main(params: Params) -> None:
     per_class = {n: None if np.isnan(v) else round(float(v) * 100, 3)
                  for n, v in zip(names, iou, strict=True)}
     per_class["mIoU"] = miou  # paper Table 2 order: background, classes, mIoU
-    server = write_server_archive(params, model, Path("data/server_archive.tar"),
-                                  runtime=runtime)
+    archive = Path("data/server_archive.tar")  # always written (a DVC out): empty on a skip
+    if skip:
+        write_label_tar(archive, [])
+        server = {"images": 0, "archive": str(archive), "note": f"no server predictions ({skip})"}
+    else:
+        server = write_server_archive(params, model, archive, runtime=runtime)
     write_class_table(per_class_table(conf, names), Path("metrics/segmentation_per_class"))
     opts = prediction_options(params)  # test-time settings (TransCAM test_deeplab.py)
     write_json("metrics/segmentation.json", {
@@ -43,6 +55,7 @@ def main(params: Params) -> None:
         "images": stats["images"],
         "seconds": stats["seconds"],
         "server_archive": server,
+        "server_archive_written": int(server["images"] > 0),
         "protocol": protocol_record(
             params, dataset=params.dataset, split=data.val_split, images=stats["images"],
             ground_truth=data.gt_dir, scales=list(data.eval_scales), flip=cfg.flip,
@@ -51,7 +64,7 @@ def main(params: Params) -> None:
             noise_scale=params.noise_scale, seed=params.seed,
             arch=params.train_segmenter.arch, backbone=data.segmenter_backbone,
             metric="mIoU (%) over all classes from the accumulated confusion matrix",
-            runtime=runtime.record(),
+            runtime=runtime.record(), server_archive=server["note"],
         ),
     })
     print(f"segmentation mIoU {miou:.2f} on {data.val_split} ({stats['images']} images, "

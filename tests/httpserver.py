@@ -8,6 +8,8 @@
     server.fault("/f", drop_at=K, always=True)  ... on every request (never serves byte K)
     server.fault("/f", status=404)              answer 404 (or 403, 500, ...)
     server.fault("/f", ignore_range=True)       answer 200 with the whole file despite Range
+    server.fault("/f", no_length=True)          send no Content-Length (the body ends when the
+                                                connection closes; with drop_at: truncated)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Fault:
     always: bool = False
     status: int | None = None
     ignore_range: bool = False
+    no_length: bool = False
 
 
 class LocalServer:
@@ -94,7 +97,8 @@ class LocalServer:
                     fault = server.faults.get(path, Fault())
                     data = server.files.get(path)
                     if fault.drop_at is not None and not fault.always:
-                        server.faults[path] = Fault(ignore_range=fault.ignore_range)
+                        server.faults[path] = Fault(ignore_range=fault.ignore_range,
+                                                    no_length=fault.no_length)
                 if fault.status is not None:
                     return self._plain(fault.status)
                 if data is None:
@@ -115,7 +119,11 @@ class LocalServer:
                     status = 206
                 self.send_response(status)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(end - start + 1))
+                if fault.no_length:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(end - start + 1))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 self.end_headers()
@@ -123,7 +131,7 @@ class LocalServer:
                 if fault.drop_at is not None:
                     stop = max(start, min(stop, fault.drop_at))
                 self.wfile.write(data[start:stop])
-                if stop <= end:  # simulate a dropped connection: close without the rest
+                if stop <= end and not fault.no_length:  # a dropped connection: close early
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(2)

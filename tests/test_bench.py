@@ -48,3 +48,13 @@ def test_data_loader_workers_agree():
     (ids0, labels0), (ids2, labels2) = _load("data_loader").compare(4, (0, 2), 2)
     assert ids0 == ids2 and len(ids0) == 4
     assert torch.equal(labels0, labels2)
+
+
+def test_threads_bench_steps_and_table():
+    bench = _load("threads")
+    times = bench.step_times(batch=2, size=32, steps=2, warmup=0)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    rows = {"all_cores": {"idle": 0.2, "loaded": 1.0, "threads": [2, 2]},
+            "auto": {"idle": 0.2, "loaded": 0.4, "threads": [2, 1]}}
+    text = bench.table(rows)
+    assert "| auto | 2/1 | 0.200 | 0.400 | 2.00 | 1.00 |" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import os
 import tarfile
 import zipfile
@@ -341,3 +342,30 @@ def test_bad_zip_member_and_corrupt_archive(tmp_path: Path) -> None:
         safe_extract(broken, tmp_path / "out", progress=False)
     with pytest.raises(BnrError, match="unsupported archive type"):
         safe_extract(tmp_path / "x.rar", tmp_path / "out", progress=False)
+
+
+def test_unknown_length_without_checksum_is_refused_or_pinned(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    url = server.add("n.bin", DATA)
+    server.fault("n.bin", no_length=True, drop_at=1000, always=True)
+    with pytest.raises(BnrError, match="no Content-Length, no known size and no checksum"):
+        download_file(url, tmp_path / "n.bin", **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing kept
+    out = download_file(url, tmp_path / "n.bin", allow_unverified=True, **FAST)  # opt-in
+    assert out.stat().st_size == 1000 and not (tmp_path / "n.bin.pin.json").exists()
+
+
+def test_first_checked_download_pins_sha256(server: LocalServer, tmp_path: Path) -> None:
+    url = server.add("p.bin", DATA)
+    download_file(url, tmp_path / "p.bin", **FAST)  # Content-Length checked: pinned
+    pin = json.loads((tmp_path / "p.bin.pin.json").read_text())
+    assert pin["sha256"] == sha256(DATA) and pin["size"] == len(DATA)
+    (tmp_path / "p.bin").unlink()
+    server.fault("p.bin", no_length=True, drop_at=5000, always=True)  # truncated, no length
+    with pytest.raises(BnrError, match="connection closed early|keeps dropping"):
+        download_file(url, tmp_path / "p.bin", retries=0, **FAST)
+    server.faults.clear()
+    server.files["/p.bin"] = DATA[::-1]  # the source changed: it no longer matches the pin
+    with pytest.raises(BnrError, match="checksum mismatch"):
+        download_file(url, tmp_path / "p.bin", **FAST)

@@ -130,7 +130,7 @@ def test_dvc_status_marks_exactly(clone, edit, expected):
     _run(["git", "checkout", "--", "params.yaml"], clone, env)  # undo earlier tests' edits
     if not (clone / "dvc.lock").is_file():
         _run(["dvc", "repro"], clone, env)
-    assert json.loads(_run(["dvc", "status", "--json"], clone, env) or "{}") == {}
+    assert set(json.loads(_run(["dvc", "status", "--json"], clone, env) or "{}")) <= {"manifest"}
     kind, what = edit.split(" ", 1)
     path = clone / ("params.yaml" if kind == "param" else what)
     before = path.read_text()
@@ -150,4 +150,5 @@ def test_dvc_status_marks_exactly(clone, edit, expected):
         status = json.loads(_run(["dvc", "status", "--json"], clone, env) or "{}")
     finally:
         path.write_text(before)
-    assert {name.split(":")[-1] for name in status} == expected
+    # manifest is always_changed (it re-hashes the dataset on every repro); it is not counted
+    assert {name.split(":")[-1] for name in status} - {"manifest"} == expected

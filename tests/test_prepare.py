@@ -24,11 +24,11 @@ from bnr.errors import BnrError
 try:
     from tests.httpserver import LocalServer
     from tests.test_coco import annotation_zip, image_zip
-    from tests.test_voc_prepare import sbd_tgz, voc_tar
+    from tests.test_voc_prepare import sbd_tgz, voc_tar, voc_test_tar
 except ImportError:  # tests/ is not a package and the repo root is not on sys.path
     from httpserver import LocalServer
     from test_coco import annotation_zip, image_zip
-    from test_voc_prepare import sbd_tgz, voc_tar
+    from test_voc_prepare import sbd_tgz, voc_tar, voc_test_tar
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"backoff": 0.0, "timeout": 5.0}
@@ -41,6 +41,7 @@ def archives() -> dict[str, bytes]:
     return {
         "voc2012_trainval": voc_tar(),
         "sbd": sbd_tgz(),
+        "voc2012_test": voc_test_tar(),
         "coco2014_train": image_zip("train"),
         "coco2014_val": image_zip("val"),
         "coco2014_annotations": annotation_zip(),
@@ -72,6 +73,8 @@ def make_params(dataset: str, **download: object) -> object:
 def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     srv, mirrors, table = served
     monkeypatch.chdir(tmp_path)
+    test_mirror = {"voc2012_test": mirrors["voc2012_test"]}
+    mirrors = {k: v for k, v in mirrors.items() if k != "voc2012_test"}  # no test archive
     params = make_params("voc2012", mirrors=mirrors)
     params = dataclasses.replace(
         params,
@@ -100,7 +103,9 @@ def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "train_aug": 10582,
         "SegmentationClassAug": 12031,
     }
-    assert stats["matches_published"] is False and len(stats["warnings"]) == 4
+    assert stats["matches_published"] is False and len(stats["warnings"]) == 5
+    assert stats["test_images"] == 0  # the trainval archive has no test split
+    assert "test.txt not found" in stats["warnings"][-1]
     assert Path(f"models/pre/{CONFORMER}").read_bytes() == WEIGHTS
     assert stats["pretrained_downloaded"] == {"train_cam.pretrained": f"models/pre/{CONFORMER}"}
     json.dumps(stats)  # dataset.json content
@@ -112,6 +117,16 @@ def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     hits = dict(srv.hits)
     assert prepare_dataset(params, sources=table, progress=False)["splits"] == stats["splits"]
     assert dict(srv.hits) == hits
+
+    # With the test archive named in the mirrors its test split is added (fetched once).
+    params = dataclasses.replace(params, download=dataclasses.replace(
+        params.download, mirrors={**mirrors, **test_mirror}))
+    for _ in range(2):
+        stats = prepare_dataset(params, sources=table, progress=False, download_kwargs=FAST)
+        assert stats["test_images"] == 2 and not any("test" in w for w in stats["warnings"])
+    assert srv.hits["/m/voc2012_test"] == 1
+    assert (root / "ImageSets" / "Segmentation" / "test.txt").read_text().split() == [
+        "2009_000001", "2009_000002"]
 
 
 def test_coco2014_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -344,7 +344,7 @@ def test_load_errors_name_file_and_keys(tmp_path: Path) -> None:
 
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(BnrError, match=r"junk\.pth: not a loadable PyTorch weights file"):
+    with pytest.raises(BnrError, match=r"junk\.pth: unreadable weights file"):
         load_imagenet_weights(resnet38d_tiny(), junk)
     with pytest.raises(BnrError, match="not found"):
         load_imagenet_weights(resnet38d_tiny(), tmp_path / "nope.pth")

@@ -117,7 +117,8 @@ def test_resolve_runtime_auto_is_cpu_float32() -> None:
     assert runtime.device == torch.device("cpu") and runtime.precision == "float32"
     assert runtime.channels_last is False and runtime.pin_memory is False
     assert runtime.num_threads >= 1
-    assert runtime.record() == {"device": "cpu", "precision": "float32", "channels_last": False}
+    assert runtime.record() == {"device": "cpu", "precision": "float32", "channels_last": False,
+                                "num_threads": runtime.num_threads}
 
 
 def test_runtime_threads_and_loader_workers(monkeypatch) -> None:
@@ -126,6 +127,12 @@ def test_runtime_threads_and_loader_workers(monkeypatch) -> None:
     monkeypatch.setattr(rt, "available_cores", lambda: 16)
     cpu = resolve_runtime(RuntimeConfig(device="cpu"), nproc=4)
     assert cpu.num_threads == 4  # 16 cores shared by 4 processes
+    monkeypatch.setattr(rt, "free_cores", lambda: 5.4)  # one process: the idle cores
+    assert resolve_runtime(RuntimeConfig(device="cpu")).num_threads == 5
+    monkeypatch.setattr(rt, "free_cores", lambda: 0.2)
+    assert resolve_runtime(RuntimeConfig(device="cpu")).num_threads == 1
+    monkeypatch.setattr(rt, "free_cores", lambda: None)  # not measurable: the share
+    assert resolve_runtime(RuntimeConfig(device="cpu")).num_threads == 16
     assert cpu.loader_workers("auto") == 0 and cpu.loader_workers(3) == 3
     assert resolve_runtime(RuntimeConfig(device="cpu", num_threads=2)).num_threads == 2
     cuda_like = Runtime(torch.device("cpu"), auto_workers=3)

@@ -90,6 +90,15 @@ def voc_tar() -> bytes:
     return _targz(files, gz=False)
 
 
+def voc_test_tar() -> bytes:
+    """The VOC 2012 test archive's layout: test JPEGs and the segmentation test list."""
+    base = "VOCdevkit/VOC2012/"
+    ids = ["2009_000001", "2009_000002"]
+    files = {f"{base}JPEGImages/{i}.jpg": _jpeg(20 + n) for n, i in enumerate(ids)}
+    files[f"{base}ImageSets/Segmentation/test.txt"] = "".join(f"{i}\n" for i in ids).encode()
+    return _targz(files, gz=False)
+
+
 def sbd_tgz() -> bytes:
     base = "benchmark_RELEASE/dataset/"
     files = {f"{base}img/{i}.jpg": _jpeg(10 + n) for n, i in enumerate(SBD_GT)}

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from bnr.data.pins import apply_pin, settle_unpinned
 from bnr.data.sources import Source, check_checksum_format
 from bnr.errors import BnrError
 
@@ -124,6 +125,7 @@ def download_file(
     timeout: float = 60.0,
     progress: bool = True,
     sleep: Callable[[float], None] = time.sleep,
+    allow_unverified: bool = False,
 ) -> Path:
     """Download ``url`` to ``dest`` (http, https or file) and verify it; return ``dest``.
 
@@ -133,8 +135,8 @@ def download_file(
     aside as ``<dest>.corrupt-<sum>`` and downloaded again. ``retries`` counts consecutive
     attempts that made no progress; each waits ``backoff * 2**k`` seconds (capped at 60 s).
     ``size`` (expected bytes, optional) is used for the free-space check and the progress bar.
-    With no checksum the computed sha256 is logged so it can be pinned in params. ``sleep`` is
-    the wait function (injectable for tests).
+    No checksum: the first length-checked download pins its sha256 (:mod:`bnr.data.pins`), one
+    of unknown length is refused unless ``allow_unverified``. ``sleep``: waits (tests inject).
     """
     dest = Path(dest)
     md5 = check_checksum_format(md5, "md5", where=url)
@@ -145,6 +147,7 @@ def download_file(
             f"{url}: unsupported URL scheme {scheme or '(none)'!r} (use http, https or file)"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sha256, size = apply_pin(dest, md5, sha256, size)  # no published checksum: the pinned one
 
     if dest.exists():
         if md5 is None and sha256 is None:
@@ -164,9 +167,9 @@ def download_file(
 
     part = dest.with_name(dest.name + ".part")
     if scheme == "file":
-        digests = _copy_local(url, part, progress=progress)
+        digests, total = _copy_local(url, part, progress=progress)
     else:
-        digests = _download_http(
+        digests, total = _download_http(
             url,
             part,
             size=size,
@@ -183,16 +186,12 @@ def download_file(
             f"the downloaded file is kept as {aside}"
         )
     if md5 is None and sha256 is None:
-        log.warning(
-            "%s: no checksum known, not verified; its sha256 is %s (pin it in params)",
-            dest,
-            digests["sha256"],
-        )
+        settle_unpinned(url, dest, part, digests["sha256"], total, allow_unverified)
     os.replace(part, dest)
     return dest
 
 
-def _copy_local(url: str, part: Path, *, progress: bool) -> dict[str, str]:
+def _copy_local(url: str, part: Path, *, progress: bool) -> tuple[dict[str, str], int]:
     """Copy a file: URL into ``part`` while hashing it."""
     src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
     if not src.is_file():
@@ -216,7 +215,7 @@ def _copy_local(url: str, part: Path, *, progress: bool) -> dict[str, str]:
     except OSError as exc:
         _raise_disk_error(exc, part, url, None, total)
         raise BnrError(f"{url}: cannot copy {src} to {part} ({exc})") from None
-    return {k: h.hexdigest() for k, h in hashers.items()}
+    return {k: h.hexdigest() for k, h in hashers.items()}, total
 
 
 def _raise_disk_error(
@@ -285,8 +284,9 @@ def _download_http(
     timeout: float,
     progress: bool,
     sleep: Callable[[float], None],
-) -> dict[str, str]:
-    """Stream ``url`` into ``part`` with resume and retries; return its md5/sha256 digests."""
+) -> tuple[dict[str, str], int | None]:
+    """Stream ``url`` into ``part`` with resume and retries; return its md5/sha256 digests and
+    the length it was checked against (None: unknown, the server sent no length)."""
     failures = 0
     with tqdm(
         total=size, unit="B", unit_scale=True, desc=part.name[:-5], disable=not progress
@@ -296,7 +296,7 @@ def _download_http(
             before = xfer.done
             try:
                 _one_attempt(xfer, timeout)
-                return xfer.digests()
+                return xfer.digests(), xfer.total
             except _RetryableError as exc:
                 progressed = xfer.done > before
                 failures = 0 if progressed else failures + 1

@@ -135,6 +135,20 @@ def split_statistics(
     return stats
 
 
+def test_split_record(params: Params) -> dict:
+    """``{"images": n, "note": why none}`` of the configured ``test_split`` (VOC test images
+    are optional: the trainval archive has none; evaluate then writes an empty server archive)."""
+    from bnr.data.checks import server_archive_skip
+    from bnr.data.voc import read_split
+
+    why = server_archive_skip(params)
+    if why and params.dataset != "voc2012":
+        return {"images": 0, "note": ""}
+    if why:
+        return {"images": 0, "note": f"no test split for the evaluation server: {why}"}
+    return {"images": len(read_split(params.data.root, params.data.test_split)), "note": ""}
+
+
 def prepare_dataset(
     params: Params,
     *,
@@ -153,6 +167,8 @@ def prepare_dataset(
     (:func:`fetch_pretrained`).
     """
     root = Path(params.data.root)
+    download_kwargs = {"allow_unverified": params.download.allow_unverified,
+                       **dict(download_kwargs or {})}
     if params.dataset == "synthetic":
         spec = SyntheticSpec(**asdict(params.download.synthetic))
         stats = generate_synthetic(root, spec)
@@ -181,7 +197,8 @@ def prepare_dataset(
     if params.dataset == "voc2012":
         from bnr.data.voc_prepare import prepare_voc2012, voc_counts_check
 
-        prepared = prepare_voc2012(DATA_DIR, **common)
+        prepared = prepare_voc2012(DATA_DIR, **common,
+                                   with_test="voc2012_test" in params.download.mirrors)
         counts_check = voc_counts_check
     else:
         from bnr.data.coco import coco_counts_check, prepare_coco2014
@@ -200,6 +217,9 @@ def prepare_dataset(
         params, sources=sources, progress=progress, download_kwargs=download_kwargs
     )
     check = counts_check(root)
+    test = test_split_record(params)
+    if test["note"]:
+        check["warnings"] = [*check["warnings"], test["note"]]
     return {
         "dataset": params.dataset,
         "root": str(root),
@@ -211,4 +231,5 @@ def prepare_dataset(
         "matches_published": check["matches_published"],
         "warnings": check["warnings"],
         "pretrained_downloaded": weights,
+        "test_images": test["images"],
     }

@@ -116,8 +116,17 @@ SOURCES: dict[str, Source] = {
             url="https://download.visinf.tu-darmstadt.de/data/2020-cvpr-araslanov-1-stage-wseg/"
             "models/ilsvrc-cls_rna-a1_cls1000_ep-0001.pth",
             filename="ilsvrc-cls_rna-a1_cls1000_ep-0001.pth",
-            origin="no published checksum (converted PyTorch copy, 1-stage-wseg); pin the "
-            "sha256 printed on first download in params",
+            origin="no published checksum (converted PyTorch copy, 1-stage-wseg); its sha256 "
+            "is pinned on the first length-checked download (bnr.data.pins)",
+        ),
+        Source(
+            name="voc2012_test",
+            # The evaluation server's test images (1,456 segmentation ids); the file needs a
+            # login there, so it is fetched only when download.mirrors names a copy of it.
+            url="http://host.robots.ox.ac.uk:8080/eval/downloads/VOC2012test.tar",
+            filename="VOC2012test.tar",
+            origin="no published checksum (login-only file); its sha256 is pinned on the "
+            "first length-checked download (bnr.data.pins)",
         ),
     )
 }

@@ -30,23 +30,43 @@ from bnr.io import read_image, read_label_png
 IGNORE_INDEX = 255
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """The text of ``path``; a one-line BnrError naming the byte offset when it is not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BnrError(f"{path}: {what} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                       f"offset {exc.start})") from None
+
+
 def read_split(root: str | Path, split: str) -> list[str]:
-    """Image ids listed in ``ImageSets/Segmentation/<split>.txt``; error if missing or empty."""
+    """Image ids listed in ``ImageSets/Segmentation/<split>.txt``; error if missing, empty, not
+    UTF-8 or listing an id twice."""
     path = Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not path.is_file():
         raise BnrError(f"{path}: split file not found")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    text = read_utf8(path, "split file")
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
         raise BnrError(f"{path}: split is empty")
+    seen: set[str] = set()
+    for number, img_id in enumerate(ids, 1):
+        if img_id in seen:
+            raise BnrError(f"{path}: image id {img_id!r} is listed twice (again at entry "
+                           f"{number})")
+        seen.add(img_id)
     return ids
 
 
 def check_split_images(root: str | Path, ids: Sequence[str]) -> None:
-    """Stop with the first listed image whose JPEG is missing."""
+    """Stop with the first listed image whose JPEG is missing or empty (zero bytes)."""
     img_dir = Path(root) / "JPEGImages"
     for img_id in ids:
-        if not (img_dir / f"{img_id}.jpg").is_file():
-            raise BnrError(f"{img_dir / (img_id + '.jpg')}: listed in the split but missing")
+        path = img_dir / f"{img_id}.jpg"
+        if not path.is_file():
+            raise BnrError(f"{path}: listed in the split but missing")
+        if path.stat().st_size == 0:
+            raise BnrError(f"{path}: empty image file (0 bytes)")
 
 
 def read_image_labels(root: str | Path, ids: Sequence[str], class_names: Sequence[str]) -> dict:
@@ -59,14 +79,20 @@ def read_image_labels(root: str | Path, ids: Sequence[str], class_names: Sequenc
     json_path = root / "cls_labels.json"
     if json_path.is_file():
         try:
-            table = json.loads(json_path.read_text())
+            table = json.loads(read_utf8(json_path, "label table"))
         except json.JSONDecodeError as exc:
             raise BnrError(f"{json_path}: not valid JSON ({exc})") from None
+        if not isinstance(table, dict):
+            raise BnrError(f"{json_path}: must be a JSON object {{image id: [class indices]}}, "
+                           f"got a {type(table).__name__} at top level")
         out = {}
         for img_id in ids:
             if img_id not in table:
                 raise BnrError(f"{json_path}: no image-level label for {img_id}")
             classes = table[img_id]
+            if not isinstance(classes, list):
+                raise BnrError(f"{json_path}: {img_id} must map to a list of class indices "
+                               f"(e.g. [{classes!r}]), got {classes!r}")
             bad = [c for c in classes if not (isinstance(c, int) and 0 < c < len(class_names))]
             if bad:
                 raise BnrError(f"{json_path}: {img_id} has invalid class index {bad[0]!r}")

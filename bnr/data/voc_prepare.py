@@ -30,6 +30,7 @@ import numpy as np
 from bnr.data.archives import safe_extract
 from bnr.data.download import fetch_source
 from bnr.data.sources import SOURCES, Source, compare_with_published, resolve_source
+from bnr.data.voc import read_utf8
 from bnr.errors import BnrError
 from bnr.io import atomic_path, write_label_png, write_text
 
@@ -59,7 +60,8 @@ def read_id_list(path: Path) -> list[str]:
     """Ids of a split file (first token of each non-empty line)."""
     if not path.is_file():
         raise BnrError(f"{path}: split file not found")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    text = read_utf8(path, "split file")
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def check_voc_layout(root: str | os.PathLike[str], *, require_aug: bool = False) -> None:
@@ -233,6 +235,30 @@ def _fetch_and_extract(
     safe_extract(archive, dest, progress=progress)
 
 
+def add_test(root: Path, data_dir: Path, fetch: dict) -> None:
+    """Add the segmentation ``test`` split of the VOC 2012 test archive to ``root``: its JPEGs,
+    then ``ImageSets/Segmentation/test.txt`` (written last: a split file means complete)."""
+    split_file = root / "ImageSets" / "Segmentation" / "test.txt"
+    if split_file.is_file():
+        log.info("%s: test split already present", root)
+        return
+    test_dir = data_dir / "voc2012_test"
+    if not (find_voc_root(test_dir) / "JPEGImages").is_dir():
+        _fetch_and_extract("voc2012_test", data_dir, test_dir, **fetch)
+    test_root = find_voc_root(test_dir)
+    ids = read_id_list(test_root / "ImageSets" / "Segmentation" / "test.txt")
+    for img_id in ids:
+        name = f"{img_id}.jpg"
+        src, dest = test_root / "JPEGImages" / name, root / "JPEGImages" / name
+        if not src.is_file():
+            raise BnrError(f"{src}: listed in the test archive's test.txt but missing")
+        if not dest.is_file():
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(src, tmp)
+    write_text(split_file, "".join(f"{i}\n" for i in ids))
+    log.info("%s: added the test split (%d images)", root, len(ids))
+
+
 def prepare_voc2012(
     data_dir: str | os.PathLike[str],
     *,
@@ -243,6 +269,7 @@ def prepare_voc2012(
     require_checksum: bool = False,
     progress: bool = True,
     download_kwargs: Mapping[str, Any] | None = None,
+    with_test: bool = False,
 ) -> Path:
     """Make a complete VOC2012 folder with SegmentationClassAug and train_aug; return its path.
 
@@ -251,7 +278,8 @@ def prepare_voc2012(
     under ``data_dir/voc2012``. With it (a VOC2012 folder or a parent of one) its layout is
     checked and, if SegmentationClassAug/train_aug.txt are missing, they are built into it from
     ``existing_sbd`` or a downloaded SBD. Every step is skipped when its output is complete.
-    ``download_kwargs`` are passed to :func:`~bnr.data.download.download_file`.
+    ``download_kwargs`` are passed to :func:`~bnr.data.download.download_file`. ``with_test``:
+    also fetch the VOC 2012 test archive and add its segmentation test split (:func:`add_test`).
     """
     data_dir = Path(data_dir)
     table = SOURCES if sources is None else sources
@@ -285,6 +313,8 @@ def prepare_voc2012(
         stats = build_train_aug(root, sbd_dir, progress=progress)
         log.info("%s: built train_aug (%s)", root, stats)
     check_voc_layout(root, require_aug=True)
+    if with_test:
+        add_test(root, data_dir, fetch)
     for warning in voc_counts_check(root)["warnings"]:
         log.warning("%s: %s", root, warning)
     return root

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
+from bnr.checkpoints import load_weights_only
 from bnr.errors import BnrError
 
 __all__ = [
@@ -679,11 +679,7 @@ def load_pretrained(model: Conformer, path: str | os.PathLike[str]) -> None:
     path = Path(path)
     if not path.is_file():
         raise BnrError(f"{path}: pretrained weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BnrError(f"{path}: unreadable as a torch weights file ({reason[:200]})") from None
+    obj = load_weights_only(path, "weights file")
     state_dict = _unwrap(obj)
     if (
         not isinstance(state_dict, Mapping)

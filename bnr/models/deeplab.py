@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bnr.checkpoints import load_weights_only
 from bnr.errors import BnrError
 from bnr.models.resnet38 import ResNet38d, load_imagenet_weights, resnet38d, resnet38d_tiny
 
@@ -138,11 +139,7 @@ class TorchvisionDeepLab(nn.Module):
 def _load_torchvision_backbone(model: TorchvisionDeepLab, path: Path) -> None:
     """ImageNet ResNet-101 weights (torchvision layout, ``fc.*`` dropped) into the backbone,
     strictly; a one-line BnrError for an unreadable file or any key / shape mismatch."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad weights file
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BnrError(f"{path}: not a loadable PyTorch weights file ({msg})") from None
+    obj = load_weights_only(path, "weights file")
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

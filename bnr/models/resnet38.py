@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnr.checkpoints import load_weights_only
 from bnr.errors import BnrError
 from bnr.models.mxnet_params import LIST_MAGIC, read_mxnet_params
 from bnr.postprocessing.affinity import feature_affinity, pair_affinity
@@ -508,11 +509,7 @@ def _load_state_file(path: Path) -> tuple[str, dict[str, torch.Tensor] | dict[st
         return "mxnet", read_mxnet_params(path)
     if path.suffix == ".params":
         raise BnrError(f"{path}: not an MXNet NDArray file (bad header)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means a bad weights file
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BnrError(f"{path}: not a loadable PyTorch weights file ({msg})") from None
+    obj = load_weights_only(path, "weights file")
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise BnrError(f"{path}: expected a flat state dict of tensors, got {type(obj).__name__}")
     return "torch", dict(obj)

@@ -1,0 +1,52 @@
+"""``torch.load`` of weights only, with any failure as one short line.
+
+torch's own message for a refused or garbage file is several hundred characters and advises
+loading with ``weights_only=False`` (which would execute code from the file); the line here
+names the file and the first concrete reason only.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnr.errors import BnrError
+
+_MARKER = "WeightsUnpickler error:"
+_BOILERPLATE = ("Weights only load failed", "Check the documentation", "Please file an issue")
+
+
+def short_load_reason(exc: BaseException) -> str:
+    """The first concrete reason of a ``torch.load`` failure, at most 120 characters, without
+    torch's advice to disable ``weights_only``."""
+    text = str(exc)
+    if _MARKER in text:
+        text = text.split(_MARKER, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()
+             and "weights_only" not in line and not line.startswith(_BOILERPLATE)]
+    reason = lines[0] if lines else ""
+    reason = reason.split(". ")[0].split(" Please ")[0].rstrip(".")  # the first sentence
+    if not reason or "weights_only" in reason:
+        reason = type(exc).__name__
+    elif isinstance(exc, KeyError):
+        reason = f"KeyError {reason}"
+    return reason[:120]
+
+
+def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a one-line BnrError naming ``path``
+    when the file is missing, not a torch file, or holds anything but tensors and plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise BnrError(f"{path}: {what} not found")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols, naming weights_only
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file
+        raise BnrError(f"{path}: unreadable {what}: not a torch file of tensors "
+                       f"({short_load_reason(exc)})") from None
