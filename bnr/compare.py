@@ -167,6 +167,10 @@ def format_table(rows: list[Comparison]) -> str:
 
 def run_compare(against: str, metrics: Path, tol: Tolerances) -> int:
     """Print the table and each figure outside its tolerance; 0 if all hold, else 1."""
+    for name, value in (("--tolerance", tol.miou), ("--threshold-tolerance", tol.threshold),
+                        ("--rel-tolerance", tol.relative)):
+        if not value >= 0:
+            raise BnrError(f"{name} must be a number >= 0, got {value}")
     against_path = Path(against)
     if against_path.is_dir():
         committed = read_metrics_dir(against_path)

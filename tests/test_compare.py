@@ -94,6 +94,8 @@ def test_against_a_git_revision(tmp_path: Path, capsys) -> None:
                  "--metrics", str(repo / "metrics")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no-such-rev" in err
+    assert main(["compare-metrics", "--metrics", str(repo / "metrics"), "--tolerance", "-1"]) == 2
+    assert "--tolerance must be a number >= 0" in capsys.readouterr().err
 
 
 def test_bad_json_is_one_line(tmp_path: Path, capsys) -> None:
