@@ -1,4 +1,5 @@
-"""The ``bnr`` command: ``bnr predict`` labels images with a trained checkpoint.
+"""The ``bnr`` command: ``bnr predict`` labels images with a trained checkpoint;
+``bnr compare-metrics`` checks a fresh run's metrics against committed ones (bnr.compare).
 
 ::
 
@@ -189,7 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="autocast precision (auto: bfloat16 on CUDA, float32 on CPU)")
     p.set_defaults(func=predict)
+    add_compare_parser(sub)
     return parser
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    from bnr import compare
+
+    p = sub.add_parser("compare-metrics", help="compare metrics/*.json with committed ones",
+                       description=compare.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--against", default="HEAD",
+                   help="git revision (default HEAD) or a folder of metrics JSON files")
+    p.add_argument("--metrics", default="metrics", help="the fresh run's folder (metrics)")
+    p.add_argument("--tolerance", type=float, default=1.5, help="mIoU points (default 1.5)")
+    p.add_argument("--threshold-tolerance", type=float, default=0.1,
+                   help="background thresholds, absolute (default 0.1)")
+    p.add_argument("--rel-tolerance", type=float, default=0.1,
+                   help="losses and other floats, relative (default 0.1)")
+    p.set_defaults(func=lambda args: compare.run_compare(
+        args.against, Path(args.metrics),
+        compare.Tolerances(args.tolerance, args.threshold_tolerance, args.rel_tolerance)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

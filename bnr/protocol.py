@@ -27,12 +27,41 @@ def git_state(cwd: str | Path = ".") -> dict:
     return {"commit": commit or None, "dirty": dirty}
 
 
+def cpu_model_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's ``model name`` from ``cpuinfo`` (Linux), else ``platform.processor()``, else
+    ``"unknown"``."""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def gpu_name() -> str | None:
+    """The name of CUDA device 0 when torch sees one, else None."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return torch.cuda.get_device_name(0)
+    except (RuntimeError, AssertionError):  # a broken driver must not stop a metrics write
+        return None
+
+
 def environment() -> dict:
+    """Software and machine of a run: float results differ across CPU kernels (ISA, threads),
+    so the CPU model, torch's CPU capability (the ATen kernel set) and thread count are kept."""
     return {
         "bnr": bnr.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda_available": torch.cuda.is_available(),  # the device used: the ``runtime`` field
+        "cpu": cpu_model_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu_name(),
     }
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bnr.cam import multiscale_cam
+from bnr.cam import cams_to_seeds, multiscale_cam
 from bnr.cli import main
 from bnr.config import RuntimeConfig
 from bnr.errors import BnrError
@@ -44,8 +44,19 @@ def _segmenter() -> tuple[torch.nn.Module, torch.Tensor]:
     return model, image
 
 
+def _object_image() -> torch.Tensor:
+    """(3, 40, 56): weak noise plus a strong box, so that even a random network's conv CAM M
+    varies over the image about as much as its magnitude (a trained network's range). On pure
+    noise the maps are offsets plus small wiggles, and the min-max normalisation magnifies the
+    bfloat16 rounding by absmax / range: kernel-dependent tails."""
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(3, 40, 56, generator=g) * 0.3
+    image[:, 8:28, 10:34] += torch.tensor([2.0, -1.5, 1.0])[:, None, None]
+    return image
+
+
 def test_multiscale_cam_bfloat16_close_to_float32() -> None:
-    model, image = _cam_model(), torch.randn(3, 40, 56)
+    model, image = _cam_model(), _object_image()
     with torch.no_grad(), BF16.autocast():  # the network really runs in bfloat16
         assert model(image[None, :, :32, :32])["cam"].dtype == torch.bfloat16
     kw = dict(patch_multiple=8, flip=True)
@@ -55,15 +66,27 @@ def test_multiscale_cam_bfloat16_close_to_float32() -> None:
         assert out.dtype == torch.float32 and out.device.type == "cpu"
         assert out.shape == (3, 40, 56)
         assert torch.isfinite(out).all() and float(out.min()) >= 0 and float(out.max()) <= 1
-    # Closeness on M (source conv). Measured |bf16 - fp32| of the normalised maps here: max
-    # 0.013-0.033, mean <= 0.003 over 5 init seeds -> atol 0.06. M* (transcam) is not compared
-    # on an untrained network: its attention is nearly uniform, so M* is almost constant per
-    # class and the min-max normalisation magnifies rounding to 0.3-0.5; on the trained
-    # synthetic checkpoint (scales 64/128/192, 24 images) it was max 0.075, median 0.005.
+    # Closeness on M (source conv), judged by what seeds use: the normalised maps (errors
+    # relative to the pre-normalisation range) and the seed labels, not one element's rounding.
+    # Measured |bf16 - fp32| on an AMD EPYC (AVX512-BF16), model seeds 0-2, under the default
+    # kernels, ONEDNN_MAX_CPU_ISA=AVX2 and =SSE41, ATEN_CPU_CAPABILITY=default and =avx2, 1 and
+    # 2 threads: max 0.015-0.019, 99th percentile 0.010-0.015, mean 0.0013-0.0035, seed labels
+    # agree on 0.984-0.997 of the pixels, foreground/background on >= 0.993 (the ISA moved these
+    # by < 0.004; threads not at all). Bounds: 4x the p99, 3x the mean. The old test (pure noise
+    # image, max |diff| <= atol 0.06) failed on a Xeon with AMX (max 0.455): on noise, maps
+    # are an offset plus small wiggles and normalising magnifies rounding by absmax / range.
+    # M* (transcam) is not compared on an untrained network: its attention is nearly uniform,
+    # so M* is a near-constant offset per class (range ~0.1 on a magnitude of 4-100) and
+    # normalising it magnifies bf16 rounding to 0.15-0.45 (here), differently per CPU; on the
+    # trained synthetic checkpoint it was max 0.075, median 0.005.
     ref = multiscale_cam(model, image, [1, 3, 5], [32, 64], source="conv", **kw)
     low = multiscale_cam(model, image, [1, 3, 5], [32, 64], source="conv", runtime=BF16, **kw)
-    torch.testing.assert_close(low, ref, atol=0.06, rtol=0)
-    assert float((low - ref).abs().mean()) < 0.01
+    diff = (low - ref).abs()
+    assert float(diff.mean()) < 0.01
+    assert float(diff.flatten().quantile(0.99)) < 0.06
+    seeds_ref, seeds_low = (cams_to_seeds(c, [1, 3, 5], 0.3) for c in (ref, low))
+    assert (seeds_ref == seeds_low).mean() > 0.95
+    assert ((ref.amax(0) >= 0.3) == (low.amax(0) >= 0.3)).float().mean() > 0.97
 
 
 @pytest.mark.parametrize("batch_passes", [True, False])
@@ -84,7 +107,10 @@ def test_multiscale_predict_bfloat16_close_to_float32() -> None:
     assert low.shape == (7, 40, 56)
     assert torch.allclose(low.sum(0), torch.ones(40, 56), atol=1e-5)  # averaged in float32
     # Measured |bf16 - fp32| of the probabilities: max 0.0025-0.0063, mean <= 0.0008 over 6
-    # init seeds (arg-max agreement >= 0.978) -> atol 0.02.
+    # init seeds (arg-max agreement >= 0.978) -> atol 0.02. Seed 0 on an AMD EPYC under the
+    # default kernels, ONEDNN_MAX_CPU_ISA=AVX2 / SSE41, ATEN_CPU_CAPABILITY=default / avx2, 1
+    # and 2 threads: max 0.0054-0.0063, mean 0.0007, arg-max agreement 0.976-0.979. The
+    # logits have a realistic range (std 2), so no normalisation magnifies rounding.
     torch.testing.assert_close(low, ref, atol=0.02, rtol=0)
     assert float((low.argmax(0) == ref.argmax(0)).float().mean()) > 0.9
 
@@ -107,7 +133,10 @@ def test_image_affinity_runtime() -> None:
     low, low_src, low_dst = image_affinity(model, image, 5, runtime=BF16)
     assert low.dtype == torch.float32 and torch.equal(low_src, src) and torch.equal(low_dst, dst)
     # Measured max |bf16 - fp32|: 0.0008-0.0016 here (0.017 with the trained synthetic
-    # AffinityNet, whose random-walk labels then agreed on >= 99.9 % of the pixels).
+    # AffinityNet, whose random-walk labels then agreed on >= 99.9 % of the pixels); 0.0011
+    # under each of the default kernels, ONEDNN_MAX_CPU_ISA=AVX2 / SSE41,
+    # ATEN_CPU_CAPABILITY=default / avx2, 1 and 2 threads (affinities are exp(-distance) in
+    # [0, 1], not normalised).
     torch.testing.assert_close(low, aff, atol=0.01, rtol=0)
 
 
