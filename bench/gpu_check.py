@@ -422,12 +422,13 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
     if not root.is_dir():
         return {"skipped": f"{root} not found (run the download stage, or carry it)"}
 
+    from bnr.checkpoints import load_checkpoint, load_state_strict
     from bnr.data.classes import class_names
     from bnr.data.transforms import EvalTransform
     from bnr.data.voc import VocSegmentation
     from bnr.metrics import mean_iou
     from bnr.seeds import threshold_confusions, threshold_grid
-    from bnr.training import build_cam_model, cam_model_meta, load_checkpoint, load_state_strict
+    from bnr.training import build_cam_model, cam_model_meta
 
     started = time.perf_counter()
     names = class_names(params.dataset)
@@ -498,6 +499,7 @@ def section_rw(s: Settings, device: torch.device, seconds: float) -> dict:
     upsample/argmax. Rows: the walk on the GPU after a float32 / bfloat16 forward, and the walk
     on the CPU after a bfloat16 forward (what the random_walk stage does on a CUDA runtime).
     """
+    from bnr.affinity_model import STRIDE, build_affinity_model
     from bnr.data.transforms import EvalTransform
     from bnr.postprocessing.random_walk import (
         cams_with_background,
@@ -505,7 +507,7 @@ def section_rw(s: Settings, device: torch.device, seconds: float) -> dict:
         random_walk_sparse,
         upsample_argmax,
     )
-    from bnr.psa import STRIDE, build_affinity_model, padded_size
+    from bnr.walk import padded_size
 
     torch.manual_seed(0)
     with torch.device(device):

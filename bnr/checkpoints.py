@@ -1,4 +1,8 @@
-"""``torch.load`` of weights only, with any failure as one short line.
+"""The one checkpoint module: atomic save, ``torch.load`` of weights only (any failure as one
+short line), strict loads that report missing / unexpected / mis-shaped keys once, and the
+``meta`` check of bnr checkpoints.
+
+On ``torch.load`` failures:
 
 torch's own message for a refused or garbage file is several hundred characters and advises
 loading with ``weights_only=False`` (which would execute code from the file); the line here
@@ -13,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bnr.errors import BnrError
+from bnr.io import atomic_path
 
 _MARKER = "WeightsUnpickler error:"
 _BOILERPLATE = ("Weights only load failed", "Check the documentation", "Please file an issue")
@@ -50,3 +56,40 @@ def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") ->
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file
         raise BnrError(f"{path}: unreadable {what}: not a torch file of tensors "
                        f"({short_load_reason(exc)})") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save ``state`` atomically (a kill mid-write leaves the previous checkpoint)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state_strict(model: nn.Module, state_dict: dict, source: Path | str) -> None:
+    """``load_state_dict(strict=True)`` with missing/unexpected/shape problems as one line."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or shapes:
+        bits = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+            if keys:
+                bits.append(f"{len(keys)} {name} key(s) e.g. {', '.join(keys[:3])}")
+        raise BnrError(f"{source}: checkpoint does not fit the model ({'; '.join(bits)})")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint(path: Path, expected_meta: dict) -> dict:
+    """Load a checkpoint (weights_only) and check its ``meta`` matches ``expected_meta``."""
+    state = load_weights_only(path)
+    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+        raise BnrError(f"{path}: not a bnr checkpoint (no 'model' and 'meta' entries)")
+    for key, value in expected_meta.items():
+        if state["meta"].get(key) != value:
+            raise BnrError(
+                f"{path}: checkpoint was made with {key}={state['meta'].get(key)!r}, "
+                f"this run needs {key}={value!r}"
+            )
+    return state

@@ -75,7 +75,7 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
 
 def load_any_checkpoint(path: Path) -> tuple[str, torch.nn.Module, dict]:
     """``(kind, model in eval mode, checkpoint)`` of a segmenter or CAM checkpoint."""
-    from bnr.training import load_checkpoint, load_state_strict
+    from bnr.checkpoints import load_checkpoint, load_state_strict
 
     path = Path(path)
     if not path.is_file():
@@ -83,7 +83,7 @@ def load_any_checkpoint(path: Path) -> tuple[str, torch.nn.Module, dict]:
     state = load_checkpoint(path, {})
     kind = state["meta"].get("kind")
     if kind == "segmenter":
-        from bnr.segmentation import segmenter_from_checkpoint
+        from bnr.segmenter_model import segmenter_from_checkpoint
 
         return kind, segmenter_from_checkpoint(path), state
     if kind == "cam":

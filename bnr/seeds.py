@@ -132,3 +132,14 @@ def threshold_grid(start: float, stop: float, step: float) -> np.ndarray:
     """Thresholds start..stop inclusive (rounded to the step's decimals)."""
     count = int(np.floor((stop - start) / step + 1e-9)) + 1
     return np.round(start + step * np.arange(count), 6)
+
+
+def checked_cams(cam_dir: Path, img_id: str, image_hw: tuple[int, int]):
+    """(classes, cams) of ``img_id``; a clear error if the CAM size differs from its image."""
+    classes, cams = load_cams(cam_dir, img_id)
+    if cams.shape[1:] != tuple(image_hw):
+        raise BnrError(
+            f"{Path(cam_dir) / (img_id + '.npz')}: seed CAM size {cams.shape[2]}x{cams.shape[1]} "
+            f"differs from its image {image_hw[1]}x{image_hw[0]} (re-run infer_seeds)"
+        )
+    return classes, cams

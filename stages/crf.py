@@ -3,12 +3,13 @@
 from pathlib import Path
 
 from bnr.config import Params
+from bnr.crf_settings import crf_kwargs
 from bnr.data.classes import class_names
 from bnr.data.voc import read_split
 from bnr.io import write_json
 from bnr.metrics import write_class_table
 from bnr.protocol import protocol_record
-from bnr.psa import crf_kwargs, crf_split, evaluate_pseudo_labels
+from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
 from bnr.stage import run_stage
 
 

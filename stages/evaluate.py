@@ -16,12 +16,8 @@ from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_ta
 from bnr.postprocessing.test_time import prediction_options
 from bnr.protocol import protocol_record
 from bnr.runtime import start_runtime
-from bnr.segmentation import (
-    evaluate_split,
-    load_segmenter,
-    write_label_tar,
-    write_server_archive,
-)
+from bnr.segmentation import evaluate_split, write_label_tar, write_server_archive
+from bnr.segmenter_model import load_segmenter
 from bnr.stage import run_stage
 from bnr.visualize import colorize_labels, panel
 

@@ -4,13 +4,14 @@ from pathlib import Path
 
 import torch
 
+from bnr.affinity_model import load_affinity_model
 from bnr.config import Params
 from bnr.data.voc import read_split
 from bnr.io import write_json
 from bnr.protocol import protocol_record
-from bnr.psa import load_affinity_model, random_walk_split
 from bnr.runtime import start_runtime
 from bnr.stage import run_stage, seed_everything
+from bnr.walk import random_walk_split
 
 
 def main(params: Params) -> None:

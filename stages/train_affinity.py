@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
+from bnr.affinity_training import train_affinity
 from bnr.config import Params
+from bnr.engine import training_session
 from bnr.io import write_json
 from bnr.protocol import protocol_record
-from bnr.psa import train_affinity
 from bnr.stage import run_stage, seed_everything
-from bnr.training import training_session
 
 
 def main(params: Params) -> None:

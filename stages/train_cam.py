@@ -6,10 +6,11 @@
 from pathlib import Path
 
 from bnr.config import Params
+from bnr.engine import training_session
 from bnr.io import write_json
 from bnr.protocol import protocol_record
 from bnr.stage import run_stage, seed_everything
-from bnr.training import train_cam, training_session
+from bnr.training import train_cam
 
 
 def main(params: Params) -> None:

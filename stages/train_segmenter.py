@@ -3,11 +3,12 @@
 from pathlib import Path
 
 from bnr.config import Params
+from bnr.engine import training_session
 from bnr.io import write_json
 from bnr.protocol import protocol_record
-from bnr.segmentation import segmenter_meta, train_segmenter
+from bnr.segmenter_model import segmenter_meta
+from bnr.segmenter_training import train_segmenter
 from bnr.stage import run_stage, seed_everything
-from bnr.training import training_session
 
 
 def main(params: Params) -> None:

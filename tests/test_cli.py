@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bnr.checkpoints import save_checkpoint
 from bnr.cli import main
 from bnr.models.conformer import create_conformer
 from bnr.models.deeplab import create_segmenter
-from bnr.training import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -30,8 +30,9 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-import bnr.psa as psa
-import bnr.segmentation as segmentation
+import bnr.affinity_training as psa
+import bnr.segmenter_training as segmentation
+from bnr.checkpoints import load_checkpoint
 from bnr.config import load_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
@@ -45,8 +46,9 @@ from bnr.distributed import (
     relaunch_under_torchrun,
     shard,
 )
+from bnr.engine import epoch_batches, training_session
 from bnr.errors import BnrError
-from bnr.training import epoch_batches, load_checkpoint, train_cam, training_session
+from bnr.training import train_cam
 from tests.conftest import REPO
 from tests.test_psa_pipeline import fake_cams
 

@@ -11,17 +11,13 @@ import pytest
 import yaml
 from PIL import Image
 
+from bnr.affinity_model import build_affinity_model, load_affinity_model
 from bnr.config import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.errors import BnrError
-from bnr.psa import (
-    build_affinity_model,
-    crf_split,
-    evaluate_pseudo_labels,
-    load_affinity_model,
-    random_walk_split,
-)
+from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
+from bnr.walk import random_walk_split
 from tests.conftest import REPO
 
 SIZE = 96  # 12 x 12 AffinityNet grid: the radius-5 pairs need at least 5 x 9
@@ -126,7 +122,7 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
 def _fail_on_second(payload):
     if str(payload[1]).endswith("_000001.png"):
         raise ValueError("boom")
-    from bnr.psa import _crf_one
+    from bnr.pseudo_labels import _crf_one
 
     return _crf_one(payload)
 
@@ -134,7 +130,7 @@ def _fail_on_second(payload):
 def _die_on_second(payload):
     if str(payload[1]).endswith("_000001.png"):
         os._exit(3)
-    from bnr.psa import _crf_one
+    from bnr.pseudo_labels import _crf_one
 
     return _crf_one(payload)
 
@@ -180,8 +176,8 @@ def test_affinity_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
 
     import torch
 
-    from bnr.psa import train_affinity
-    from bnr.training import load_checkpoint
+    from bnr.affinity_training import train_affinity
+    from bnr.checkpoints import load_checkpoint
 
     params = tiny_params(work / "data" / "synthetic")
     params = dataclasses.replace(
@@ -213,7 +209,7 @@ def test_random_walk_small_image_and_small_crop(tmp_path: Path) -> None:
     for img_id in ids:
         with Image.open(out / f"{img_id}.png") as im:
             assert im.mode == "P" and im.size == (48, 48)
-    from bnr.psa import train_affinity
+    from bnr.affinity_training import train_affinity
 
     with pytest.raises(BnrError, match="affinity_crop 48 is too small"):
         train_affinity(tiny_params_crop(root, 48), tmp_path / "a.pt", tmp_path / "c",
@@ -224,19 +220,19 @@ def test_random_walk_split_walks_in_float64(tmp_path: Path, monkeypatch: pytest.
                                             ) -> None:
     """The walk accumulates in float64 (float32: 3e-5 relative off a float64 walk on a 47 x 63
     grid, for about 1.4x the walk's time)."""
-    import bnr.psa
+    import bnr.walk
 
     root = tmp_path / "syn"
     generate_synthetic(root, SyntheticSpec(num_train=1, num_val=1, image_size=48, clutter=2))
     fake_cams(root, tmp_path / "cams", empty="")
     seen = []
-    real = bnr.psa.random_walk_segmentation
+    real = bnr.walk.random_walk_segmentation
 
     def spy(cams, keys, aff, *args, **kw):
         seen.append(aff.dtype)
         return real(cams, keys, aff, *args, **kw)
 
-    monkeypatch.setattr(bnr.psa, "random_walk_segmentation", spy)
+    monkeypatch.setattr(bnr.walk, "random_walk_segmentation", spy)
     random_walk_split(tiny_params(root), build_affinity_model("resnet38d_tiny"),
                       read_split(root, "train"), tmp_path / "rw", cam_dir=tmp_path / "cams",
                       progress=False)
@@ -256,9 +252,9 @@ def test_affinity_training_in_bfloat16_channels_last(work: Path, tmp_path: Path)
 
     import torch
 
-    from bnr.psa import train_affinity
+    from bnr.affinity_training import train_affinity
+    from bnr.checkpoints import load_checkpoint
     from bnr.runtime import Runtime
-    from bnr.training import load_checkpoint
 
     runtime = Runtime(torch.device("cpu"), "bfloat16", channels_last=True)
     summary = train_affinity(tiny_params(work / "data" / "synthetic"), tmp_path / "a.pt",

@@ -14,21 +14,16 @@ import torch
 import yaml
 from PIL import Image
 
+from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
+from bnr.engine import poly_lr
 from bnr.errors import BnrError
 from bnr.models.deeplab import DeepLabLargeFOV, create_segmenter
 from bnr.models.resnet38 import param_groups
-from bnr.segmentation import (
-    SERVER_DIR,
-    iteration_batches,
-    multiscale_predict,
-    poly_lr,
-    train_segmenter,
-    write_server_archive,
-)
-from bnr.training import load_checkpoint, load_state_strict
+from bnr.segmentation import SERVER_DIR, multiscale_predict, write_server_archive
+from bnr.segmenter_training import iteration_batches, train_segmenter
 from tests.conftest import REPO, write_voc_tree
 
 SIZE = 64
@@ -232,12 +227,12 @@ def test_missing_pseudo_label_is_clear(work: Path, tmp_path: Path) -> None:
 
 
 def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> None:
-    import bnr.segmentation as seg
+    import bnr.segmenter_training as seg
 
     monkeypatch.setattr(seg, "segmentation_loss",
                         lambda logits, label, ctx, align: logits.sum() * float("nan"))
     params = tiny_params(work / "data" / "synthetic")
-    with pytest.raises(BnrError, match="loss is not finite at iteration 1"):
+    with pytest.raises(BnrError, match="loss is not finite at block 1, iteration 1"):
         train_segmenter(params, tmp_path / "n.pt", tmp_path / "c", run_root=tmp_path / "r",
                         label_dir=work / "data" / "pseudo_labels", progress=False,
                         live_factory=_Recorder)
@@ -246,7 +241,7 @@ def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> No
 def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     monkeypatch.chdir(work)
     params = tiny_params(work / "data" / "synthetic")
-    import bnr.segmentation as seg
+    import bnr.segmenter_training as seg
 
     original = seg.train_segmenter
     monkeypatch.setattr(

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bnr.checkpoints import save_checkpoint
 from bnr.config import parse_params
 from bnr.data.checks import server_archive_skip
 from bnr.models.deeplab import create_segmenter
 from bnr.segmentation import SERVER_DIR
-from bnr.training import save_checkpoint
 from tests.conftest import REPO, write_voc_tree
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -6,11 +6,12 @@ import torch
 import yaml
 
 import bnr.training as training
+from bnr.checkpoints import load_checkpoint
 from bnr.config import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.errors import BnrError
 from bnr.seeds import infer_split_cams, load_cams, seed_miou_sweep, threshold_grid
-from bnr.training import load_checkpoint, train_cam
+from bnr.training import train_cam
 from tests.conftest import REPO
 
 
@@ -87,7 +88,7 @@ def test_nan_loss_stops_with_step_and_terms(tiny_root, tmp_path, monkeypatch):
         return loss * float("nan"), {**parts, "loss": float("nan")}
 
     monkeypatch.setattr(training, "total_loss", nan_loss)
-    with pytest.raises(BnrError, match=r"loss is not finite at epoch 1, step 0 \(loss_cls="):
+    with pytest.raises(BnrError, match=r"loss is not finite at epoch 1, iteration 1 \(loss_cls="):
         _train(tiny_params(tiny_root), tmp_path, "nan")
     assert not (tmp_path / "nan" / "cam.pt").exists()
 

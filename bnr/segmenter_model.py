@@ -1,0 +1,51 @@
+"""The segmenter (DeepLab-LargeFOV on ResNet-38d, or torchvision's DeepLabV3) as the stages
+build and load it: its checkpoint meta, a fresh model, a trained one (strict load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from bnr.checkpoints import load_checkpoint, load_state_strict
+from bnr.config import Params
+from bnr.data.classes import class_names
+from bnr.errors import BnrError
+from bnr.models.deeplab import create_segmenter
+
+
+def segmenter_meta(params: Params) -> dict:
+    """What a segmenter checkpoint must agree on to be loaded (also enough to rebuild it)."""
+    return {
+        "kind": "segmenter",
+        "arch": params.train_segmenter.arch,
+        "preset": params.data.segmenter_backbone,
+        "num_classes": len(class_names(params.dataset)),
+        "dataset": params.dataset,
+    }
+
+
+def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
+    """A fresh segmenter for ``params`` (ImageNet backbone if train_segmenter.pretrained)."""
+    meta = segmenter_meta(params)
+    weights = params.train_segmenter.pretrained if pretrained else ""
+    return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights,
+                            bn_momentum=params.data.segmenter_bn_momentum)
+
+
+def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> nn.Module:
+    """The trained segmenter of ``path`` in eval mode, rebuilt from its ``meta`` (strict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BnrError(f"{path}: segmenter checkpoint not found (run the train_segmenter stage)")
+    state = load_checkpoint(path, expected_meta or {"kind": "segmenter"})
+    meta = state["meta"]
+    model = create_segmenter(meta["arch"], meta["preset"], int(meta["num_classes"]))
+    load_state_strict(model, state["model"], path)
+    model.eval()
+    return model
+
+
+def load_segmenter(params: Params, path: Path = Path("models/segmenter.pt")) -> nn.Module:
+    """The trained segmenter of ``path``, checked against ``params``."""
+    return segmenter_from_checkpoint(path, segmenter_meta(params))
