@@ -57,10 +57,10 @@ from bnr.models.resnet38 import (
     resnet38d,
     resnet38d_tiny,
 )
+from bnr.pairs import feature_affinity
 from bnr.postprocessing.affinity import (
     affinity_labels_from_cam,
     affinity_loss,
-    feature_affinity,
     pair_labels,
 )
 from bnr.postprocessing.crf import crf_map, dense_crf_labels

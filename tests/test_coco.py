@@ -17,9 +17,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from bnr.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from bnr.data.coco import (
-    COCO_CATEGORY_IDS,
-    COCO_CLASSES,
     build_coco_masks,
     check_coco_layout,
     coco_counts_check,

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from bnr.data.archives import safe_extract
+from bnr.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from bnr.data.download import fetch_source
 from bnr.data.sources import SOURCES, Source, compare_with_published, resolve_source
 from bnr.errors import BnrError
@@ -50,22 +51,6 @@ from bnr.io import write_label_png, write_text
 
 log = logging.getLogger(__name__)
 
-COCO_CLASSES: tuple[str, ...] = (
-    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
-    "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
-# The official COCO category ids of COCO_CLASSES[1:] (1..90 with 10 gaps).
-COCO_CATEGORY_IDS: tuple[int, ...] = tuple(
-    i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
-)
 SPLIT_DIRS = {"train": "train2014", "val": "val2014"}
 ZIP_SOURCES = {"train": "coco2014_train", "val": "coco2014_val"}
 # Official image counts of the 2014 splits (cocodataset.org).

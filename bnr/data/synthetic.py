@@ -32,10 +32,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from bnr.data.classes import SYNTHETIC_CLASSES
 from bnr.io import atomic_path, voc_palette
 
-# index 0 is background; the context texture of each class is named beside it in CONTEXTS
-SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle", "cross", "ring", "star")
+# the context texture of each class of SYNTHETIC_CLASSES (index 0: background)
 CONTEXTS = (None, "waves", "rails", "bricks", "grass", "dots", "checker")
 IGNORE = 255
 

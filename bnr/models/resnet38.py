@@ -30,7 +30,7 @@ from torch import nn
 from bnr.checkpoints import load_weights_only
 from bnr.errors import BnrError
 from bnr.models.mxnet_params import LIST_MAGIC, read_mxnet_params
-from bnr.postprocessing.affinity import feature_affinity, pair_affinity
+from bnr.pairs import feature_affinity
 
 __all__ = [
     "AffinityNet",
@@ -39,7 +39,6 @@ __all__ = [
     "load_imagenet_weights",
     "mxnet_filter_fn",
     "mxnet_key",
-    "pair_affinity",
     "param_groups",
     "resnet38d",
     "resnet38d_tiny",

@@ -46,7 +46,7 @@ def _check_image(image: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
 def dense_crf_labels(
     image: np.ndarray,
     labels: np.ndarray,
-    n_labels: int = 21,
+    n_labels: int,
     gt_prob: float = 0.7,
     gauss_sxy: float = 3,
     gauss_compat: float = 3,
