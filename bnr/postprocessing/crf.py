@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bnr.errors import BnrError
+from bnr.threads import available_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -117,14 +118,6 @@ def dense_crf_probs(
 
 _TRACK_DIR: Path | None = None
 _CURRENT: Path | None = None
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
