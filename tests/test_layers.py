@@ -3,7 +3,8 @@
 * models know no data, no post-processing, no config and none of the stage-level modules;
 * data knows no config and no models; the class names need none of the dataset writers;
 * metrics know no model; nothing in ``bnr/`` imports a stage script;
-* post-processing takes the class count explicitly (no default class count).
+* post-processing takes the class count explicitly (no default class count);
+* no library module is over 400 lines, except the model family files in ``bnr/models/``.
 
 Function-level imports count as much as top-level ones (they still tie the modules together).
 """
@@ -19,6 +20,7 @@ import pytest
 from tests.conftest import REPO
 
 BNR = REPO / "bnr"
+MAX_LINES = 400
 
 
 def imported_names(path: Path, root: Path = REPO) -> set[str]:
@@ -129,3 +131,17 @@ def test_postprocessing_takes_the_class_count_explicitly() -> None:
         if p.name in CLASS_COUNT_NAMES and p.default not in (inspect.Parameter.empty, None)
     ]
     assert defaults == []
+
+
+SPLIT_BY_THE_LEAD = {"bnr/psa.py", "bnr/segmentation.py", "bnr/training.py"}  # split by the lead
+
+
+def test_no_library_module_over_400_lines() -> None:
+    too_long = {
+        str(path.relative_to(REPO)): n
+        for path in files("**/*.py")
+        if path.parent != BNR / "models"  # the model family files may be longer
+        and str(path.relative_to(REPO)) not in SPLIT_BY_THE_LEAD
+        and (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert too_long == {}
