@@ -75,7 +75,7 @@ def main() -> None:
 
     import numpy as np
 
-    from bnr.postprocessing.crf import available_cores
+    from bnr.threads import available_cores
 
     items = inputs(args.images, args.size, args.seed)
     variants = (0, 1, 2)

@@ -37,7 +37,7 @@ def make_set(root: Path, images: int, size: int = 128, seed: int = 2026) -> Path
 
 
 def dataset(root: Path, crop: int = 128, resize: tuple[int, int] = (96, 160)) -> Any:
-    from bnr.data.synthetic import SYNTHETIC_CLASSES
+    from bnr.data.classes import SYNTHETIC_CLASSES
     from bnr.data.transforms import TrainTransform
     from bnr.data.voc import VocSegmentation
 

@@ -422,13 +422,13 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
     if not root.is_dir():
         return {"skipped": f"{root} not found (run the download stage, or carry it)"}
 
+    from bnr.cam_model import build_cam_model, cam_model_meta
     from bnr.checkpoints import load_checkpoint, load_state_strict
     from bnr.data.classes import class_names
     from bnr.data.transforms import EvalTransform
     from bnr.data.voc import VocSegmentation
     from bnr.metrics import mean_iou
     from bnr.seeds import threshold_confusions, threshold_grid
-    from bnr.training import build_cam_model, cam_model_meta
 
     started = time.perf_counter()
     names = class_names(params.dataset)

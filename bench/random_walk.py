@@ -47,7 +47,7 @@ REL_TOL = 1e-5
 def _inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     import torch
 
-    from bnr.postprocessing.affinity import pair_indices
+    from bnr.pairs import pair_indices
 
     g = torch.Generator().manual_seed(args.seed)
     h = w = args.size // 8

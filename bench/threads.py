@@ -52,8 +52,7 @@ def apply_policy(name: str) -> int:
     """Set this process's torch threads for policy ``name``; returns the intra-op threads."""
     import torch
 
-    from bnr.runtime import available_cores
-    from bnr.threads import auto_threads, free_cores
+    from bnr.threads import auto_threads, available_cores, free_cores
 
     kind, _, interop = POLICIES[name]
     if interop is not None:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import Params
 from bnr.errors import BnrError
-from bnr.models.resnet38 import AffinityNet, load_imagenet_weights, resnet38d, resnet38d_tiny
+from bnr.models.resnet38 import PRESETS, AffinityNet, load_imagenet_weights
 
 STRIDE = 8  # AffinityNet output stride
-PRESETS: dict[str, Callable[[], Any]] = {"resnet38d": resnet38d, "resnet38d_tiny": resnet38d_tiny}
 
 
 def affinity_model_meta(params: Params) -> dict:

@@ -44,12 +44,8 @@ from bnr.engine import (
 from bnr.errors import BnrError
 from bnr.io import atomic_path, read_image, read_label_png, write_label_png
 from bnr.models.resnet38 import param_groups
-from bnr.postprocessing.affinity import (
-    affinity_labels_from_cam,
-    affinity_loss,
-    feature_affinity,
-    pair_labels,
-)
+from bnr.pairs import feature_affinity
+from bnr.postprocessing.affinity import affinity_labels_from_cam, affinity_loss, pair_labels
 from bnr.postprocessing.crf import crf_map, dense_crf_labels
 from bnr.runtime import CPU, Runtime
 from bnr.seeds import checked_cams

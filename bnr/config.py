@@ -14,191 +14,32 @@ switches to the paper's configuration.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bnr.errors import BnrError
+from bnr.param_spec import (
+    Check,
+    ParamsError,
+    auto_or_boolean,
+    auto_or_integer,
+    boolean,
+    build,
+    choice,
+    integer,
+    mapping_of_strings,
+    nested,
+    number,
+    number_list,
+    spec,
+    string,
+)
 
 DATASETS = ("synthetic", "voc2012", "coco2014")
 METHODS = ("bnr", "transcam")
-
-Check = Callable[[str, Any], Any]
-
-
-class ParamsError(BnrError):
-    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
-
-
-def _fail(key: str, must: str, value: Any) -> None:
-    raise ParamsError(f"params.yaml: {key} must be {must}, got {value!r}")
-
-
-def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Check:
-    """A real number, optionally bounded: ``lo <= x`` (or ``lo < x``) and ``x <= hi``."""
-    parts = []
-    if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
-    if hi is not None:
-        parts.append(f"<= {hi:g}")
-    must = "a number" + (" " + " and ".join(parts) if parts else "")
-
-    def check(key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            _fail(key, must, value)
-        if lo is not None and (value <= lo if lo_open else value < lo):
-            _fail(key, must, value)
-        if hi is not None and value > hi:
-            _fail(key, must, value)
-        return float(value)
-
-    return check
-
-
-def integer(lo: int | None = None, hi: int | None = None) -> Check:
-    """A whole number, optionally bounded (inclusive)."""
-    must = "an integer" + (f" >= {lo}" if lo is not None else "") + (
-        f" and <= {hi}" if hi is not None else ""
-    )
-
-    def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, must, value)
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            _fail(key, must, value)
-        return int(value)
-
-    return check
-
-
-def choice(*options: str) -> Check:
-    """One of a fixed set of strings."""
-    must = "one of " + ", ".join(options)
-
-    def check(key: str, value: Any) -> str:
-        if value not in options:
-            _fail(key, must, value)
-        return str(value)
-
-    return check
-
-
-def boolean() -> Check:
-    def check(key: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            _fail(key, "true or false", value)
-        return value
-
-    return check
-
-
-def auto_or_integer(lo: int = 0) -> Check:
-    def check(key: str, value: Any) -> str | int:
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            _fail(key, f"auto or an integer >= {lo}", value)
-        return int(value)
-
-    return check
-
-
-def auto_or_boolean() -> Check:
-    def check(key: str, value: Any) -> str | bool:
-        if value != "auto" and not isinstance(value, bool):
-            _fail(key, "auto, true or false", value)
-        return value
-
-    return check
-
-
-def string(allow_empty: bool = True) -> Check:
-    def check(key: str, value: Any) -> str:
-        if value is None and allow_empty:
-            return ""
-        if not isinstance(value, str) or (not allow_empty and not value):
-            _fail(key, "a string" if allow_empty else "a non-empty string", value)
-        return value
-
-    return check
-
-
-def number_list(
-    item: Check, min_len: int = 1, max_len: int | None = None, ordered: bool = False
-) -> Check:
-    """A list of numbers, each checked by ``item``; ``ordered``: non-decreasing."""
-    size = f"{min_len}" + (f" to {max_len}" if max_len != min_len else "")
-    if max_len is None:
-        size = f"at least {min_len}"
-
-    def check(key: str, value: Any) -> tuple:
-        if not isinstance(value, (list, tuple)):
-            _fail(key, f"a list of {size} numbers", value)
-        if len(value) < min_len or (max_len is not None and len(value) > max_len):
-            _fail(key, f"a list of {size} numbers", value)
-        out = tuple(item(f"{key}[{i}]", v) for i, v in enumerate(value))
-        if ordered and any(a > b for a, b in itertools.pairwise(out)):
-            _fail(key, "in non-decreasing order", value)
-        return out
-
-    return check
-
-
-def mapping_of_strings() -> Check:
-    def check(key: str, value: Any) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            _fail(key, "a mapping of names to strings", value)
-        return dict(value)
-
-    return check
-
-
-def spec(check: Check, default: Any = dataclasses.MISSING) -> Any:
-    """Declare a params field: its check, and a default (absent = the key is required)."""
-    if default is dataclasses.MISSING:
-        return field(metadata={"check": check})
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
-    return field(default=default, metadata={"check": check})
-
-
-def build(cls: type, data: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from mapping ``data``; ``prefix`` names the block in messages."""
-    if not isinstance(data, dict):
-        raise ParamsError(f"params.yaml: {prefix} must be a mapping, got {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ParamsError(
-            f"params.yaml: unknown key {prefix}.{unknown[0]} (known: {', '.join(sorted(names))})"
-        )
-    values = {}
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}"
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ParamsError(f"params.yaml: missing key {key}")
-            continue
-        if "nested" in f.metadata:
-            values[f.name] = build(f.metadata["nested"], data[f.name], key)
-        else:
-            values[f.name] = f.metadata["check"](key, data[f.name])
-    return cls(**values)
-
-
-def nested(cls: type) -> Any:
-    """Declare a field holding a nested params block of dataclass ``cls``."""
-    return field(default_factory=cls, metadata={"nested": cls})
 
 
 # ----------------------------------------------------------------------------------------------

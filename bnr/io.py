@@ -7,6 +7,7 @@ interrupted or failed stage never leaves a partial file (or directory) that DVC 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -113,12 +114,25 @@ def voc_palette() -> list[int]:
     return palette
 
 
-def write_label_png(path: str | os.PathLike[str], label: np.ndarray) -> None:
-    """Write a (H, W) uint8 label map as a VOC palette PNG, atomically."""
+def label_png_bytes(label: np.ndarray) -> bytes:
+    """A (H, W) label map (class ids 0..255) as the bytes of a VOC palette PNG (the one
+    encoder of label PNGs: files, tar members and generated datasets all use it)."""
     label = np.asarray(label)
     if label.ndim != 2:
-        raise BnrError(f"{path}: label map must be 2-D, got shape {label.shape}")
+        raise BnrError(f"label map must be 2-D, got shape {label.shape}")
     im = Image.fromarray(label.astype(np.uint8), mode="P")
     im.putpalette(voc_palette())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_label_png(path: str | os.PathLike[str], label: np.ndarray) -> None:
+    """Write a (H, W) uint8 label map as a VOC palette PNG (:func:`label_png_bytes`),
+    atomically."""
+    try:
+        data = label_png_bytes(label)
+    except BnrError as exc:
+        raise BnrError(f"{path}: {exc}") from None
     with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
+        tmp.write_bytes(data)

@@ -9,7 +9,6 @@ and ``channels_last`` are switched on by ``auto`` only on CUDA.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from bnr.config import RuntimeConfig
 from bnr.errors import BnrError
-from bnr.threads import auto_threads, free_cores
+from bnr.threads import auto_threads, available_cores, free_cores
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -87,14 +86,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise BnrError("params.yaml: runtime.device is cuda but torch sees no CUDA device")
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (affinity mask, else os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def resolve_runtime(cfg: RuntimeConfig, local_rank: int = 0, nproc: int = 1) -> Runtime:

@@ -18,14 +18,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
-from bnr.io import atomic_path, read_image, voc_palette, write_label_png
+from bnr.io import atomic_path, label_png_bytes, read_image, write_label_png
 from bnr.metrics import confusion_matrix
 from bnr.postprocessing.test_time import (  # noqa: F401 - multiscale_predict re-exported
     multiscale_predict,
@@ -81,14 +80,6 @@ def evaluate_split(
     return conf, {"images": len(ids), "seconds": round(time.time() - started, 1)}
 
 
-def _png_bytes(label: np.ndarray) -> bytes:
-    im = Image.fromarray(np.asarray(label, np.uint8), mode="P")
-    im.putpalette(voc_palette())
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def write_label_tar(out: Path, labels: Iterable[tuple[str, np.ndarray]],
                     folder: str = SERVER_DIR) -> int:
     """Write ``(id, (H, W) labels)`` pairs as ``<folder>/<id>.png`` palette PNGs into the tar
@@ -96,7 +87,7 @@ def write_label_tar(out: Path, labels: Iterable[tuple[str, np.ndarray]],
     count = 0
     with atomic_path(out) as tmp, tarfile.open(tmp, "w") as tar:
         for img_id, label in labels:
-            blob = _png_bytes(label)
+            blob = label_png_bytes(label)
             info = tarfile.TarInfo(f"{folder}/{img_id}.png")
             info.size, info.mtime, info.mode = len(blob), 0, 0o644
             tar.addfile(info, io.BytesIO(blob))

@@ -65,7 +65,7 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
             params = declared_view(params, stage, keys)
         if int(os.environ.get("RANK", "0")) == 0:
             clean_stale_outputs(params, stage)
-        check_stage_inputs(params, stage)  # splits, images, masks: before any long work
+        check_stage_inputs(params.data, stage)  # splits, images, masks: before any long work
         if distributed:
             code = relaunch_under_torchrun(params.runtime.nproc,
                                            [sys.argv[0], "--params", args.params])

@@ -40,6 +40,14 @@ def _cpu_times(cpus: set[int]) -> tuple[int, int] | None:
     return (idle, total) if total else None
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def free_cores(window_s: float = 0.1) -> float | None:
     """How many of this process's allowed cores were idle over ``window_s`` seconds (this
     process sleeps meanwhile); None where it cannot be measured (not Linux)."""

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnr.checkpoints import load_checkpoint, load_state_strict  # noqa: F401 - re-used by stages
+from bnr.cam_model import build_cam_model, cam_model_meta
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.data.transforms import TrainTransform
@@ -19,26 +19,7 @@ from bnr.data.voc import VocSegmentation
 from bnr.distributed import SINGLE, DistContext
 from bnr.engine import Loop, epoch_batches, fit, float_outputs, run_key, source_digest
 from bnr.losses import total_loss
-from bnr.models.conformer import create_conformer, load_pretrained
 from bnr.runtime import CPU, Runtime
-
-
-def cam_model_meta(params: Params) -> dict:
-    """What a CAM checkpoint must agree on to be loaded."""
-    return {
-        "kind": "cam",
-        "preset": params.data.model,
-        "num_classes": len(class_names(params.dataset)),
-        "dataset": params.dataset,
-    }
-
-
-def build_cam_model(params: Params) -> nn.Module:
-    """A fresh Conformer for ``params`` (ImageNet-initialised when train_cam.pretrained is set)."""
-    model = create_conformer(params.data.model, num_classes=len(class_names(params.dataset)))
-    if params.train_cam.pretrained:
-        load_pretrained(model, params.train_cam.pretrained)
-    return model
 
 
 def train_cam(

@@ -14,11 +14,12 @@ from tqdm import tqdm
 
 from bnr.affinity_model import STRIDE
 from bnr.config import Params
+from bnr.data.classes import class_names
 from bnr.data.transforms import EvalTransform
 from bnr.errors import BnrError
 from bnr.io import atomic_path, read_image, write_label_png
 from bnr.models.resnet38 import AffinityNet
-from bnr.postprocessing.affinity import feature_affinity
+from bnr.pairs import feature_affinity
 from bnr.postprocessing.random_walk import random_walk_segmentation
 from bnr.runtime import CPU, Runtime
 from bnr.seeds import checked_cams
@@ -26,7 +27,7 @@ from bnr.seeds import checked_cams
 
 def padded_size(h: int, w: int) -> tuple[int, int]:
     """(H', W'): the size rounded up to multiples of 8 (PSA); a grid too small for the radius
-    shrinks the radius (TransCAM, :func:`bnr.postprocessing.affinity.shrunk_radius`)."""
+    shrinks the radius (TransCAM, :func:`bnr.pairs.shrunk_radius`)."""
     return h + (-h % STRIDE), w + (-w % STRIDE)
 
 
@@ -67,6 +68,7 @@ def random_walk_split(
     ``runtime`` (``model`` already prepared for it); the walk runs on the CPU in float64.
     """
     cfg, root = params.random_walk, Path(params.data.root)
+    n_labels = len(class_names(params.dataset))
     model.eval()
     started, no_fg = time.time(), 0
     with atomic_path(out_dir) as tmp:
@@ -89,6 +91,7 @@ def random_walk_split(
                 label = random_walk_segmentation(
                     cams, [int(c) for c in classes], aff, src, dst, beta=cfg.beta,
                     logt=cfg.logt, bg_score=cfg.bg_score, method="sparse", stride=STRIDE,
+                    n_labels=n_labels,
                 )[:h, :w]
             write_label_png(tmp / f"{img_id}.png", label)
     return {"images": len(ids), "all_background": no_fg,

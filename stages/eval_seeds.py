@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from bnr.cam import cams_to_seeds
+from bnr.cam_model import build_cam_model, cam_model_meta
 from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import Params
 from bnr.data.classes import class_names
@@ -18,7 +19,6 @@ from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_ta
 from bnr.protocol import protocol_record
 from bnr.seeds import load_cams, seed_miou_sweep, threshold_grid
 from bnr.stage import run_stage
-from bnr.training import build_cam_model, cam_model_meta
 from bnr.visualize import class_token_attention, colorize_labels, heat_overlay, panel
 
 

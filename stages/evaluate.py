@@ -28,7 +28,8 @@ def main(params: Params) -> None:
     data, cfg = params.data, params.evaluate
     names = class_names(params.dataset)
     check_split_files(data.root, data.val_split, data.gt_dir)  # before the long val pass
-    skip = server_archive_skip(params)  # why no server archive ("" = it is written)
+    # why no server archive ("" = it is written)
+    skip = server_archive_skip(params.dataset, data.root, data.test_split)
     runtime = start_runtime(params.runtime)
     model = runtime.prepare_model(load_segmenter(params, Path("models/segmenter.pt")))
     conf, stats = evaluate_split(params, model, PRED_DIR, runtime=runtime)

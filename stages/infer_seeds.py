@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from bnr.cam_model import build_cam_model, cam_model_meta
 from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import Params
 from bnr.data.classes import class_names
@@ -14,7 +15,6 @@ from bnr.protocol import protocol_record
 from bnr.runtime import start_runtime
 from bnr.seeds import infer_split_cams
 from bnr.stage import run_stage
-from bnr.training import build_cam_model, cam_model_meta
 
 
 def main(params: Params) -> None:

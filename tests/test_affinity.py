@@ -9,15 +9,13 @@ import pytest
 import torch
 
 from bnr.errors import BnrError
+from bnr.pairs import pair_affinity, pair_indices, pair_offsets
 from bnr.postprocessing.affinity import (
     affinity_labels_from_cam,
     affinity_loss,
     cam_labels,
     combine_affinity_labels,
-    pair_affinity,
-    pair_indices,
     pair_labels,
-    pair_offsets,
 )
 
 
@@ -157,12 +155,14 @@ def test_affinity_labels_hand_case() -> None:
     cams = np.zeros((1, 16, 16), np.float32)
     cams[0, :8, :8], cams[0, :8, 8:], cams[0, 8:] = 0.9, 0.4, 0.1
     image = np.zeros((16, 16, 3), np.uint8)
-    full = affinity_labels_from_cam(image, cams, [3], crf_fn=_identity_crf, stride=1)
+    full = affinity_labels_from_cam(image, cams, [3], n_labels=21, crf_fn=_identity_crf, stride=1)
     assert full.shape == (16, 16) and full.dtype == np.uint8
     assert np.all(full[:8, :8] == 3) and np.all(full[:8, 8:] == 255) and np.all(full[8:] == 0)
-    small = affinity_labels_from_cam(image, cams, [3], crf_fn=_identity_crf)
+    small = affinity_labels_from_cam(image, cams, [3], n_labels=21, crf_fn=_identity_crf)
     assert small.tolist() == [[3, 255], [0, 0]]
-    odd = affinity_labels_from_cam(image[:13, :11], cams[:, :13, :11], [3], crf_fn=_identity_crf)
+    odd = affinity_labels_from_cam(
+        image[:13, :11], cams[:, :13, :11], [3], n_labels=21, crf_fn=_identity_crf
+    )
     assert odd.shape == (2, 2)  # ceil(13 / 8), ceil(11 / 8): the AffinityNet map size
 
 
@@ -173,7 +173,7 @@ def test_affinity_labels_with_real_crf() -> None:
     cams = np.zeros((2, 24, 32), np.float32)
     cams[0, 6:18, 8:24] = 0.95
     cams[1] = rng.random((24, 32)) * 0.1  # a weak second class
-    out = affinity_labels_from_cam(image, cams, [7, 15], stride=8)
+    out = affinity_labels_from_cam(image, cams, [7, 15], n_labels=21, stride=8)
     assert out.shape == (3, 4) and out.dtype == np.uint8
     assert out[1, 1] == 7 and out[0, 0] == 0
     assert set(np.unique(out)) <= {0, 7, 15, 255}
@@ -182,14 +182,18 @@ def test_affinity_labels_with_real_crf() -> None:
 def test_affinity_labels_bad_input() -> None:
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(BnrError, match="class keys"):
-        affinity_labels_from_cam(image, np.zeros((1, 8, 8)), [0], crf_fn=_identity_crf)
+        affinity_labels_from_cam(
+            image, np.zeros((1, 8, 8)), [0], n_labels=21, crf_fn=_identity_crf
+        )
     with pytest.raises(BnrError, match="cams must be"):
-        affinity_labels_from_cam(image, np.zeros((1, 4, 8)), [1], crf_fn=_identity_crf)
+        affinity_labels_from_cam(
+            image, np.zeros((1, 4, 8)), [1], n_labels=21, crf_fn=_identity_crf
+        )
 
 
 def test_radius_shrinks_on_small_maps_as_transcam() -> None:
     """TransCAM resnet38_aff.Net.forward: short side m < 2 r + 1 -> radius (m - 1) // 2."""
-    from bnr.postprocessing.affinity import feature_affinity, shrunk_radius
+    from bnr.pairs import feature_affinity, shrunk_radius
     from bnr.postprocessing.random_walk import random_walk_sparse
 
     assert [shrunk_radius(h, w, 5) for h, w in ((56, 56), (11, 40), (10, 40), (40, 9), (5, 6),

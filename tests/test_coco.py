@@ -17,16 +17,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from bnr.data.coco import (
-    COCO_CATEGORY_IDS,
-    COCO_CLASSES,
+from bnr.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES
+from bnr.data.coco import check_coco_layout, coco_counts_check, prepare_coco2014
+from bnr.data.coco_masks import (
     build_coco_masks,
-    check_coco_layout,
-    coco_counts_check,
     coco_image_labels,
     coco_semantic_mask,
     load_coco,
-    prepare_coco2014,
 )
 from bnr.errors import BnrError
 from bnr.io import read_label_png

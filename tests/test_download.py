@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bnr.data import download as dl
+from bnr.data import transfer
 from bnr.data.archives import safe_extract
 from bnr.data.download import download_file, fetch_source
 from bnr.data.sources import SOURCES, resolve_source
@@ -188,7 +188,7 @@ def test_disk_full(server: LocalServer, tmp_path: Path, monkeypatch: pytest.Monk
     def full(fh: io.BufferedWriter, block: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(dl, "_write_chunk", full)
+    monkeypatch.setattr(transfer, "write_chunk", full)
     with pytest.raises(BnrError, match="disk full"):
         download_file(url, tmp_path / "a.bin", **FAST)
 

@@ -29,6 +29,7 @@ except ImportError:  # tests/ is not a package and the repo root is not on sys.p
     from httpserver import LocalServer
     from test_coco import annotation_zip, image_zip
     from test_voc_prepare import sbd_tgz, voc_tar, voc_test_tar
+from stages.download import download_request
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"backoff": 0.0, "timeout": 5.0}
@@ -63,6 +64,11 @@ def served(archives: dict[str, bytes]) -> Iterator[tuple[LocalServer, dict, dict
         yield srv, mirrors, table
 
 
+def prepare(params: object, **kwargs: object) -> dict:
+    """The download stage's call: :func:`prepare_dataset` on the values ``params`` names."""
+    return prepare_dataset(download_request(params), **kwargs)
+
+
 def make_params(dataset: str, **download: object) -> object:
     raw = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
     raw["dataset"] = dataset
@@ -80,7 +86,7 @@ def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         params,
         train_cam=dataclasses.replace(params.train_cam, pretrained=f"models/pre/{CONFORMER}"),
     )
-    stats = prepare_dataset(params, sources=table, progress=False, download_kwargs=FAST)
+    stats = prepare(params, sources=table, progress=False, download_kwargs=FAST)
     root = Path("data/voc2012/VOCdevkit/VOC2012")
     assert stats["root"] == str(root) and (root / "SegmentationClassAug").is_dir()
     assert not root.is_symlink()
@@ -115,14 +121,14 @@ def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     # A rerun downloads nothing.
     hits = dict(srv.hits)
-    assert prepare_dataset(params, sources=table, progress=False)["splits"] == stats["splits"]
+    assert prepare(params, sources=table, progress=False)["splits"] == stats["splits"]
     assert dict(srv.hits) == hits
 
     # With the test archive named in the mirrors its test split is added (fetched once).
     params = dataclasses.replace(params, download=dataclasses.replace(
         params.download, mirrors={**mirrors, **test_mirror}))
     for _ in range(2):
-        stats = prepare_dataset(params, sources=table, progress=False, download_kwargs=FAST)
+        stats = prepare(params, sources=table, progress=False, download_kwargs=FAST)
         assert stats["test_images"] == 2 and not any("test" in w for w in stats["warnings"])
     assert srv.hits["/m/voc2012_test"] == 1
     assert (root / "ImageSets" / "Segmentation" / "test.txt").read_text().split() == [
@@ -132,7 +138,7 @@ def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_coco2014_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     srv, mirrors, table = served
     monkeypatch.chdir(tmp_path)
-    stats = prepare_dataset(
+    stats = prepare(
         make_params("coco2014", mirrors=mirrors),
         sources=table,
         progress=False,
@@ -157,7 +163,7 @@ def test_voc2012_existing_root_and_root_mismatch(
     first = tmp_path / "first"
     first.mkdir()
     monkeypatch.chdir(first)
-    prepare_dataset(
+    prepare(
         make_params("voc2012", mirrors=mirrors),
         sources=table,
         progress=False,
@@ -172,7 +178,7 @@ def test_voc2012_existing_root_and_root_mismatch(
     work.mkdir()
     monkeypatch.chdir(work)
     params = make_params("voc2012", mirrors=mirrors, existing_root=str(mine / "VOCdevkit"))
-    stats = prepare_dataset(params, sources=table, progress=False, download_kwargs=FAST)
+    stats = prepare(params, sources=table, progress=False, download_kwargs=FAST)
     assert dict(srv.hits) == hits  # nothing downloaded
     link = Path("data/voc2012/VOCdevkit/VOC2012")
     assert link.is_symlink() and link.resolve() == (mine / "VOCdevkit/VOC2012").resolve()
@@ -183,7 +189,7 @@ def test_voc2012_existing_root_and_root_mismatch(
     # The root set to the existing folder itself: no link needed.
     raw = copy.deepcopy(params.raw)
     raw["datasets"]["voc2012"]["root"] = str(mine / "VOCdevkit/VOC2012")
-    direct = prepare_dataset(parse_params(raw), sources=table, progress=False)
+    direct = prepare(parse_params(raw), sources=table, progress=False)
     assert direct["splits"] == stats["splits"]
 
     # A params root other than the prepared folder: one error naming both paths.
@@ -191,12 +197,12 @@ def test_voc2012_existing_root_and_root_mismatch(
     raw = copy.deepcopy(make_params("voc2012", mirrors=mirrors).raw)
     raw["datasets"]["voc2012"]["root"] = "data/elsewhere/VOC2012"
     with pytest.raises(BnrError, match=r"data/voc2012/VOCdevkit/VOC2012.*data/elsewhere/VOC2012"):
-        prepare_dataset(parse_params(raw), sources=table, progress=False)
+        prepare(parse_params(raw), sources=table, progress=False)
     # A broken existing copy fails its layout check before anything is used.
     (mine / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").unlink()
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BnrError, match=r"missing ImageSets/Segmentation/val\.txt"):
-        prepare_dataset(params, sources=table, progress=False)
+        prepare(params, sources=table, progress=False)
 
 
 def test_unknown_mirror_and_bad_weights(
@@ -205,7 +211,7 @@ def test_unknown_mirror_and_bad_weights(
     srv, mirrors, table = served
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BnrError, match=r"download\.mirrors\.nope: unknown source"):
-        prepare_dataset(make_params("voc2012", mirrors={"nope": srv.url("x")}), sources=table)
+        prepare(make_params("voc2012", mirrors={"nope": srv.url("x")}), sources=table)
     # A weight file served with other content fails the built-in checksum.
     params = make_params("synthetic", mirrors={"conformer_s": mirrors["conformer_s"]})
     params = dataclasses.replace(
@@ -217,7 +223,7 @@ def test_unknown_mirror_and_bad_weights(
         train_cam=dataclasses.replace(params.train_cam, pretrained=f"w/{CONFORMER}"),
     )
     with pytest.raises(BnrError, match="checksum mismatch"):
-        prepare_dataset(params, progress=False, download_kwargs=FAST)
+        prepare(params, progress=False, download_kwargs=FAST)
     assert not Path(f"w/{CONFORMER}").exists()
 
 
@@ -232,7 +238,7 @@ def test_synthetic_output_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ),
     )
     spec = SyntheticSpec(**dataclasses.asdict(params.download.synthetic))
-    got = prepare_dataset(params)
+    got = prepare(params)
     assert got == {
         "dataset": "synthetic",
         "root": params.data.root,

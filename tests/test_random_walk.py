@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bnr.errors import BnrError
+from bnr.pairs import pair_indices
 from bnr.postprocessing import random_walk
-from bnr.postprocessing.affinity import pair_indices
 from bnr.postprocessing.random_walk import (
     affinity_parts,
     cams_with_background,
@@ -186,3 +186,14 @@ def test_mismatched_pairs_raise() -> None:
         random_walk_sparse(torch.rand(2, 6, 10), torch.rand(3), src, dst)
     with pytest.raises(BnrError, match="exceed"):
         random_walk_dense(torch.rand(2, 5, 10), torch.rand(src.numel()), src, dst)
+
+
+def test_segmentation_class_count_is_explicit() -> None:
+    src, dst = pair_indices(6, 10, 5)
+    aff = torch.rand(src.numel())
+    cams = np.zeros((1, 48, 80), np.float32)
+    image = np.zeros((48, 80, 3), np.uint8)
+    with pytest.raises(BnrError, match="needs n_labels"):
+        random_walk_segmentation(cams, [1], aff, src, dst, image=image)
+    with pytest.raises(BnrError, match=r"1\.\.3"):
+        random_walk_segmentation(cams, [4], aff, src, dst, n_labels=4)

@@ -4,7 +4,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from bnr.data.synthetic import SYNTHETIC_CLASSES, SyntheticSpec, generate_synthetic, render_image
+from bnr.data.classes import SYNTHETIC_CLASSES
+from bnr.data.synthetic import SyntheticSpec, generate_synthetic, render_image
 
 
 def _digest(root):

@@ -72,5 +72,6 @@ def test_test_split_present_writes_archive(workdir: Path) -> None:
 def test_test_images_missing_is_a_reason(workdir: Path) -> None:
     voc = workdir / "voc"
     (voc / "ImageSets" / "Segmentation" / "test.txt").write_text("t1\n")
-    reason = server_archive_skip(voc_params(voc))
+    params = voc_params(voc)
+    reason = server_archive_skip(params.dataset, params.data.root, params.data.test_split)
     assert reason.startswith("1 of 1 test images are missing")

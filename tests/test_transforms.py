@@ -8,7 +8,8 @@ from bnr.data.transforms import (
     PadCropTransform,
     TrainTransform,
 )
-from bnr.postprocessing.affinity import pair_indices, pair_labels
+from bnr.pairs import pair_indices
+from bnr.postprocessing.affinity import pair_labels
 
 
 def _pattern(h, w):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
-from bnr.config import Params
 from bnr.data.voc import check_split_images, read_split
 from bnr.errors import BnrError
 
@@ -36,24 +36,24 @@ def check_splits(root: str | Path, splits: Sequence[tuple[str, str | None]]) -> 
         check_split_files(root, split, mask_dir)
 
 
-def server_archive_skip(params: Params) -> str:
+def server_archive_skip(dataset: str, root: str | Path, test_split: str) -> str:
     """Why the evaluation-server archive is not written ("" when it is): another dataset, no
     ``test_split`` configured, or its list or images absent (the VOC 2012 trainval download
-    has no test split; the test images come from the separate, login-only test archive)."""
-    data = params.data
-    if params.dataset != "voc2012":
-        return f"the server layout is VOC2012's, dataset is {params.dataset}"
-    if not data.test_split:
-        return f"datasets.{params.dataset}.test_split is empty"
-    root = Path(data.root)
-    split_file = root / "ImageSets" / "Segmentation" / f"{data.test_split}.txt"
+    has no test split; the test images come from the separate, login-only test archive).
+    ``root`` and ``test_split``: ``datasets.<dataset>.root`` / ``.test_split``."""
+    if dataset != "voc2012":
+        return f"the server layout is VOC2012's, dataset is {dataset}"
+    if not test_split:
+        return f"datasets.{dataset}.test_split is empty"
+    root = Path(root)
+    split_file = root / "ImageSets" / "Segmentation" / f"{test_split}.txt"
     if not split_file.is_file():
         return (f"{split_file} not found (the VOC 2012 trainval download has no test split; "
                 "add the VOC 2012 test images to write the archive)")
-    ids = read_split(root, data.test_split)  # present but unreadable / duplicated: an error
+    ids = read_split(root, test_split)  # present but unreadable / duplicated: an error
     missing = [i for i in ids if not (root / "JPEGImages" / f"{i}.jpg").is_file()]
     if missing:
-        return (f"{len(missing)} of {len(ids)} {data.test_split} images are missing "
+        return (f"{len(missing)} of {len(ids)} {test_split} images are missing "
                 f"(e.g. {root / 'JPEGImages' / (missing[0] + '.jpg')})")
     return ""
 
@@ -73,13 +73,20 @@ STAGE_INPUTS: dict[str, tuple[list[tuple[str, str | None]], str | None]] = {
 _SUFFIX = {"cams": ".npz", "rw_labels": ".png", "pseudo_labels": ".png"}
 
 
-def check_stage_inputs(params: Params, stage: str, data_dir: Path = Path("data")) -> None:
+class DataBlock(Protocol):
+    """A ``datasets.<dataset>`` block: ``root`` and the split / mask-folder keys of
+    :data:`STAGE_INPUTS` as attributes."""
+
+    root: str
+
+
+def check_stage_inputs(data: DataBlock, stage: str, data_dir: Path = Path("data")) -> None:
     """Before ``stage``'s work: its splits list only present, non-empty images (and masks), and
-    the per-image files of the stage before it exist. Unknown stages (download, report) pass."""
+    the per-image files of the stage before it exist. Unknown stages (download, report) pass.
+    ``data``: the dataset's params block (``params.data``)."""
     if stage not in STAGE_INPUTS:
         return
     splits, made_by_earlier = STAGE_INPUTS[stage]
-    data = params.data
     first_ids: list[str] = []
     for split_key, mask_key in splits:
         ids = check_split_files(data.root, getattr(data, split_key),

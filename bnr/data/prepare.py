@@ -29,11 +29,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnr.config import Params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.errors import BnrError
 
@@ -42,6 +41,22 @@ log = logging.getLogger(__name__)
 DATA_DIR = Path("data")  # parent of the download stage's DVC out data/<dataset>
 WEIGHT_SOURCES = ("conformer_s", "resnet38_mxnet", "resnet38_pytorch")
 SPLITS = {"voc2012": ("train", "val", "train_aug"), "coco2014": ("train", "val")}
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """What the download stage brings onto disk, as plain values (the stage fills it from
+    params: ``dataset``, ``datasets.<dataset>.root`` / ``test_split``, the ``download`` block and
+    the ``*.pretrained`` weight paths)."""
+
+    dataset: str  # synthetic, voc2012 or coco2014
+    root: str  # datasets.<dataset>.root
+    test_split: str = ""  # datasets.<dataset>.test_split ("" = none)
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    mirrors: Mapping[str, str] = field(default_factory=dict)  # source name -> URL
+    existing_root: str = ""  # data already on disk ("" = download)
+    allow_unverified: bool = False
+    pretrained: Mapping[str, str] = field(default_factory=dict)  # params key -> weight path
 
 
 def mirror_overrides(mirrors: Mapping[str, str], table: Mapping[str, Any] | None = None) -> dict:
@@ -59,25 +74,24 @@ def mirror_overrides(mirrors: Mapping[str, str], table: Mapping[str, Any] | None
 
 
 def fetch_pretrained(
-    params: Params,
+    pretrained: Mapping[str, str],
+    mirrors: Mapping[str, str],
     *,
     sources: Mapping[str, Any] | None = None,
     progress: bool = True,
     download_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Download missing pretrained weights named by a known source's file name (see module
-    docstring); return {params key: path} of the files downloaded."""
+    """Download missing pretrained weights (``pretrained``: params key -> path) named by a known
+    source's file name (see module docstring); return {params key: path} of the files
+    downloaded. ``mirrors``: ``download.mirrors``."""
     from bnr.data.download import fetch_source
     from bnr.data.sources import SOURCES, resolve_source
 
     table = SOURCES if sources is None else sources
-    overrides = mirror_overrides(params.download.mirrors, table)
+    overrides = mirror_overrides(mirrors, table)
     by_filename = {table[n].filename: n for n in WEIGHT_SOURCES if n in table}
     fetched = {}
-    for key, value in (
-        ("train_cam.pretrained", params.train_cam.pretrained),
-        ("train_affinity.pretrained", params.train_affinity.pretrained),
-    ):
+    for key, value in pretrained.items():
         if not value or Path(value).exists():
             continue
         path = Path(value)
@@ -135,28 +149,28 @@ def split_statistics(
     return stats
 
 
-def test_split_record(params: Params) -> dict:
+def test_split_record(dataset: str, root: str | os.PathLike[str], test_split: str) -> dict:
     """``{"images": n, "note": why none}`` of the configured ``test_split`` (VOC test images
     are optional: the trainval archive has none; evaluate then writes an empty server archive)."""
     from bnr.data.checks import server_archive_skip
     from bnr.data.voc import read_split
 
-    why = server_archive_skip(params)
-    if why and params.dataset != "voc2012":
+    why = server_archive_skip(dataset, root, test_split)
+    if why and dataset != "voc2012":
         return {"images": 0, "note": ""}
     if why:
         return {"images": 0, "note": f"no test split for the evaluation server: {why}"}
-    return {"images": len(read_split(params.data.root, params.data.test_split)), "note": ""}
+    return {"images": len(read_split(root, test_split)), "note": ""}
 
 
 def prepare_dataset(
-    params: Params,
+    request: DownloadRequest,
     *,
     sources: Mapping[str, Any] | None = None,
     progress: bool = True,
     download_kwargs: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Generate or fetch ``params.dataset`` under its root; return the dataset.json content.
+    """Generate or fetch ``request.dataset`` under its root; return the dataset.json content.
 
     ``synthetic`` is generated (output unchanged from before real data existed). ``voc2012``
     and ``coco2014`` are downloaded, verified and converted (see the module docstring), or
@@ -166,27 +180,26 @@ def prepare_dataset(
     :func:`~bnr.data.download.download_file`. Missing pretrained weights are fetched too
     (:func:`fetch_pretrained`).
     """
-    root = Path(params.data.root)
-    download_kwargs = {"allow_unverified": params.download.allow_unverified,
+    root = Path(request.root)
+    download_kwargs = {"allow_unverified": request.allow_unverified,
                        **dict(download_kwargs or {})}
-    if params.dataset == "synthetic":
-        spec = SyntheticSpec(**asdict(params.download.synthetic))
+    if request.dataset == "synthetic":
+        spec = request.synthetic
         stats = generate_synthetic(root, spec)
-        fetch_pretrained(
-            params, sources=sources, progress=progress, download_kwargs=download_kwargs
-        )
+        fetch_pretrained(request.pretrained, request.mirrors, sources=sources,
+                         progress=progress, download_kwargs=download_kwargs)
         return {
             "dataset": "synthetic",
             "root": str(root),
             "generator": asdict(spec),
             "splits": stats,
         }
-    if params.dataset not in SPLITS:
-        raise BnrError(f"download: unknown dataset {params.dataset!r}")
+    if request.dataset not in SPLITS:
+        raise BnrError(f"download: unknown dataset {request.dataset!r}")
     from bnr.data.classes import class_names
 
-    overrides = mirror_overrides(params.download.mirrors, sources)
-    existing = params.download.existing_root or None
+    overrides = mirror_overrides(request.mirrors, sources)
+    existing = request.existing_root or None
     common = {
         "sources": sources,
         "mirror_overrides": overrides,
@@ -194,11 +207,11 @@ def prepare_dataset(
         "progress": progress,
         "download_kwargs": download_kwargs,
     }
-    if params.dataset == "voc2012":
+    if request.dataset == "voc2012":
         from bnr.data.voc_prepare import prepare_voc2012, voc_counts_check
 
         prepared = prepare_voc2012(DATA_DIR, **common,
-                                   with_test="voc2012_test" in params.download.mirrors)
+                                   with_test="voc2012_test" in request.mirrors)
         counts_check = voc_counts_check
     else:
         from bnr.data.coco import coco_counts_check, prepare_coco2014
@@ -208,24 +221,23 @@ def prepare_dataset(
     if not _same_path(prepared, root):
         if existing is None:
             raise BnrError(
-                f"download: {params.dataset} was prepared at {prepared} but "
-                f"datasets.{params.dataset}.root is {root}; set "
-                f"datasets.{params.dataset}.root={prepared}"
+                f"download: {request.dataset} was prepared at {prepared} but "
+                f"datasets.{request.dataset}.root is {root}; set "
+                f"datasets.{request.dataset}.root={prepared}"
             )
-        _link_existing_root(prepared, root, params.dataset)
-    weights = fetch_pretrained(
-        params, sources=sources, progress=progress, download_kwargs=download_kwargs
-    )
+        _link_existing_root(prepared, root, request.dataset)
+    weights = fetch_pretrained(request.pretrained, request.mirrors, sources=sources,
+                               progress=progress, download_kwargs=download_kwargs)
     check = counts_check(root)
-    test = test_split_record(params)
+    test = test_split_record(request.dataset, root, request.test_split)
     if test["note"]:
         check["warnings"] = [*check["warnings"], test["note"]]
     return {
-        "dataset": params.dataset,
+        "dataset": request.dataset,
         "root": str(root),
         "prepared_at": str(prepared),
         "existing_root": existing or "",
-        "splits": split_statistics(root, SPLITS[params.dataset], class_names(params.dataset)),
+        "splits": split_statistics(root, SPLITS[request.dataset], class_names(request.dataset)),
         "counts": check["counts"],
         "published_counts": check["published_counts"],
         "matches_published": check["matches_published"],

@@ -32,10 +32,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from bnr.io import atomic_path, voc_palette
+from bnr.data.classes import SYNTHETIC_CLASSES
+from bnr.io import atomic_path, label_png_bytes
 
-# index 0 is background; the context texture of each class is named beside it in CONTEXTS
-SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle", "cross", "ring", "star")
+# the context texture of each class of SYNTHETIC_CLASSES (index 0: background)
 CONTEXTS = (None, "waves", "rails", "bricks", "grass", "dots", "checker")
 IGNORE = 255
 
@@ -235,12 +235,9 @@ def render_image(
 
 
 def _encode(image: np.ndarray, label: np.ndarray) -> tuple[bytes, bytes]:
-    jpg, png = io.BytesIO(), io.BytesIO()
+    jpg = io.BytesIO()
     Image.fromarray(image).save(jpg, format="JPEG", quality=90)
-    lab = Image.fromarray(label, mode="P")
-    lab.putpalette(voc_palette())
-    lab.save(png, format="PNG")
-    return jpg.getvalue(), png.getvalue()
+    return jpg.getvalue(), label_png_bytes(label)
 
 
 def generate_synthetic(root: str | Path, spec: SyntheticSpec) -> dict:

@@ -32,18 +32,16 @@ from torch import nn
 
 from bnr.checkpoints import load_weights_only
 from bnr.errors import BnrError
-from bnr.models.resnet38 import ResNet38d, load_imagenet_weights, resnet38d, resnet38d_tiny
+from bnr.models.resnet38 import PRESETS, ResNet38d, load_imagenet_weights
 
 __all__ = [
     "ARCHS",
-    "BACKBONES",
     "DeepLabLargeFOV",
     "TorchvisionDeepLab",
     "create_segmenter",
 ]
 
 ARCHS = ("largefov", "deeplabv3_resnet101")
-BACKBONES = {"resnet38d": resnet38d, "resnet38d_tiny": resnet38d_tiny}
 OUTPUT_STRIDE = 8
 
 
@@ -182,10 +180,10 @@ def create_segmenter(
         if path is not None:
             _load_torchvision_backbone(model, path)  # type: ignore[arg-type]
         return model
-    if backbone_preset not in BACKBONES:
+    if backbone_preset not in PRESETS:
         raise BnrError(f"unknown segmenter_backbone {backbone_preset!r} "
-                       f"(known: {', '.join(sorted(BACKBONES))})")
-    backbone = BACKBONES[backbone_preset](freeze_bn=path is not None)
+                       f"(known: {', '.join(sorted(PRESETS))})")
+    backbone = PRESETS[backbone_preset](freeze_bn=path is not None)
     if path is not None:
         load_imagenet_weights(backbone, path)
     return DeepLabLargeFOV(backbone, num_classes, bn_momentum=bn_momentum)

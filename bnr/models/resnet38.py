@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +30,16 @@ from torch import nn
 from bnr.checkpoints import load_weights_only
 from bnr.errors import BnrError
 from bnr.models.mxnet_params import LIST_MAGIC, read_mxnet_params
-from bnr.postprocessing.affinity import feature_affinity, pair_affinity
+from bnr.pairs import feature_affinity
 
 __all__ = [
     "AffinityNet",
+    "PRESETS",
     "ResNet38d",
     "StageCfg",
     "load_imagenet_weights",
     "mxnet_filter_fn",
     "mxnet_key",
-    "pair_affinity",
     "param_groups",
     "resnet38d",
     "resnet38d_tiny",
@@ -292,6 +292,12 @@ def resnet38d_tiny(freeze_bn: bool = True, frozen: Iterable[str] = ("conv1a",)) 
 # AffinityNet
 # --------------------------------------------------------------------------------------------
 
+
+# The ResNet-38d presets by name (params ``affinity_model``, ``segmenter_backbone``).
+PRESETS: dict[str, Callable[..., ResNet38d]] = {
+    "resnet38d": resnet38d,
+    "resnet38d_tiny": resnet38d_tiny,
+}
 
 AFFINITY_CHANNELS = {"resnet38d": (64, 128, 256), "resnet38d_tiny": (8, 16, 32)}
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bnr.errors import BnrError
+from bnr.threads import available_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,7 +47,7 @@ def _check_image(image: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
 def dense_crf_labels(
     image: np.ndarray,
     labels: np.ndarray,
-    n_labels: int = 21,
+    n_labels: int,
     gt_prob: float = 0.7,
     gauss_sxy: float = 3,
     gauss_compat: float = 3,
@@ -117,14 +118,6 @@ def dense_crf_probs(
 
 _TRACK_DIR: Path | None = None
 _CURRENT: Path | None = None
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

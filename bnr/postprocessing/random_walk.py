@@ -229,18 +229,23 @@ def random_walk_segmentation(
     method: str = "sparse",
     stride: int = 8,
     image: np.ndarray | None = None,
-    n_labels: int = 21,
+    n_labels: int | None = None,
 ) -> np.ndarray:
     """Full PSA / TransCAM propagation for one image: cams (K, H, W), keys (K,) 1-based class
     ids, aff (P,) from AffinityNet on the zero-padded image (grid ceil(H/8) x ceil(W/8)).
 
     Returns (H, W) uint8 class ids. With ``image`` (H, W, 3) uint8, the result is refined by
-    :func:`bnr.postprocessing.crf.dense_crf_labels` with ``n_labels`` (TransCAM). Only the
+    :func:`bnr.postprocessing.crf.dense_crf_labels` with ``n_labels`` (TransCAM), the class count
+    with background, which must then be given; when given, every key must be below it. Only the
     background and the present classes are propagated; absent classes stay zero in PSA's
     21-row version, so the arg-max is the same.
     """
     if len(keys) != (cams.shape[0] if cams.ndim == 3 else -1):
         raise BnrError(f"{len(keys)} class keys for CAMs of shape {tuple(cams.shape)}")
+    if image is not None and n_labels is None:
+        raise BnrError("random_walk_segmentation: a CRF image needs n_labels (the class count)")
+    if n_labels is not None and any(not 0 < int(k) < n_labels for k in keys):
+        raise BnrError(f"class keys must be foreground ids in 1..{n_labels - 1}: {list(keys)}")
     height, width = cams.shape[1:]
     scores = downsample_scores(cams_with_background(cams, bg_score, bg_power), stride)
     walk = {"sparse": random_walk_sparse, "dense": random_walk_dense}[method]

@@ -1,0 +1,143 @@
+"""The layer rules of the architecture (DEVELOPERS.md), read from the imports with ``ast``:
+
+* models know no data, no post-processing, no config and none of the stage-level modules;
+* data knows no config and no models; the class names need none of the dataset writers;
+* metrics know no model; nothing in ``bnr/`` imports a stage script;
+* post-processing takes the class count explicitly (no default class count);
+* no library module is over 400 lines, except the model family files in ``bnr/models/``.
+
+Function-level imports count as much as top-level ones (they still tie the modules together).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+BNR = REPO / "bnr"
+MAX_LINES = 400
+
+
+def imported_names(path: Path, root: Path = REPO) -> set[str]:
+    """Every module name ``path`` imports anywhere: ``import a.b`` gives ``a.b``; ``from a.b
+    import c`` gives ``a.b`` and ``a.b.c`` (``c`` may be a submodule). Relative imports are
+    resolved against the file's package (its folder below ``root``)."""
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def forbidden_imports(
+    paths: list[Path], forbidden: tuple[str, ...], root: Path = REPO
+) -> list[str]:
+    """``"file: module"`` for each import of a module in (or under) ``forbidden``."""
+    found = []
+    for path in paths:
+        for name in sorted(imported_names(path, root)):
+            if any(name == f or name.startswith(f + ".") for f in forbidden):
+                found.append(f"{path.relative_to(root)}: {name}")
+    return found
+
+
+def files(pattern: str) -> list[Path]:
+    out = sorted(BNR.glob(pattern))
+    assert out, f"no files match bnr/{pattern}"
+    return out
+
+
+RULES = {
+    "models know no data, post-processing, config or stage-level modules": (
+        "models/*.py",
+        ("bnr.data", "bnr.postprocessing", "bnr.config", "bnr.psa", "bnr.segmentation",
+         "bnr.training"),
+    ),
+    "data knows no config and no models": ("data/*.py", ("bnr.config", "bnr.models")),
+    "class names need no dataset writer": (
+        "data/classes.py",
+        ("bnr.data.synthetic", "bnr.data.coco", "bnr.data.voc_prepare"),
+    ),
+    "metrics know no model": (
+        "metrics.py", ("bnr.models", "bnr.psa", "bnr.segmentation", "bnr.training")
+    ),
+    "nothing in bnr imports a stage": ("**/*.py", ("stages",)),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_layer_rule(rule: str) -> None:
+    pattern, forbidden = RULES[rule]
+    assert forbidden_imports(files(pattern), forbidden) == [], rule
+
+
+def test_the_rule_checker_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
+    probe = tmp_path / "bnr" / "models" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text(
+        "import torch\n"
+        "def f():\n    from bnr.data.voc import read_split\n"
+        "from ..postprocessing import crf\nimport stages.crf\n"
+    )
+    forbidden = ("bnr.data", "bnr.postprocessing", "stages")
+    assert forbidden_imports([probe], forbidden, tmp_path) == [
+        "bnr/models/probe.py: bnr.data.voc",
+        "bnr/models/probe.py: bnr.data.voc.read_split",
+        "bnr/models/probe.py: bnr.postprocessing",
+        "bnr/models/probe.py: bnr.postprocessing.crf",
+        "bnr/models/probe.py: stages.crf",
+    ]
+
+
+def _public_postprocessing_functions() -> list:
+    import importlib
+
+    out = []
+    for path in files("postprocessing/*.py"):
+        if path.name == "__init__.py":
+            continue
+        module = importlib.import_module(f"bnr.postprocessing.{path.stem}")
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if fn.__module__ == module.__name__ and not name.startswith("_"):
+                out.append(fn)
+    return out
+
+
+CLASS_COUNT_NAMES = ("n_labels", "num_classes", "n_classes")
+
+
+def test_postprocessing_takes_the_class_count_explicitly() -> None:
+    fns = _public_postprocessing_functions()
+    with_count = [fn for fn in fns
+                  if any(p in inspect.signature(fn).parameters for p in CLASS_COUNT_NAMES)]
+    assert with_count, "no post-processing function takes a class count: the check is stale"
+    defaults = [
+        f"{fn.__module__}.{fn.__name__}({p.name}={p.default!r})"
+        for fn in with_count
+        for p in inspect.signature(fn).parameters.values()
+        if p.name in CLASS_COUNT_NAMES and p.default not in (inspect.Parameter.empty, None)
+    ]
+    assert defaults == []
+
+
+def test_no_library_module_over_400_lines() -> None:
+    too_long = {
+        str(path.relative_to(REPO)): n
+        for path in files("**/*.py")
+        if path.parent != BNR / "models"  # the model family files may be longer
+        and (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert too_long == {}
