@@ -100,6 +100,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
+def _same_number(value: Any) -> Any:
+    """1 and 1.0 alike (``dvc exp run -S noise_scale=1`` sets an int)."""
+    return float(value) if _is_number(value) else value
+
+
 def arm_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[dict]:
     """One entry per arm of ``rows``: the runs whose flattened ``params`` are equal except
     ``seed``. For each of ``columns``: ``(mean, std or None, n)`` over distinct seeds (the first
@@ -111,8 +116,8 @@ def arm_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> li
     groups: dict[str, dict] = {}
     for row in rows:
         params = dict(row.get("params") or {})
-        key = json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True,
-                         default=str)
+        key = json.dumps({k: _same_number(v) for k, v in params.items() if k != "seed"},
+                         sort_keys=True, default=str)
         group = groups.setdefault(key, {"params": params, "values": {c: {} for c in columns}})
         for column in columns:
             value = row.get(column)
@@ -121,8 +126,8 @@ def arm_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> li
     groups = {k: g for k, g in groups.items() if any(g["values"].values())}
     fixed = {"method", "noise_scale", "seed"}
     names = sorted({k for g in groups.values() for k in g["params"]} - fixed)
-    varying = [k for k in names
-               if len({json.dumps(g["params"].get(k), default=str) for g in groups.values()}) > 1]
+    varying = [k for k in names if len({json.dumps(_same_number(g["params"].get(k)), default=str)
+                                        for g in groups.values()}) > 1]
     order = [name for name, _ in ARMS]
     out = []
     for group in groups.values():

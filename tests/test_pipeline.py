@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bnr.metrics_files import read_protocol
 from tests.conftest import REPO
+from tests.test_metrics_files import MAX_VALUES, STEP_MIOUS, check_metrics_layout
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +74,7 @@ def test_dvc_repro_end_to_end(clone):
     assert (clone / "data" / "synthetic" / "JPEGImages").is_dir()
     seeds = json.loads((clone / "metrics" / "seeds.json").read_text())
     assert 0 <= seeds["miou"] <= 100
-    proto = seeds["protocol"]
+    proto = read_protocol(clone / "metrics" / "seeds.json")
     for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "threshold",
                 "seed", "method", "noise_scale", "params", "git"):
         assert key in proto, key
@@ -81,13 +83,18 @@ def test_dvc_repro_end_to_end(clone):
     assert list((clone / "metrics" / "overlays" / "seeds").glob("*.png"))
     assert (clone / "metrics" / "train_cam" / "plots" / "metrics").is_dir()
     pseudo = json.loads((clone / "metrics" / "pseudo_labels.json").read_text())
-    assert {"miou_seeds", "miou_random_walk", "miou_crf", "protocol"} <= set(pseudo)
+    assert {"miou_seeds", "miou_random_walk", "miou_crf"} <= set(pseudo)
     assert len(list((clone / "data" / "pseudo_labels").glob("*.png"))) == 12
+    values = check_metrics_layout(clone)  # every metrics file has its protocol file
+    print(f"declared metrics hold {values} values")
+    assert values <= MAX_VALUES
+    check_dvc_views(clone, env)
     # a second repro has nothing to do
     again = _run(["dvc", "repro"], clone, env)
     assert "didn't change" in again or "up to date" in again
     # an ablation switch invalidates train_cam and what follows, not download
     params = yaml.safe_load((clone / "params.yaml").read_text())
+    raw_crf_iterations = params["crf"]["iterations"]
     params["noise_scale"] = 2.0
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _run(["dvc", "status"], clone, env)
@@ -99,3 +106,40 @@ def test_dvc_repro_end_to_end(clone):
     status = _run(["dvc", "status"], clone, env)
     assert "crf:" in status
     assert "train_affinity" not in status and "random_walk" not in status
+    # an ablation as an experiment: the compared columns are the step numbers, no protocol
+    params["crf"]["iterations"] = raw_crf_iterations
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "config", "user.email", "t@t"], clone, env)  # dvc exp run commits too
+    _run(["git", "config", "user.name", "t"], clone, env)
+    _run(["git", "add", "-A"], clone, env)  # the baseline run, committed as a user would
+    _run(["git", "commit", "-qm", "baseline"], clone, env)
+    _run(["dvc", "exp", "run", "-S", "noise_scale=2.0"], clone, env)
+    header = _run(["dvc", "exp", "show", "--csv", "--only-changed"], clone, env).splitlines()[0]
+    print(f"dvc exp show --only-changed: {header}")
+    columns = header.split(",")
+    assert "noise_scale" in columns and not [c for c in columns if "protocol" in c]
+    firsts = [c.split(":")[0] for c in columns if c.startswith("metrics/")]
+    assert firsts and firsts[0] in STEP_MIOUS, firsts
+    diff = json.loads(_run(["dvc", "metrics", "diff", "--all", "--json"], clone, env))
+    assert not [k for keys in diff.values() for k in keys if "protocol" in k]
+    for path, keys in STEP_MIOUS.items():
+        assert set(keys) <= set(diff[path]), (path, diff.get(path))
+
+
+def check_dvc_views(clone: Path, env: dict) -> None:
+    """dvc metrics show: the step mIoUs and no protocol; dvc exp show: step files first; the
+    per-class bar charts render."""
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], clone, env))
+    files = shown[""]["data"]
+    assert list(files)[:3] == list(STEP_MIOUS) and "metrics/dataset.json" not in files
+    assert "protocol" not in json.dumps(files) and "per_class" not in json.dumps(files)
+    for path, keys in STEP_MIOUS.items():
+        assert all(isinstance(files[path]["data"][k], float) for k in keys), path
+    header = _run(["dvc", "exp", "show", "--csv"], clone, env).splitlines()[0].split(",")
+    metric_files = [c.split(":")[0] for c in header if c.startswith("metrics/")]
+    assert metric_files[:3] == list(STEP_MIOUS), metric_files
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], clone, env))
+    assert not plots.get("errors")
+    bars = [name for name, items in plots["data"].items() if name.startswith("Per-class IoU")
+            and items[0]["content"]["mark"]["type"] == "bar"]
+    assert len(bars) == 4, list(plots["data"])

@@ -44,7 +44,7 @@ FAKE_EXP = [
         {"revs": [_exp("exp-seed2", 2, 71.5)],
          "executor": {"state": "success", "name": "dvc-task"}},
         {"revs": [_exp("exp-x2-seed0", 0, 60.0, noise_scale=2.0)]},
-        {"revs": [_exp("exp-x2-seed1", 1, 64.0, noise_scale=2.0)]},
+        {"revs": [_exp("exp-x2-seed1", 1, 64.0, noise_scale=2)]},  # -S noise_scale=2: an int
         {"revs": [_exp("exp-queued", 3, 99.0)], "executor": {"state": "queued"}},
         {"revs": [_exp("exp-failed", 4, 99.0)], "executor": {"state": "failed"}},
     ]},
