@@ -23,6 +23,7 @@ def tiny_params(raw: dict) -> dict:
     raw["datasets"]["synthetic"].update(
         crop_size=64, resize_long=[48, 80], epochs=1, batch_size=4, infer_scales=[32, 64],
         affinity_crop=72, affinity_epochs=1, affinity_batch_size=4,
+        segmenter_crop=64, segmenter_iterations=20, segmenter_batch_size=4,
     )
     return raw
 
