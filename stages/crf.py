@@ -18,8 +18,8 @@ def main(params: Params) -> None:
     stats = crf_split(params, ids, Path("data/rw_labels"), Path("data/pseudo_labels"))
     metrics, table = evaluate_pseudo_labels(params)
     write_class_table(table, Path("metrics/pseudo_labels_per_class"))
-    write_metrics("metrics/pseudo_labels.json", {
-        **{k: metrics[k] for k in ("miou_seeds", "miou_random_walk", "miou_crf")},
+    write_metrics("metrics/pseudo_labels.json", {  # the seeds' mIoU: metrics/seeds.json
+        **{k: metrics[k] for k in ("miou_random_walk", "miou_crf")},
         "images_evaluated": metrics["images"],
         "all_background_images": stats["all_background"],
         "crf_seconds": stats["seconds"],
@@ -29,7 +29,8 @@ def main(params: Params) -> None:
         images_labelled=stats["images"],
         ground_truth=data.gt_dir, method=params.method, noise_scale=params.noise_scale,
         seed=params.seed, num_classes=len(class_names(params.dataset)),
-        seed_threshold=metrics["seed_threshold"], affinity_model=data.affinity_model,
+        seed_threshold=metrics["seed_threshold"], miou_seeds=metrics["miou_seeds"],
+        affinity_model=data.affinity_model,
         beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
         random_walk="sparse", crf=crf_kwargs(params.crf),
         metric="mIoU (%) over all classes from the accumulated confusion matrix",
