@@ -1,8 +1,17 @@
-"""Summaries of DVC experiments: the paper's Table 5 arms, mean and spread over seeds."""
+"""Summaries of DVC experiments: the paper's Table 5 arms, mean and spread over seeds.
+
+:func:`arm_summary` groups experiment rows (``bnr.report.experiment_rows``) into arms: runs whose
+params are equal except ``seed``. :func:`read_exp_csv` / :func:`arm_table` do the same for the
+seed mIoU of ``scripts/table5.sh`` from ``dvc exp show --csv``.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -65,6 +74,79 @@ def arm_table(runs: pd.DataFrame, source: str = "transcam") -> pd.DataFrame:
             "paper_voc_train": PAPER_TABLE5[name],
         })
     return pd.DataFrame(rows)
+
+
+def arm_name(method: Any, noise_scale: Any) -> str:
+    """The Table 5 name of a (method, noise_scale) pair, else ``method x<noise_scale>``."""
+    for name, match in ARMS:
+        if match["method"] == method and match.get("noise_scale", noise_scale) == noise_scale:
+            return name
+    return f"{method} x{noise_scale}"
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"crf": {"iterations": 10}}`` -> ``{"crf.iterations": 10}`` (lists kept whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _same_number(value: Any) -> Any:
+    """1 and 1.0 alike (``dvc exp run -S noise_scale=1`` sets an int)."""
+    return float(value) if _is_number(value) else value
+
+
+def arm_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[dict]:
+    """One entry per arm of ``rows``: the runs whose flattened ``params`` are equal except
+    ``seed``. For each of ``columns``: ``(mean, std or None, n)`` over distinct seeds (the first
+    row of a seed with a number in that column counts; std with ddof=1, None for one seed), or
+    None without any number. Each entry also has ``arm`` (:func:`arm_name`), ``method``,
+    ``noise_scale``, ``seed_values`` (sorted) and ``other``: the params besides method,
+    noise_scale and seed whose values differ between arms, as ``key=value`` text ("" when
+    none). Arms without any number are left out; Table 5 arms first, in :data:`ARMS` order."""
+    groups: dict[str, dict] = {}
+    for row in rows:
+        params = dict(row.get("params") or {})
+        key = json.dumps({k: _same_number(v) for k, v in params.items() if k != "seed"},
+                         sort_keys=True, default=str)
+        group = groups.setdefault(key, {"params": params, "values": {c: {} for c in columns}})
+        for column in columns:
+            value = row.get(column)
+            if _is_number(value):
+                group["values"][column].setdefault(params.get("seed"), float(value))
+    groups = {k: g for k, g in groups.items() if any(g["values"].values())}
+    fixed = {"method", "noise_scale", "seed"}
+    names = sorted({k for g in groups.values() for k in g["params"]} - fixed)
+    varying = [k for k in names if len({json.dumps(_same_number(g["params"].get(k)), default=str)
+                                        for g in groups.values()}) > 1]
+    order = [name for name, _ in ARMS]
+    out = []
+    for group in groups.values():
+        params = group["params"]
+        entry: dict[str, Any] = {
+            "arm": arm_name(params.get("method"), params.get("noise_scale")),
+            "method": params.get("method"), "noise_scale": params.get("noise_scale"),
+            "other": ", ".join(f"{k}={params.get(k)}" for k in varying),
+            "seed_values": sorted({s for v in group["values"].values() for s in v},
+                            key=lambda s: (s is None, s if s is not None else 0)),
+        }
+        for column in columns:
+            values = list(group["values"][column].values())
+            entry[column] = None if not values else (
+                statistics.fmean(values),
+                statistics.stdev(values) if len(values) > 1 else None, len(values))
+        out.append(entry)
+    return sorted(out, key=lambda e: (order.index(e["arm"]) if e["arm"] in order else len(order),
+                                      e["arm"], e["other"]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,11 +4,14 @@ Steps (mIoU %): seeds (``metrics/seeds.json`` ``miou``), after the random walk a
 CRF (``metrics/pseudo_labels.json`` ``miou_random_walk`` / ``miou_crf``; the paper's "+PSA"
 column is random walk + CRF, so it sits on the CRF row), segmentation on the val split
 (``metrics/segmentation.json`` ``miou``). Paper values are the headline table of
-``REFERENCE.md`` (TransCAM baseline and BNR); the synthetic dataset has no paper number.
+``REFERENCE.md`` (TransCAM baseline and BNR); the synthetic dataset has no paper number. How
+each number was obtained comes from the protocol file next to its metrics file
+(``metrics/seeds.protocol.json``, ...; :mod:`bnr.metrics_files`).
 
-The experiments table comes from ``dvc exp show --json`` (:func:`dvc_experiments`, via
-subprocess; a failure becomes a note, never an error). Everything else is plain functions of
-dicts, testable without dvc.
+The experiments come from ``dvc exp show --json`` (:func:`dvc_experiments`, via subprocess; a
+failure becomes a note, never an error): mean ± std over seeds per arm
+(:func:`bnr.experiments.arm_summary`), then one row per experiment. Everything else is plain
+functions of dicts, testable without dvc.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from bnr.errors import BnrError
+from bnr.experiments import arm_summary, flatten_params
+from bnr.metrics_files import protocol_path, read_protocol
 
 # Paper headline numbers (mIoU %), REFERENCE.md. None = the paper reports no number there.
 PAPER: dict[str, dict[str, dict[str, float | None]]] = {
@@ -64,6 +71,18 @@ def read_metrics(metrics_dir: Path) -> tuple[dict[str, dict], list[str]]:
     return out, notes
 
 
+def read_protocols(metrics_dir: Path, names: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
+    """The protocol files next to the metrics files ``names`` of ``metrics_dir``, and notes for
+    those missing or unreadable."""
+    out, notes = {}, []
+    for name in names:
+        try:
+            out[name] = read_protocol(Path(metrics_dir) / name)
+        except BnrError as exc:
+            notes.append(str(exc))
+    return out, notes
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1f}"
 
@@ -98,18 +117,22 @@ def step_table(dataset: str, metrics: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def protocol_lines(metrics: dict[str, dict]) -> list[str]:
-    """One line per metrics file: how its number was obtained (split, scales, flip, CRF, ...)."""
+def protocol_lines(protocols: dict[str, dict]) -> list[str]:
+    """One line per metrics file: how its number was obtained (split, scales, flip, CRF, ...),
+    from its protocol file (``{metrics file name: protocol}``)."""
     lines = []
-    for name, data in sorted(metrics.items()):
-        proto = data.get("protocol") or {}
+    for name, proto in sorted(protocols.items()):
         bits = [f"{k}={proto[k]}" for k in ("dataset", "split", "images", "ground_truth",
                                            "scales", "flip", "method", "noise_scale", "seed",
                                            "server_archive")
                 if k in proto]
         if "crf" in proto:
             bits.append(f"crf={'yes' if proto['crf'] else 'no'}")
-        lines.append(f"- `{name}`: " + (", ".join(bits) if bits else "no protocol recorded"))
+        commit = (proto.get("git") or {}).get("commit")
+        if commit:
+            bits.append(f"commit {commit[:7]}" + (" (dirty)" if proto["git"].get("dirty") else ""))
+        lines.append(f"- `{name}` (`{protocol_path(name).name}`): "
+                     + (", ".join(bits) if bits else "no fields recorded"))
     return lines
 
 
@@ -127,11 +150,13 @@ def _dig(obj: Any, *keys: str) -> Any:
 
 def experiment_rows(exp_json: Any) -> list[dict]:
     """Flatten ``dvc exp show --json`` (dvc 3: a list of commits, each with ``data`` and
-    ``experiments`` -> ``revs``) into rows: name, params of :data:`EXPERIMENT_PARAMS`, and the
-    mIoU columns of :data:`EXPERIMENT_COLUMNS` (None where absent or failed)."""
+    ``experiments`` -> ``revs``, with the run's ``executor`` state) into rows: name, state
+    (``success`` unless dvc says queued / running / failed), params of
+    :data:`EXPERIMENT_PARAMS`, all params flattened (``params``), and the mIoU columns of
+    :data:`EXPERIMENT_COLUMNS` (None where absent or failed)."""
     rows: list[dict] = []
 
-    def visit(entry: Any) -> None:
+    def visit(entry: Any, state: str) -> None:
         if not isinstance(entry, dict):
             return
         data = entry.get("data")
@@ -139,19 +164,45 @@ def experiment_rows(exp_json: Any) -> list[dict]:
             params = _dig(data, "params", "params.yaml", "data") or {}
             metrics = data.get("metrics") or {}
             rev = str(entry.get("rev", ""))
-            row = {"name": entry.get("name") or (rev[:7] if len(rev) == 40 else rev)}
+            row = {"name": entry.get("name") or (rev[:7] if len(rev) == 40 else rev),
+                   "state": state, "params": flatten_params(params)}
             for key in EXPERIMENT_PARAMS:
                 row[key] = params.get(key)
             for header, path, key in EXPERIMENT_COLUMNS:
                 row[header] = _dig(metrics, path, "data", key)
             rows.append(row)
         for exp in entry.get("experiments") or []:
-            for rev in (exp or {}).get("revs") or []:
-                visit(rev)
+            exp = exp or {}
+            run_state = _dig(exp, "executor", "state") or "success"
+            for rev in exp.get("revs") or []:
+                visit(rev, str(run_state))
 
     for entry in exp_json if isinstance(exp_json, list) else [exp_json]:
-        visit(entry)
+        visit(entry, "success")
     return rows
+
+
+def _mean_std(cell: Any) -> str:
+    if cell is None:
+        return "-"
+    mean, std, n = cell
+    return f"{mean:.1f}" + ("" if std is None else f" ± {std:.1f}") + f" ({n})"
+
+
+def arms_table(rows: Sequence[dict]) -> str:
+    """Markdown table: mean ± std (number of seeds) of each step mIoU per arm, over the
+    finished experiments of ``rows`` (:func:`bnr.experiments.arm_summary`)."""
+    done = [r for r in rows if r.get("state", "success") == "success"]
+    steps = [c[0] for c in EXPERIMENT_COLUMNS]
+    arms = arm_summary(done, steps)
+    cols = ["arm", "method", "noise_scale", "other params", "seed", *steps]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for arm in arms:
+        seeds = ",".join(str(s) for s in arm["seed_values"])
+        cells = [arm["arm"], str(arm["method"]), str(arm["noise_scale"]), arm["other"] or "-",
+                 seeds, *(_mean_std(arm[s]) for s in steps)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def experiments_table(rows: Sequence[dict]) -> str:
@@ -210,17 +261,27 @@ def build_report(
         parts.append(f"The paper has no number for the {dataset} dataset (it reports PASCAL VOC "
                      "2012 and MS COCO 2014 only).")
     parts += ["", step_table(dataset, metrics), ""]
-    proto = protocol_lines(metrics)
+    protocols, missing = read_protocols(metrics_dir, sorted(metrics))
+    notes += missing
+    proto = protocol_lines(protocols)
     if proto:
-        parts += ["## How each number was obtained", "", *proto, ""]
+        parts += ["## How each number was obtained", "",
+                  f"From the protocol file next to each metrics file in `{metrics_dir}` (the "
+                  "full params, git commit and library versions are there).", "", *proto, ""]
     if notes:
         parts += ["## Missing", "", *(f"- {n}" for n in notes), ""]
     parts += ["## Experiments", ""]
     rows = experiment_rows(exp_json) if exp_json is not None else []
+    done = [r for r in rows if r["state"] == "success"]
     if exp_note:
         parts.append(f"Note: {exp_note}.")
-    elif len(rows) > 1:
-        parts.append(experiments_table(rows))
+    elif len(done) > 1:
+        parts += ["mIoU (%) per arm (runs whose params differ only in `seed`): mean ± std over "
+                  "seeds (number of seeds), from `dvc exp show`.", "", arms_table(done), "",
+                  "Each experiment:", "", experiments_table(done)]
+        if len(rows) > len(done):
+            parts += ["", f"({len(rows) - len(done)} queued, running or failed experiments "
+                      "left out.)"]
     else:
         parts.append("Only the workspace: no further experiments to compare "
                      "(`dvc exp run -S seed=1` adds one).")

@@ -6,8 +6,8 @@ from bnr.config import Params
 from bnr.crf_settings import crf_kwargs
 from bnr.data.classes import class_names
 from bnr.data.voc import read_split
-from bnr.io import write_json
 from bnr.metrics import write_class_table
+from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
 from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
 from bnr.stage import run_stage
@@ -19,25 +19,24 @@ def main(params: Params) -> None:
     stats = crf_split(params, ids, Path("data/rw_labels"), Path("data/pseudo_labels"))
     metrics, table = evaluate_pseudo_labels(params)
     write_class_table(table, Path("metrics/pseudo_labels_per_class"))
-    write_json("metrics/pseudo_labels.json", {
-        **{k: metrics[k] for k in ("miou_seeds", "miou_random_walk", "miou_crf")},
-        "seed_threshold": metrics["seed_threshold"],
+    write_metrics("metrics/pseudo_labels.json", {  # the seeds' mIoU: metrics/seeds.json
+        **{k: metrics[k] for k in ("miou_random_walk", "miou_crf")},
         "images_evaluated": metrics["images"],
-        "images_labelled": stats["images"],
         "all_background_images": stats["all_background"],
         "crf_seconds": stats["seconds"],
-        "per_class_iou": metrics["per_class_iou"],
-        "protocol": protocol_record(
-            params, dataset=params.dataset, split=data.seed_eval_split,
-            labelled_split=data.infer_split, images=metrics["images"],
-            ground_truth=data.gt_dir, method=params.method, noise_scale=params.noise_scale,
-            seed=params.seed, num_classes=len(class_names(params.dataset)),
-            seed_threshold=metrics["seed_threshold"], affinity_model=data.affinity_model,
-            beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
-            random_walk="sparse", crf=crf_kwargs(params.crf),
-            metric="mIoU (%) over all classes from the accumulated confusion matrix",
-        ),
-    })
+    }, protocol_record(
+        params, dataset=params.dataset, split=data.seed_eval_split,
+        labelled_split=data.infer_split, images=metrics["images"],
+        images_labelled=stats["images"],
+        ground_truth=data.gt_dir, method=params.method, noise_scale=params.noise_scale,
+        seed=params.seed, num_classes=len(class_names(params.dataset)),
+        seed_threshold=metrics["seed_threshold"], miou_seeds=metrics["miou_seeds"],
+        affinity_model=data.affinity_model,
+        beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
+        random_walk="sparse", crf=crf_kwargs(params.crf),
+        metric="mIoU (%) over all classes from the accumulated confusion matrix",
+        per_class="metrics/pseudo_labels_per_class.csv",
+    ))
     print(f"mIoU seeds {metrics['miou_seeds']:.2f}, random walk "
           f"{metrics['miou_random_walk']:.2f}, CRF {metrics['miou_crf']:.2f} "
           f"({metrics['images']} images; CRF {stats['seconds']} s)")

@@ -15,7 +15,8 @@ from bnr.data.classes import class_names
 from bnr.data.transforms import EvalTransform
 from bnr.data.voc import VocSegmentation
 from bnr.io import atomic_path, write_json, write_text
-from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_table
+from bnr.metrics import mean_iou, per_class_table, write_class_table
+from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
 from bnr.seeds import load_cams, seed_miou_sweep, threshold_grid
 from bnr.stage import run_stage
@@ -32,26 +33,24 @@ def main(params: Params) -> None:
                             len(names), thresholds)
     mious = np.array([mean_iou(c) for c in confs])
     best = int(np.nanargmax(mious))
-    iou = iou_per_class(confs[best])
     write_text("metrics/seeds_threshold.csv", pd.DataFrame(
         {"threshold": thresholds, "miou": np.round(mious * 100, 3)}).to_csv(index=False))
     write_class_table(per_class_table(confs[best], names), Path("metrics/seeds_per_class"))
-    write_json("metrics/seeds.json", {
-        "miou": round(float(mious[best]) * 100, 3),
+    write_metrics("metrics/seeds.json", {
+        "miou": round(float(mious[best]) * 100, 3),  # first: dvc exp show --csv names it
         "best_threshold": float(thresholds[best]),
-        "per_class_iou": {n: None if np.isnan(v) else round(float(v) * 100, 3)
-                          for n, v in zip(names, iou, strict=True)},
-        "protocol": protocol_record(
-            params, dataset=params.dataset, split=data.seed_eval_split,
-            images=len(dataset.ids), ground_truth=data.gt_dir, scales=list(data.infer_scales),
-            flip=params.infer_seeds.flip, resize=params.infer_seeds.resize, crf=False,
-            cam_source=params.infer_seeds.source,
-            threshold="swept", thresholds=[float(thresholds[0]), float(thresholds[-1]),
-                                           cfg.threshold_step],
-            method=params.method, noise_scale=params.noise_scale, seed=params.seed,
-            metric="mIoU (%) over all classes from the accumulated confusion matrix",
-        ),
-    })
+        "images": len(dataset.ids),
+    }, protocol_record(
+        params, dataset=params.dataset, split=data.seed_eval_split,
+        images=len(dataset.ids), ground_truth=data.gt_dir, scales=list(data.infer_scales),
+        flip=params.infer_seeds.flip, resize=params.infer_seeds.resize, crf=False,
+        cam_source=params.infer_seeds.source,
+        threshold="swept", thresholds=[float(thresholds[0]), float(thresholds[-1]),
+                                       cfg.threshold_step],
+        method=params.method, noise_scale=params.noise_scale, seed=params.seed,
+        metric="mIoU (%) over all classes from the accumulated confusion matrix",
+        per_class="metrics/seeds_per_class.csv",
+    ))
     # the one number the crf stage needs, in a file of its own: a dep that changes only with it
     write_json("data/seed_threshold.json", {"best_threshold": float(thresholds[best])})
     print(f"seed mIoU {mious[best] * 100:.2f} at threshold {thresholds[best]:.2f}")

@@ -3,7 +3,6 @@ and, for VOC 2012 with a test split, the evaluation-server archive."""
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -11,8 +10,9 @@ from bnr.config import Params
 from bnr.data.checks import check_split_files, server_archive_skip
 from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
-from bnr.io import atomic_path, read_image, read_label_png, write_json
-from bnr.metrics import iou_per_class, mean_iou, per_class_table, write_class_table
+from bnr.io import atomic_path, read_image, read_label_png
+from bnr.metrics import mean_iou, per_class_table, write_class_table
+from bnr.metrics_files import write_metrics
 from bnr.postprocessing.test_time import prediction_options
 from bnr.protocol import protocol_record
 from bnr.runtime import start_runtime
@@ -33,37 +33,30 @@ def main(params: Params) -> None:
     runtime = start_runtime(params.runtime)
     model = runtime.prepare_model(load_segmenter(params, Path("models/segmenter.pt")))
     conf, stats = evaluate_split(params, model, PRED_DIR, runtime=runtime)
-    iou = iou_per_class(conf)
     miou = round(mean_iou(conf) * 100, 3)
-    per_class = {n: None if np.isnan(v) else round(float(v) * 100, 3)
-                 for n, v in zip(names, iou, strict=True)}
-    per_class["mIoU"] = miou  # paper Table 2 order: background, classes, mIoU
     archive = Path("data/server_archive.tar")  # always written (a DVC out): empty on a skip
     if skip:
         write_label_tar(archive, [])
         server = {"images": 0, "archive": str(archive), "note": f"no server predictions ({skip})"}
     else:
         server = write_server_archive(params, model, archive, runtime=runtime)
+    # paper Table 2 layout (background, classes, mIoU): metrics/segmentation_per_class.{csv,md}
     write_class_table(per_class_table(conf, names), Path("metrics/segmentation_per_class"))
     opts = prediction_options(params)  # test-time settings (TransCAM test_deeplab.py)
-    write_json("metrics/segmentation.json", {
-        "miou": miou,
-        "per_class_iou": per_class,
-        "images": stats["images"],
-        "seconds": stats["seconds"],
-        "server_archive": server,
+    write_metrics("metrics/segmentation.json", {
+        "miou": miou, "images": stats["images"], "seconds": stats["seconds"],
         "server_archive_written": int(server["images"] > 0),
-        "protocol": protocol_record(
-            params, dataset=params.dataset, split=data.val_split, images=stats["images"],
-            ground_truth=data.gt_dir, scales=list(data.eval_scales), flip=cfg.flip,
-            crf=opts["crf"] or False, crf_form=opts["crf_form"], average=opts["average"],
-            align_corners=opts["align_corners"], resize=opts["resize"], method=params.method,
-            noise_scale=params.noise_scale, seed=params.seed,
-            arch=params.train_segmenter.arch, backbone=data.segmenter_backbone,
-            metric="mIoU (%) over all classes from the accumulated confusion matrix",
-            runtime=runtime.record(), server_archive=server["note"],
-        ),
-    })
+    }, protocol_record(
+        params, dataset=params.dataset, split=data.val_split, images=stats["images"],
+        ground_truth=data.gt_dir, scales=list(data.eval_scales), flip=cfg.flip,
+        crf=opts["crf"] or False, crf_form=opts["crf_form"], average=opts["average"],
+        align_corners=opts["align_corners"], resize=opts["resize"], method=params.method,
+        noise_scale=params.noise_scale, seed=params.seed,
+        arch=params.train_segmenter.arch, backbone=data.segmenter_backbone,
+        metric="mIoU (%) over all classes from the accumulated confusion matrix",
+        runtime=runtime.record(), server_archive=server,
+        per_class="metrics/segmentation_per_class.csv",
+    ))
     print(f"segmentation mIoU {miou:.2f} on {data.val_split} ({stats['images']} images, "
           f"{stats['seconds']} s); {server['note']}")
     write_overlays(params, read_split(data.root, data.val_split)[: cfg.overlays],

@@ -10,7 +10,7 @@ from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.data.voc import VocSegmentation
-from bnr.io import write_json
+from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
 from bnr.runtime import start_runtime
 from bnr.seeds import infer_split_cams
@@ -37,16 +37,14 @@ def main(params: Params) -> None:
     )
     seconds = round(time.time() - started, 1)
     cfg = params.infer_seeds
-    write_json("metrics/infer_seeds.json", {
-        "images": n, "seconds": seconds, "images_per_second": round(n / max(seconds, 1e-9), 2),
-        "protocol": protocol_record(
-            params, dataset=params.dataset, split=params.data.infer_split,
-            scales=list(params.data.infer_scales), flip=cfg.flip, resize=cfg.resize,
-            batch_passes=cfg.batch_passes, source=cfg.source, resample=cfg.resample,
-            method=params.method,
-            noise_scale=params.noise_scale, seed=params.seed, runtime=runtime.record(),
-        ),
-    })
+    write_metrics("metrics/infer_seeds.json", {"images": n, "seconds": seconds}, protocol_record(
+        params, dataset=params.dataset, split=params.data.infer_split,
+        scales=list(params.data.infer_scales), flip=cfg.flip, resize=cfg.resize,
+        batch_passes=cfg.batch_passes, source=cfg.source, resample=cfg.resample,
+        method=params.method,
+        noise_scale=params.noise_scale, seed=params.seed, runtime=runtime.record(),
+        images_per_second=round(n / max(seconds, 1e-9), 2),
+    ))
     print(f"wrote CAMs of {n} images to data/cams in {seconds} s "
           f"({runtime.device}, {runtime.precision})")
 

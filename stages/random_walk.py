@@ -7,7 +7,7 @@ import torch
 from bnr.affinity_model import load_affinity_model
 from bnr.config import Params
 from bnr.data.voc import read_split
-from bnr.io import write_json
+from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
 from bnr.runtime import start_runtime
 from bnr.stage import run_stage, seed_everything
@@ -21,14 +21,13 @@ def main(params: Params) -> None:
     ids = read_split(params.data.root, params.data.infer_split)
     stats = random_walk_split(params, model, ids, Path("data/rw_labels"), runtime=runtime)
     rw = params.random_walk
-    write_json("metrics/random_walk.json", {
-        **stats,
-        "protocol": protocol_record(
-            params, dataset=params.dataset, split=params.data.infer_split, cams="data/cams",
-            beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
-            walk="sparse, CPU", seed=params.seed, runtime=runtime.record(),
-        ),
-    })
+    write_metrics("metrics/random_walk.json", {
+        k: stats[k] for k in ("images", "all_background", "seconds")
+    }, protocol_record(
+        params, dataset=params.dataset, split=params.data.infer_split, cams="data/cams",
+        beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
+        walk="sparse, CPU", seed=params.seed, runtime=runtime.record(),
+    ))
     print(f"random walk: {stats['images']} images ({stats['all_background']} without "
           f"foreground) in {stats['seconds']} s ({runtime.device}, {runtime.precision})")
 

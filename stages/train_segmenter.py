@@ -4,7 +4,7 @@ from pathlib import Path
 
 from bnr.config import Params
 from bnr.engine import training_session
-from bnr.io import write_json
+from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
 from bnr.segmenter_model import segmenter_meta
 from bnr.segmenter_training import train_segmenter
@@ -20,26 +20,24 @@ def main(params: Params) -> None:
         return
     cfg, data = params.train_segmenter, params.data
     meta = segmenter_meta(params)
-    write_json("metrics/train_segmenter.json", {
+    write_metrics("metrics/train_segmenter.json", {
         "final_loss": summary["final_loss"],
-        "iterations": summary["iterations"],
-        "resumed_from": summary["resumed_from"],
         "train_images": summary["train_images"],
         "seconds_this_run": summary["seconds_this_run"],
-        "seconds_per_iteration": summary["seconds_per_iteration"],
-        "protocol": protocol_record(
-            params, runtime={**runtime.record(), "processes": ctx.world_size},
-            dataset=params.dataset, split=data.infer_split, labels="data/pseudo_labels",
-            method=params.method, noise_scale=params.noise_scale, seed=params.seed,
-            arch=cfg.arch, backbone=meta["preset"] if cfg.arch == "largefov" else "resnet101",
-            pretrained=cfg.pretrained or None, crop=data.segmenter_crop,
-            batch_size=data.segmenter_batch_size, iterations=data.segmenter_iterations,
-            lr=data.segmenter_lr, lr_mult={"backbone": 1, "backbone_bias": 2, "head": 10,
-                                           "head_bias": 20},
-            momentum=cfg.momentum, weight_decay=cfg.weight_decay, poly_power=cfg.poly_power,
-            resize_scale=list(data.segmenter_resize_scale), flip=True,
-        ),
-    })
+    }, protocol_record(
+        params, runtime={**runtime.record(), "processes": ctx.world_size},
+        dataset=params.dataset, split=data.infer_split, labels="data/pseudo_labels",
+        method=params.method, noise_scale=params.noise_scale, seed=params.seed,
+        arch=cfg.arch, backbone=meta["preset"] if cfg.arch == "largefov" else "resnet101",
+        pretrained=cfg.pretrained or None, crop=data.segmenter_crop,
+        batch_size=data.segmenter_batch_size, iterations=summary["iterations"],
+        resumed_from=summary["resumed_from"],
+        seconds_per_iteration=summary["seconds_per_iteration"],
+        lr=data.segmenter_lr, lr_mult={"backbone": 1, "backbone_bias": 2, "head": 10,
+                                       "head_bias": 20},
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay, poly_power=cfg.poly_power,
+        resize_scale=list(data.segmenter_resize_scale), flip=True,
+    ))
     print(f"train_segmenter: {summary['iterations']} iterations, final loss "
           f"{summary['final_loss']:.4f} ({summary['seconds_this_run']} s)")
 

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bnr.experiments import flatten_params
+from bnr.metrics_files import read_protocol
 from tests.conftest import REPO
+from tests.test_metrics_files import (
+    MAX_VALUES,
+    STEP_MIOUS,
+    check_metrics_layout,
+    declared_metrics,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +28,8 @@ def tiny_params(raw: dict) -> dict:
     raw["download"]["synthetic"].update(num_train=12, num_val=4, image_size=64, clutter=4)
     raw["datasets"]["synthetic"].update(
         crop_size=64, resize_long=[48, 80], epochs=1, batch_size=4, infer_scales=[32, 64],
-        affinity_crop=72, affinity_epochs=1, affinity_batch_size=4, segmenter_iterations=20,
+        affinity_crop=72, affinity_epochs=1, affinity_batch_size=4,
+        segmenter_crop=64, segmenter_iterations=20, segmenter_batch_size=4,
     )
     return raw
 
@@ -72,7 +81,7 @@ def test_dvc_repro_end_to_end(clone):
     assert (clone / "data" / "synthetic" / "JPEGImages").is_dir()
     seeds = json.loads((clone / "metrics" / "seeds.json").read_text())
     assert 0 <= seeds["miou"] <= 100
-    proto = seeds["protocol"]
+    proto = read_protocol(clone / "metrics" / "seeds.json")
     for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "threshold",
                 "seed", "method", "noise_scale", "params", "git"):
         assert key in proto, key
@@ -81,13 +90,18 @@ def test_dvc_repro_end_to_end(clone):
     assert list((clone / "metrics" / "overlays" / "seeds").glob("*.png"))
     assert (clone / "metrics" / "train_cam" / "plots" / "metrics").is_dir()
     pseudo = json.loads((clone / "metrics" / "pseudo_labels.json").read_text())
-    assert {"miou_seeds", "miou_random_walk", "miou_crf", "protocol"} <= set(pseudo)
+    assert {"miou_random_walk", "miou_crf"} <= set(pseudo)
     assert len(list((clone / "data" / "pseudo_labels").glob("*.png"))) == 12
+    values = check_metrics_layout(clone)  # every metrics file has its protocol file
+    print(f"declared metrics hold {values} values")
+    assert values <= MAX_VALUES
+    check_dvc_views(clone, env)
     # a second repro has nothing to do
     again = _run(["dvc", "repro"], clone, env)
     assert "didn't change" in again or "up to date" in again
     # an ablation switch invalidates train_cam and what follows, not download
     params = yaml.safe_load((clone / "params.yaml").read_text())
+    raw_crf_iterations = params["crf"]["iterations"]
     params["noise_scale"] = 2.0
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _run(["dvc", "status"], clone, env)
@@ -99,10 +113,63 @@ def test_dvc_repro_end_to_end(clone):
     status = _run(["dvc", "status"], clone, env)
     assert "crf:" in status
     assert "train_affinity" not in status and "random_walk" not in status
+    # an ablation as an experiment: the compared columns are the step numbers, no protocol
+    params["crf"]["iterations"] = raw_crf_iterations
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "config", "user.email", "t@t"], clone, env)  # dvc exp run commits too
+    _run(["git", "config", "user.name", "t"], clone, env)
+    _run(["git", "add", "-A"], clone, env)  # the baseline run, committed as a user would
+    _run(["git", "commit", "-qm", "baseline"], clone, env)
+    _run(["dvc", "exp", "run", "-S", "noise_scale=2.0"], clone, env)
+    header = _run(["dvc", "exp", "show", "--csv", "--only-changed"], clone, env).splitlines()[0]
+    print(f"dvc exp show --only-changed: {header}")
+    columns = header.split(",")
+    # (the report stage's dependencies metrics/*.protocol.json are hash columns, not fields)
+    assert "noise_scale" in columns
+    assert not [c for c in columns if "protocol" in c and not c.endswith(".protocol.json")]
+    owners = [metric_file(clone, c) for c in columns]
+    metric_owners = [o for o in owners if o]
+    assert len(metric_owners) <= MAX_VALUES and metric_owners[0] in STEP_MIOUS, owners
+    steps = [i for i, o in enumerate(metric_owners) if o in STEP_MIOUS]
+    assert steps == list(range(len(steps))), metric_owners  # the step files' columns first
+    diff = json.loads(_run(["dvc", "metrics", "diff", "--all", "--json"], clone, env))
+    assert not [k for keys in diff.values() for k in keys if "protocol" in k]
+    for path, keys in STEP_MIOUS.items():
+        assert set(keys) <= set(diff[path]), (path, diff.get(path))
 
 
-ALL_BUT_REPORT = {"download", "train_cam", "infer_seeds", "eval_seeds", "train_affinity",
-                  "random_walk", "crf", "train_segmenter", "evaluate"}
+def metric_file(repo: Path, column: str) -> str | None:
+    """The metrics file a ``dvc exp show --csv`` column belongs to (dvc writes ``file:key``
+    only where the key is in several files), or None for a param or dependency column."""
+    owners = []
+    for rel in declared_metrics(repo):
+        keys = set(flatten_params(json.loads((repo / rel).read_text())))
+        if column.startswith(f"{rel}:") or column in keys:
+            owners.append(rel)
+    return owners[0] if len(owners) == 1 else None
+
+
+def check_dvc_views(clone: Path, env: dict) -> None:
+    """dvc metrics show: the step mIoUs and no protocol; dvc exp show: step files first; the
+    per-class bar charts render."""
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], clone, env))
+    files = shown[""]["data"]
+    assert list(files)[:3] == list(STEP_MIOUS) and "metrics/dataset.json" not in files
+    assert "protocol" not in json.dumps(files) and "per_class" not in json.dumps(files)
+    for path, keys in STEP_MIOUS.items():
+        assert all(isinstance(files[path]["data"][k], float) for k in keys), path
+    rows = json.loads(_run(["dvc", "exp", "show", "--json"], clone, env))
+    workspace = next(r for r in rows if r["rev"] == "workspace")
+    assert list(workspace["data"]["metrics"])[:3] == list(STEP_MIOUS)  # exp show's column order
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], clone, env))
+    assert not plots.get("errors")
+    bars = [name for name, items in plots["data"].items() if name.startswith("Per-class IoU")
+            and items[0]["content"]["mark"]["type"] == "bar"]
+    assert len(bars) == 4, list(plots["data"])
+
+
+ALL_STAGES = {"download", "train_cam", "infer_seeds", "eval_seeds", "train_affinity",
+              "random_walk", "crf", "train_segmenter", "evaluate", "report"}
 # (what is edited, the exact set of stages `dvc status` marks). Stages downstream of a marked
 # stage re-run through their data deps; these are the stages whose own deps or params change.
 STATUS_CASES = [
@@ -113,13 +180,16 @@ STATUS_CASES = [
     ("param crf.iterations", {"crf", "evaluate"}),
     ("param random_walk.beta", {"random_walk", "crf"}),
     ("param eval_seeds.overlays", {"eval_seeds"}),
-    # the split / image / ground-truth reader: every stage reads images or masks through it
-    ("file bnr/data/voc.py", ALL_BUT_REPORT),
+    # the split / image / ground-truth reader: every stage reads or checks (bnr/data/checks.py,
+    # run by every stage before its work) images, splits or masks through it
+    ("file bnr/data/voc.py", ALL_STAGES),
     ("file bnr/report.py", {"report"}),
-    pytest.param("file bnr/postprocessing/affinity.py", {"train_affinity", "random_walk"},
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "issue 11: models/resnet38.py imports postprocessing and training.py "
-                     "imports models/resnet38.py, so train_cam's import closure holds it"))),
+    # affinity labels and loss: only their training (random_walk follows through affinity.pt)
+    ("file bnr/postprocessing/affinity.py", {"train_affinity"}),
+    # pixel-pair geometry: AffinityNet (training, walk) and ResNet-38d (the segmenter's backbone)
+    ("file bnr/pairs.py", {"train_affinity", "random_walk", "train_segmenter", "evaluate"}),
+    ("file bnr/engine.py", {"train_cam", "train_affinity", "train_segmenter"}),
+    ("file bnr/pseudo_labels.py", {"crf"}),
 ]
 
 
@@ -128,8 +198,7 @@ def test_dvc_status_marks_exactly(clone, edit, expected):
     """After a full repro, one edit marks exactly the stages that read what was edited."""
     env = _env()
     _run(["git", "checkout", "--", "params.yaml"], clone, env)  # undo earlier tests' edits
-    if not (clone / "dvc.lock").is_file():
-        _run(["dvc", "repro"], clone, env)
+    _run(["dvc", "repro"], clone, env)  # back to the baseline (DVC's run cache: no training)
     assert set(json.loads(_run(["dvc", "status", "--json"], clone, env) or "{}")) <= {"manifest"}
     kind, what = edit.split(" ", 1)
     path = clone / ("params.yaml" if kind == "param" else what)

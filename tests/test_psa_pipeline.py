@@ -16,6 +16,7 @@ from bnr.config import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.errors import BnrError
+from bnr.metrics_files import count_values, read_protocol
 from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
 from bnr.walk import random_walk_split
 from tests.conftest import REPO
@@ -88,24 +89,30 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     _stage("train_affinity").main(params)
     assert Path("models/affinity.pt").is_file()
     summary = json.loads(Path("metrics/train_affinity.json").read_text())
-    assert summary["epochs"] == 1 and summary["train_images"] == 6
-    assert summary["affinity_labels"]["all_background"] >= 1
-    assert summary["protocol"]["model"] == "resnet38d_tiny"
+    proto = read_protocol("metrics/train_affinity.json")
+    assert summary["train_images"] == 6 and proto["epochs"] == 1
+    assert set(summary["final_epoch_loss"]) == {"loss", "bg", "fg", "neg"}
+    assert proto["affinity_labels"]["all_background"] >= 1
+    assert proto["model"] == "resnet38d_tiny" and "protocol" not in summary
+    assert set(proto["final_epoch_pairs"]) == {"bg_count", "fg_count", "neg_count"}
     assert Path("metrics/train_affinity/plots/metrics").is_dir()
     assert not any(Path("runs/train_affinity").iterdir())  # resume dir removed when finished
 
     _stage("random_walk").main(params)
     check_labels(Path("data/rw_labels"), ids, 7)
+    walk = json.loads(Path("metrics/random_walk.json").read_text())
+    assert walk["images"] == 6 and read_protocol("metrics/random_walk.json")["beta"] == 14
     assert not np.asarray(Image.open(f"data/rw_labels/{ids[0]}.png")).any()  # no-fg image
 
     _stage("crf").main(params)
     check_labels(Path("data/pseudo_labels"), ids, 7)
     metrics = json.loads(Path("metrics/pseudo_labels.json").read_text())
-    for key in ("miou_seeds", "miou_random_walk", "miou_crf"):
+    for key in ("miou_random_walk", "miou_crf"):
         assert 0 <= metrics[key] <= 100
-    assert metrics["miou_seeds"] > 20  # seeds from the ground truth
     assert metrics["all_background_images"] >= 1
-    proto = metrics["protocol"]
+    assert count_values(metrics) == len(metrics) == 5  # numbers only, no per-class IoUs
+    proto = read_protocol("metrics/pseudo_labels.json")
+    assert proto["miou_seeds"] > 20  # seeds from the ground truth
     assert proto["dataset"] == "synthetic" and proto["split"] == "train"
     assert proto["ground_truth"] == "SegmentationClass" and proto["seed"] == 0
     assert proto["beta"] == 14 and proto["logt"] == 4 and proto["bg_score"] == 0.42

@@ -6,44 +6,53 @@ from pathlib import Path
 
 import pytest
 
-from bnr.report import build_report, dvc_experiments, experiment_rows, step_table
+from bnr.metrics_files import write_metrics
+from bnr.report import arms_table, build_report, dvc_experiments, experiment_rows, step_table
 
 
-def write_metrics(folder: Path, segmentation: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+def fake_metrics(folder: Path, segmentation: bool = True) -> Path:
+    """Step metrics files with their protocol files, as the stages write them."""
     proto = {"dataset": "voc2012", "split": "train", "ground_truth": "SegmentationClass",
-             "method": "bnr", "noise_scale": 1.0, "seed": 0, "crf": False}
-    (folder / "seeds.json").write_text(json.dumps({"miou": 65.0, "protocol": proto}))
-    (folder / "pseudo_labels.json").write_text(json.dumps(
-        {"miou_seeds": 65.0, "miou_random_walk": 69.5, "miou_crf": 71.0, "protocol": proto}))
+             "method": "bnr", "noise_scale": 1.0, "seed": 0, "crf": False,
+             "git": {"commit": "abcdef0123456789", "dirty": False}}
+    write_metrics(folder / "seeds.json", {"miou": 65.0}, proto)
+    write_metrics(folder / "pseudo_labels.json",
+                  {"miou_random_walk": 69.5, "miou_crf": 71.0}, proto)
     if segmentation:
-        (folder / "segmentation.json").write_text(json.dumps(
-            {"miou": 70.0, "protocol": {**proto, "split": "val", "scales": [1.0],
-                                        "flip": True}}))
+        write_metrics(folder / "segmentation.json", {"miou": 70.0},
+                      {**proto, "split": "val", "scales": [1.0], "flip": True})
     return folder
 
 
-def _exp(name: str, seed: int, seg: float | None) -> dict:
-    metrics = {"metrics/seeds.json": {"data": {"miou": 60.0 + seed}}}
+def _exp(name: str | None, seed: int, seg: float | None, noise_scale: float = 1.0) -> dict:
+    metrics = {"metrics/seeds.json": {"data": {"miou": 60.0 + seed + noise_scale}}}
     if seg is None:
         metrics["metrics/segmentation.json"] = {"error": {"type": "FileNotFoundError"}}
     else:
         metrics["metrics/segmentation.json"] = {"data": {"miou": seg}}
     return {"rev": f"{seed:040d}", "name": name, "data": {
         "params": {"params.yaml": {"data": {"dataset": "voc2012", "method": "bnr",
-                                            "noise_scale": 1.0, "seed": seed}}},
+                                            "noise_scale": noise_scale, "seed": seed,
+                                            "crf": {"iterations": 10}}}},
         "metrics": metrics}}
 
 
 FAKE_EXP = [
-    {**_exp(None, 0, 70.0), "rev": "workspace", "experiments": None},  # type: ignore[arg-type]
+    {**_exp(None, 0, 70.0), "rev": "workspace", "experiments": None},
     {**_exp("main", 0, None), "experiments": [
-        {"revs": [_exp("exp-seed1", 1, 69.0)]}, {"revs": [_exp("exp-seed2", 2, 71.5)]}]},
+        {"revs": [_exp("exp-seed1", 1, 69.0)], "executor": None},
+        {"revs": [_exp("exp-seed2", 2, 71.5)],
+         "executor": {"state": "success", "name": "dvc-task"}},
+        {"revs": [_exp("exp-x2-seed0", 0, 60.0, noise_scale=2.0)]},
+        {"revs": [_exp("exp-x2-seed1", 1, 64.0, noise_scale=2)]},  # -S noise_scale=2: an int
+        {"revs": [_exp("exp-queued", 3, 99.0)], "executor": {"state": "queued"}},
+        {"revs": [_exp("exp-failed", 4, 99.0)], "executor": {"state": "failed"}},
+    ]},
 ]
 
 
 def test_voc_report_next_to_paper(tmp_path: Path) -> None:
-    text = build_report("voc2012", write_metrics(tmp_path / "metrics"), FAKE_EXP)
+    text = build_report("voc2012", fake_metrics(tmp_path / "metrics"), FAKE_EXP)
     lines = text.splitlines()
     seeds = next(line for line in lines if line.startswith("| Seeds"))
     assert "| 65.0 | 64.9 | 66.2 | -1.2 |" in seeds
@@ -55,27 +64,50 @@ def test_voc_report_next_to_paper(tmp_path: Path) -> None:
     assert "| 70.0 | 69.3 | 70.5 | -0.5 |" in val
     assert any("test" in line and "71.1" in line for line in lines)
     assert "split=val" in text and "scales=[1.0]" in text
-    assert "| exp-seed1 | voc2012 | bnr | 1.0 | 1 | 61.0 | - | - | 69.0 |" in text
+    assert "- `segmentation.json` (`segmentation.protocol.json`): dataset=voc2012, split=val" \
+        in text and "commit abcdef0" in text
+    assert "| exp-seed1 | voc2012 | bnr | 1.0 | 1 | 62.0 | - | - | 69.0 |" in text
     assert "| exp-seed2 |" in text
+    # arms: BNR x1 over seeds 0 (workspace; the commit row repeats it), 1, 2
+    x1 = next(line for line in lines if line.startswith("| BNR x1 |"))
+    assert "| 0,1,2 | 62.0 ± 1.0 (3) | - | - | 70.2 ± 1.3 (3) |" in x1
+    x2 = next(line for line in lines if line.startswith("| BNR x2 |"))
+    assert "| 0,1 | 62.5 ± 0.7 (2) | - | - | 62.0 ± 2.8 (2) |" in x2
+    assert "exp-queued" not in text and "exp-failed" not in text
+    assert "(2 queued, running or failed experiments left out.)" in text
 
 
 def test_coco_and_synthetic(tmp_path: Path) -> None:
     table = step_table("coco2014", {"seeds.json": {"miou": 47.0}})
     assert "| 47.0 | 46.2 | 47.4 | -0.4 |" in table
     assert "45.9" in table
-    text = build_report("synthetic", write_metrics(tmp_path / "m", segmentation=False),
-                        None, "`dvc exp show --json` failed (exit 1: boom)")
+    folder = fake_metrics(tmp_path / "m", segmentation=False)
+    (folder / "pseudo_labels.protocol.json").unlink()
+    text = build_report("synthetic", folder, None, "`dvc exp show --json` failed (exit 1: boom)")
     assert "The paper has no number for the synthetic dataset" in text
     assert "no paper number" in text
     assert "segmentation.json not found" in text
     assert "Note: `dvc exp show --json` failed (exit 1: boom)." in text
+    assert "pseudo_labels.protocol.json: not found" in text
 
 
 def test_experiment_rows_flatten() -> None:
     rows = experiment_rows(FAKE_EXP)
-    assert [r["name"] for r in rows] == ["workspace", "main", "exp-seed1", "exp-seed2"]
+    assert [r["name"] for r in rows] == ["workspace", "main", "exp-seed1", "exp-seed2",
+                                         "exp-x2-seed0", "exp-x2-seed1", "exp-queued",
+                                         "exp-failed"]
+    assert [r["state"] for r in rows][-3:] == ["success", "queued", "failed"]
     assert rows[1]["segmentation"] is None and rows[3]["segmentation"] == 71.5
+    assert rows[0]["params"]["crf.iterations"] == 10
     assert experiment_rows({"unexpected": True}) == []
+
+
+def test_arms_table_separates_other_params() -> None:
+    rows = experiment_rows(FAKE_EXP)[:4]
+    rows[3]["params"] = {**rows[3]["params"], "crf.iterations": 5}  # not a seed of the same arm
+    table = arms_table(rows)
+    assert "| BNR x1 | bnr | 1.0 | crf.iterations=10 | 0,1 | 61.5 ± 0.7 (2) |" in table
+    assert "| BNR x1 | bnr | 1.0 | crf.iterations=5 | 2 | 63.0 (1) |" in table
 
 
 @pytest.mark.parametrize("outcome, words", [
@@ -106,7 +138,7 @@ def test_dvc_success_and_stage(tmp_path: Path, monkeypatch) -> None:
     from tests.test_segmentation import tiny_params
 
     monkeypatch.chdir(tmp_path)
-    write_metrics(tmp_path / "metrics")
+    fake_metrics(tmp_path / "metrics")
     monkeypatch.setattr(stage, "dvc_experiments", lambda: (None, "dvc missing"))
     stage.main(tiny_params(tmp_path))
     text = (tmp_path / "metrics" / "report.md").read_text()

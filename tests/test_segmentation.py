@@ -20,6 +20,7 @@ from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.engine import poly_lr
 from bnr.errors import BnrError
+from bnr.metrics_files import count_values, read_protocol
 from bnr.models.deeplab import DeepLabLargeFOV, create_segmenter
 from bnr.models.resnet38 import param_groups
 from bnr.segmentation import SERVER_DIR, multiscale_predict, write_server_archive
@@ -251,16 +252,17 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     importlib.import_module("stages.train_segmenter").main(params)
     assert Path("models/segmenter.pt").is_file()
     summary = json.loads(Path("metrics/train_segmenter.json").read_text())
-    assert summary["iterations"] == 4 and summary["train_images"] == 6
-    assert summary["protocol"]["arch"] == "largefov" and summary["protocol"]["crop"] == 48
+    proto = read_protocol("metrics/train_segmenter.json")
+    assert summary["train_images"] == 6 and proto["iterations"] == 4
+    assert proto["arch"] == "largefov" and proto["crop"] == 48 and proto["resumed_from"] == 0
+    assert count_values(summary) == 3  # final_loss, train_images, seconds_this_run
     assert Path("metrics/train_segmenter/plots/metrics").is_dir()
 
     importlib.import_module("stages.evaluate").main(params)
     metrics = json.loads(Path("metrics/segmentation.json").read_text())
     assert 0 <= metrics["miou"] <= 100 and metrics["images"] == 2
-    assert list(metrics["per_class_iou"])[0] == "background"
-    assert list(metrics["per_class_iou"])[-1] == "mIoU"
-    proto = metrics["protocol"]
+    assert set(metrics) == {"miou", "images", "seconds"}  # per-class IoUs: the CSV below
+    proto = read_protocol("metrics/segmentation.json")
     for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "method",
                 "noise_scale", "seed"):
         assert key in proto
@@ -276,7 +278,10 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     with Image.open(overlays[0]) as im:
         assert im.size == (3 * SIZE + 4, SIZE)  # image | gt | prediction
     table = Path("metrics/segmentation_per_class.csv").read_text().splitlines()
-    assert table[0].startswith("class,iou") and table[-1].startswith("mIoU")
+    assert table[0].startswith("class,iou") and table[1].startswith("background,")
+    assert table[-1].startswith("mIoU,")
+    assert float(table[-1].split(",")[1]) == pytest.approx(metrics["miou"], abs=0.006)
+    assert proto["server_archive"]["images"] == 0
     with tarfile.open("data/server_archive.tar") as tar:
         assert tar.getnames() == []  # synthetic: no server archive
 
