@@ -1,5 +1,6 @@
 """The ``bnr`` command: ``bnr predict`` labels images with a trained checkpoint;
-``bnr compare-metrics`` checks a fresh run's metrics against committed ones (bnr.compare).
+``bnr compare-metrics`` checks a fresh run's metrics against committed ones (bnr.compare); ``bnr
+experiments`` tables the DVC experiments (mean ± std over seeds per arm).
 
 ::
 
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision (auto: bfloat16 on CUDA, float32 on CPU)")
     p.set_defaults(func=predict)
     add_compare_parser(sub)
+    add_experiments_parser(sub)
     return parser
 
 
@@ -211,6 +213,28 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: compare.run_compare(
         args.against, Path(args.metrics),
         compare.Tolerances(args.tolerance, args.threshold_tolerance, args.rel_tolerance)))
+
+
+def add_experiments_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiments", help="compare the DVC experiments (mean ± std per arm)",
+                       description="The experiments of `dvc exp show`: mIoU per arm (runs that "
+                       "differ only in `seed`) as mean ± std over seeds, then each experiment. "
+                       "Outside the pipeline: DVC cannot see experiments as a stage input.")
+    p.add_argument("--out", default="", help="also write the markdown here (e.g. "
+                   "metrics/experiments.md)")
+    p.set_defaults(func=run_experiments)
+
+
+def run_experiments(args: argparse.Namespace) -> int:
+    from bnr.io import write_text
+    from bnr.report import dvc_experiments, experiments_section
+
+    exp_json, note = dvc_experiments()
+    text = "\n".join(["# bnr experiments", "", *experiments_section(exp_json, note)]) + "\n"
+    if args.out:
+        write_text(args.out, text)
+    print(text, end="")
+    return 1 if note else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

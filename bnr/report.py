@@ -8,8 +8,9 @@ column is random walk + CRF, so it sits on the CRF row), segmentation on the val
 each number was obtained comes from the protocol file next to its metrics file
 (``metrics/seeds.protocol.json``, ...; :mod:`bnr.metrics_files`).
 
-The experiments come from ``dvc exp show --json`` (:func:`dvc_experiments`, via subprocess; a
-failure becomes a note, never an error): mean ± std over seeds per arm
+The experiments (``bnr experiments``, outside the pipeline: DVC cannot see them as a stage
+input) come from ``dvc exp show --json`` (:func:`dvc_experiments`, via subprocess; a failure
+becomes a note, never an error): mean ± std over seeds per arm
 (:func:`bnr.experiments.arm_summary`), then one row per experiment. Everything else is plain
 functions of dicts, testable without dvc.
 """
@@ -271,18 +272,29 @@ def build_report(
     if notes:
         parts += ["## Missing", "", *(f"- {n}" for n in notes), ""]
     parts += ["## Experiments", ""]
+    if exp_json is None and not exp_note:
+        parts.append("Experiments are compared outside the pipeline (DVC cannot see them as a "
+                     "stage input): `bnr experiments --out metrics/experiments.md` tables "
+                     "`dvc exp show` as mean ± std over seeds per arm.")
+    else:
+        parts += experiments_section(exp_json, exp_note)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def experiments_section(exp_json: Any, exp_note: str = "") -> list[str]:
+    """Markdown lines: mIoU per arm (mean ± std over seeds) and per experiment, from
+    ``dvc exp show --json`` (``exp_note``: why it could not be read)."""
+    if exp_note:
+        return [f"Note: {exp_note}."]
     rows = experiment_rows(exp_json) if exp_json is not None else []
     done = [r for r in rows if r["state"] == "success"]
-    if exp_note:
-        parts.append(f"Note: {exp_note}.")
-    elif len(done) > 1:
-        parts += ["mIoU (%) per arm (runs whose params differ only in `seed`): mean ± std over "
-                  "seeds (number of seeds), from `dvc exp show`.", "", arms_table(done), "",
-                  "Each experiment:", "", experiments_table(done)]
-        if len(rows) > len(done):
-            parts += ["", f"({len(rows) - len(done)} queued, running or failed experiments "
-                      "left out.)"]
-    else:
-        parts.append("Only the workspace: no further experiments to compare "
-                     "(`dvc exp run -S seed=1` adds one).")
-    return "\n".join(parts).rstrip() + "\n"
+    if len(done) <= 1:
+        return ["Only the workspace: no further experiments to compare "
+                "(`dvc exp run -S seed=1` adds one)."]
+    parts = ["mIoU (%) per arm (runs whose params differ only in `seed`): mean ± std over "
+             "seeds (number of seeds), from `dvc exp show`.", "", arms_table(done), "",
+             "Each experiment:", "", experiments_table(done)]
+    if len(rows) > len(done):
+        parts += ["", f"({len(rows) - len(done)} queued, running or failed experiments "
+                  "left out.)"]
+    return parts

@@ -139,7 +139,24 @@ def test_dvc_success_and_stage(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.chdir(tmp_path)
     fake_metrics(tmp_path / "metrics")
-    monkeypatch.setattr(stage, "dvc_experiments", lambda: (None, "dvc missing"))
+    import bnr.report
+
+    def no_dvc(*a, **k):  # the stage must not read experiments: DVC cannot see them as input
+        raise AssertionError("the report stage ran dvc exp show")
+
+    monkeypatch.setattr(bnr.report, "dvc_experiments", no_dvc)
     stage.main(tiny_params(tmp_path))
     text = (tmp_path / "metrics" / "report.md").read_text()
-    assert text.startswith("# bnr report: synthetic") and "Note: dvc missing." in text
+    assert text.startswith("# bnr report: synthetic") and "`bnr experiments" in text
+
+
+def test_bnr_experiments_command(tmp_path: Path, monkeypatch) -> None:
+    import bnr.report
+    from bnr.cli import main
+
+    monkeypatch.setattr(bnr.report, "dvc_experiments", lambda: (FAKE_EXP, ""))
+    assert main(["experiments", "--out", str(tmp_path / "e.md")]) == 0
+    text = (tmp_path / "e.md").read_text()
+    assert text.startswith("# bnr experiments") and "mean ± std" in text
+    monkeypatch.setattr(bnr.report, "dvc_experiments", lambda: (None, "dvc missing"))
+    assert main(["experiments"]) == 1
