@@ -81,7 +81,7 @@ class _Declared:
                 fh.write(f"{self._stage} {key} {state}\n")
         if state == "whole":
             return value
-        if state != "whole" and dataclasses.is_dataclass(value) and (state == "part" or record):
+        if dataclasses.is_dataclass(value):  # a block: its leaves are checked when read
             return _Declared(value, key, self._allowed, self._stage)
         if record:
             return value

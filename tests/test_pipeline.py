@@ -174,7 +174,7 @@ ALL_STAGES = {"download", "train_cam", "infer_seeds", "eval_seeds", "train_affin
 # stage re-run through their data deps; these are the stages whose own deps or params change.
 STATUS_CASES = [
     ("param datasets.synthetic.eval_scales", {"evaluate"}),
-    ("param datasets.synthetic.test_split", {"evaluate"}),
+    ("param datasets.synthetic.test_split", {"download", "evaluate"}),  # download records it
     ("param noise_scale", {"train_cam", "infer_seeds", "eval_seeds", "train_affinity", "crf",
                            "train_segmenter", "evaluate"}),
     ("param crf.iterations", {"crf", "evaluate"}),

@@ -52,6 +52,9 @@ def test_declared_view_allows_declared_and_refuses_the_rest():
         _ = view.data.epochs
     with pytest.raises(BnrError, match="stage s reads param noise_scale"):
         _ = view.noise_scale
+    block = view.train_cam  # an undeclared block can be passed on; reading a leaf stops
+    with pytest.raises(BnrError, match="stage s reads param train_cam.adam_eps"):
+        _ = block.adam_eps
     assert view.protocol() == {"dataset": "synthetic", "data": {"crop_size": 128},
                                "crf": dataclasses.asdict(view.crf)}
 
