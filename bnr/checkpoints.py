@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,20 +65,45 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_state_strict(model: nn.Module, state_dict: dict, source: Path | str) -> None:
-    """``load_state_dict(strict=True)`` with missing/unexpected/shape problems as one line."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(
-        k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
-    )
-    if missing or unexpected or shapes:
-        bits = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-            if keys:
-                bits.append(f"{len(keys)} {name} key(s) e.g. {', '.join(keys[:3])}")
-        raise BnrError(f"{source}: checkpoint does not fit the model ({'; '.join(bits)})")
+def _first(names: Iterable[str], limit: int = 4) -> str:
+    names = list(names)
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def key_mismatches(
+    own: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    missing_name: Callable[[str], str] = str,
+    unexpected_name: Callable[[str], str] = str,
+) -> list[str]:
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``own``:
+    ``["N missing keys: a, b", "N unexpected keys: ...", "N shape mismatches: k (file) vs
+    model (shape)"]``, empty when it fits. ``*_name`` show a key as its file names it (a foreign
+    layout's own spelling). The one strict-load report of every loader."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state)
+                    if tuple(own[k].shape) != tuple(state[k].shape))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {_first(map(missing_name, missing))}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: "
+                     f"{_first(map(unexpected_name, unexpected))}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches: {_first(shapes)}")
+    return parts
+
+
+def load_state_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                      source: Path | str, what: str = "the model") -> None:
+    """``load_state_dict(strict=True)``; any missing / unexpected / mis-shaped key is one line
+    naming ``source`` (:func:`key_mismatches`)."""
+    parts = key_mismatches(model.state_dict(), state_dict)
+    if parts:
+        raise BnrError(f"{source}: does not fit {what} ({'; '.join(parts)})")
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -261,7 +261,7 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     importlib.import_module("stages.evaluate").main(params)
     metrics = json.loads(Path("metrics/segmentation.json").read_text())
     assert 0 <= metrics["miou"] <= 100 and metrics["images"] == 2
-    assert set(metrics) == {"miou", "images", "seconds"}  # per-class IoUs: the CSV below
+    assert set(metrics) == {"miou", "images", "seconds", "server_archive_written"}  # per class: CSV
     proto = read_protocol("metrics/segmentation.json")
     for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "method",
                 "noise_scale", "seed"):

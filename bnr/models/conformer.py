@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
-from bnr.checkpoints import load_weights_only
+from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
 
 __all__ = [
@@ -662,11 +662,6 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def _short(keys: list[str], limit: int = 4) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_pretrained(model: Conformer, path: str | os.PathLike[str]) -> None:
     """Load ImageNet Conformer weights (official or OpenMMLab layout) into ``model``, strictly.
 
@@ -704,20 +699,7 @@ def load_pretrained(model: Conformer, path: str | os.PathLike[str]) -> None:
             key.endswith(".num_batches_tracked") and key not in state_dict
         ):
             state_dict[key] = value
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch: {_short(mismatched)}")
+    problems = key_mismatches(own, state_dict)
     if problems:
         raise BnrError(
             f"{path}: does not match the Conformer ({layout} checkpoint layout): "

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bnr.checkpoints import load_weights_only
+from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
 from bnr.models.resnet38 import PRESETS, ResNet38d, load_imagenet_weights
 
@@ -143,14 +143,9 @@ def _load_torchvision_backbone(model: TorchvisionDeepLab, path: Path) -> None:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise BnrError(f"{path}: expected a flat state dict of tensors, got {type(obj).__name__}")
     state = {k: v for k, v in obj.items() if not k.startswith("fc.")}
-    own = model.backbone.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        bits = [f"{len(keys)} {what} key(s) e.g. {', '.join(keys[:3])}"
-                for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                   ("mis-shaped", shapes)) if keys]
-        raise BnrError(f"{path}: does not match the resnet101 backbone ({'; '.join(bits)})")
+    problems = key_mismatches(model.backbone.state_dict(), state)
+    if problems:
+        raise BnrError(f"{path}: does not match the resnet101 backbone ({'; '.join(problems)})")
     model.backbone.load_state_dict(state, strict=True)
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnr.checkpoints import load_weights_only
+from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
 from bnr.models.mxnet_params import LIST_MAGIC, read_mxnet_params
 from bnr.pairs import feature_affinity
@@ -521,12 +521,6 @@ def _load_state_file(path: Path) -> tuple[str, dict[str, torch.Tensor] | dict[st
     return "torch", dict(obj)
 
 
-def _first(keys: Iterable[str], n: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def load_imagenet_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load ImageNet ResNet-38d weights strictly into ``model`` (a ResNet38d or AffinityNet).
 
@@ -543,31 +537,17 @@ def load_imagenet_weights(model: nn.Module, path: str | os.PathLike[str]) -> Non
         state = mxnet_filter_fn(raw, target)  # type: ignore[arg-type]
     else:
         state = torch_filter_fn(raw, target)  # type: ignore[arg-type]
-    expected = target.state_dict()
-    missing = expected.keys() - state.keys()
-    unexpected = state.keys() - expected.keys()
-    if missing or unexpected:
-        if kind == "mxnet":  # show the file's own names too
-            origin = {(_mx_to_torch_name(k) or k): k for k in raw}
-            unexpected = {f"{origin[k]} (as {k})" if origin[k] != k else k for k in unexpected}
-            missing = {f"{k} ({_mxnet_key_or(k)})" for k in missing}
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_first(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
+    if kind == "mxnet":  # show the file's own names too
+        origin = {(_mx_to_torch_name(k) or k): k for k in raw}
+        problems = key_mismatches(
+            target.state_dict(), state,
+            missing_name=lambda k: f"{k} ({_mxnet_key_or(k)})",
+            unexpected_name=lambda k: f"{origin[k]} (as {k})" if origin.get(k, k) != k else k)
+    else:
+        problems = key_mismatches(target.state_dict(), state)
+    if problems:
         raise BnrError(
             f"{path}: does not match {getattr(target, 'preset', type(target).__name__)} "
-            f"({kind} layout): " + "; ".join(parts)
-        )
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        raise BnrError(
-            f"{path}: {len(wrong)} shape mismatches for "
-            f"{getattr(target, 'preset', type(target).__name__)}: " + "; ".join(sorted(wrong)[:5])
+            f"({kind} layout): " + "; ".join(problems)
         )
     target.load_state_dict(state, strict=True)
