@@ -492,21 +492,14 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
 
 
 def section_rw(s: Settings, device: torch.device, seconds: float) -> dict:
-    """AffinityNet forward + sparse walk per image, composed from the library's pieces.
-
-    ``random_walk_segmentation`` builds its score maps on the CPU, so the same steps run here
-    with every tensor on the walk's device: scores -> downsample -> sparse walk ->
-    upsample/argmax. Rows: the walk on the GPU after a float32 / bfloat16 forward, and the walk
-    on the CPU after a bfloat16 forward (what the random_walk stage does on a CUDA runtime).
+    """AffinityNet forward + the library's sparse walk (``random_walk_segmentation``, float64,
+    on the device its affinities are on, as the random_walk stage runs it) per image. Rows: the
+    walk on the GPU after a float32 / bfloat16 forward, and the walk on the CPU after a
+    bfloat16 forward (for comparison).
     """
     from bnr.affinity_model import STRIDE, build_affinity_model
     from bnr.data.transforms import EvalTransform
-    from bnr.postprocessing.random_walk import (
-        cams_with_background,
-        downsample_scores,
-        random_walk_sparse,
-        upsample_argmax,
-    )
+    from bnr.postprocessing.random_walk import random_walk_segmentation
     from bnr.walk import padded_size
 
     torch.manual_seed(0)
@@ -538,15 +531,13 @@ def section_rw(s: Settings, device: torch.device, seconds: float) -> dict:
             x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h)).to(device)
             with torch.no_grad(), autocast(device, bf16):
                 aff, src, dst = model.affinity(x[None], s.rw_radius)
-            aff = aff[0].float()  # the walk raises aff to the 14th power: keep it float32
+            aff = aff[0].double()  # the stage's walk: float64 (aff is raised to the 14th power)
             sync(device)
             t1 = time.perf_counter()
             aff, src, dst = aff.to(walk_device), src.to(walk_device), dst.to(walk_device)
-            scores = cams_with_background(cams, s.rw_bg_score)  # (1 + K, H, W)
-            scores = torch.nn.functional.pad(scores, (0, wp - w, 0, hp - h)).to(walk_device)
-            down = downsample_scores(scores, STRIDE)
-            walked = random_walk_sparse(down, aff, src, dst, beta=s.rw_beta, logt=s.rw_logt)
-            label = ids[upsample_argmax(walked, (hp, wp), STRIDE)[:h, :w].cpu()].numpy()
+            label = random_walk_segmentation(
+                cams, keys, aff, src, dst, beta=s.rw_beta, logt=s.rw_logt,
+                bg_score=s.rw_bg_score, method="sparse", stride=STRIDE)[:h, :w]
             sync(device)
             if record:
                 times["forward"] += t1 - t0

@@ -65,7 +65,7 @@ def random_walk_split(
 
     Uses the sparse walk (never an N x N matrix). An image with no foreground class is all
     background (kept and counted). Returns counts and timing. AffinityNet runs on
-    ``runtime`` (``model`` already prepared for it); the walk runs on the CPU in float64.
+    ``runtime`` (``model`` already prepared for it); the walk runs there too, in float64.
     """
     cfg, root = params.random_walk, Path(params.data.root)
     n_labels = len(class_names(params.dataset))
@@ -84,9 +84,7 @@ def random_walk_split(
                     aff, src, dst = image_affinity(model, image, cfg.radius, runtime=runtime)
                 except BnrError as exc:
                     raise BnrError(f"{img_id}: {exc}") from None
-                # random_walk_segmentation builds its score maps on the CPU, so the walk
-                # cannot run on another device: affinities (P,) and pairs come back here
-                aff, src, dst = aff.double().cpu(), src.cpu(), dst.cpu()  # float64 walk
+                aff = aff.double()  # the walk on the runtime's device, in float64
                 h, w = image.shape[:2]
                 label = random_walk_segmentation(
                     cams, [int(c) for c in classes], aff, src, dst, beta=cfg.beta,

@@ -232,7 +232,8 @@ def random_walk_segmentation(
     n_labels: int | None = None,
 ) -> np.ndarray:
     """Full PSA / TransCAM propagation for one image: cams (K, H, W), keys (K,) 1-based class
-    ids, aff (P,) from AffinityNet on the zero-padded image (grid ceil(H/8) x ceil(W/8)).
+    ids, aff (P,) from AffinityNet on the zero-padded image (grid ceil(H/8) x ceil(W/8)). The walk
+    runs on ``aff``'s device and in its dtype (the stage: the runtime's device, float64).
 
     Returns (H, W) uint8 class ids. With ``image`` (H, W, 3) uint8, the result is refined by
     :func:`bnr.postprocessing.crf.dense_crf_labels` with ``n_labels`` (TransCAM), the class count
@@ -249,8 +250,9 @@ def random_walk_segmentation(
     height, width = cams.shape[1:]
     scores = downsample_scores(cams_with_background(cams, bg_score, bg_power), stride)
     walk = {"sparse": random_walk_sparse, "dense": random_walk_dense}[method]
-    rw = walk(scores.to(aff.dtype), aff, src, dst, beta=beta, logt=logt)  # (1 + K, h, w)
-    rows = upsample_argmax(rw.float(), (height, width), stride)  # (H, W)
+    scores = scores.to(device=aff.device, dtype=aff.dtype)  # the walk runs where aff lives
+    rw = walk(scores, aff, src.to(aff.device), dst.to(aff.device), beta=beta, logt=logt)
+    rows = upsample_argmax(rw.float(), (height, width), stride).cpu()  # (H, W)
     ids = torch.tensor([0, *keys], dtype=torch.uint8)
     labels = ids[rows].numpy()  # (H, W)
     if image is not None:
