@@ -51,7 +51,8 @@ def test_no_test_split_still_evaluates(workdir: Path) -> None:
     metrics = run_evaluate(workdir)
     assert metrics["images"] == 2 and 0 <= metrics["miou"] <= 100
     assert metrics["server_archive_written"] == 0
-    assert "test.txt not found" in metrics["protocol"]["server_archive"]
+    protocol = json.loads((workdir / "metrics" / "segmentation.protocol.json").read_text())
+    assert "test.txt not found" in protocol["server_archive"]["note"]
     with tarfile.open(workdir / "data" / "server_archive.tar") as tar:
         assert tar.getnames() == []  # the DVC out exists, empty
 

@@ -6,7 +6,8 @@ import torch
 import yaml
 
 import bnr.training as training
-from bnr.checkpoints import load_checkpoint
+from bnr.cam_model import build_cam_model
+from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.errors import BnrError
@@ -120,8 +121,8 @@ def test_wrong_pretrained_file_is_refused(tiny_root, tmp_path):
 def test_seed_inference_and_sweep(tiny_root, tmp_path):
     params = tiny_params(tiny_root)
     _train(params, tmp_path, "s")
-    model = training.build_cam_model(params)
-    training.load_state_strict(
+    model = build_cam_model(params)
+    load_state_strict(
         model, load_checkpoint(tmp_path / "s" / "cam.pt", {"kind": "cam"})["model"], "cam.pt")
     from bnr.data.voc import VocSegmentation
 
@@ -152,4 +153,4 @@ def test_bfloat16_channels_last_runtime_trains_in_float32_weights(tiny_root, tmp
     assert all(np.isfinite(h["loss"]) for h in summary["history"])
     state = load_checkpoint(tmp_path / "bf16" / "cam.pt", {"kind": "cam"})["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
-    training.load_state_strict(training.build_cam_model(params), state, "cam.pt")
+    load_state_strict(build_cam_model(params), state, "cam.pt")
