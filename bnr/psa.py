@@ -65,6 +65,7 @@ from bnr.postprocessing.affinity import (
 )
 from bnr.postprocessing.crf import crf_map, dense_crf_labels
 from bnr.postprocessing.random_walk import random_walk_segmentation
+from bnr.pretrained import pretrained_path
 from bnr.runtime import CPU, Runtime
 from bnr.seeds import load_cams
 from bnr.training import (
@@ -304,7 +305,8 @@ def train_affinity(
     dataset = AffinityDataset(root, ids, label_dir, data.affinity_crop)
 
     torch.manual_seed(params.seed)
-    model = build_affinity_model(data.affinity_model, cfg.pretrained)
+    model = build_affinity_model(data.affinity_model,
+                                 pretrained_path(cfg.pretrained, params.dataset, "resnet38"))
     batch = data.affinity_batch_size
     per_epoch = max(1, len(dataset) // batch)
     max_step = per_epoch * data.affinity_epochs

@@ -56,6 +56,7 @@ from bnr.io import atomic_path, read_image, read_label_png, voc_palette
 from bnr.metrics import confusion_matrix
 from bnr.models.deeplab import create_segmenter
 from bnr.postprocessing.crf import dense_crf_labels
+from bnr.pretrained import pretrained_path
 from bnr.psa import crf_kwargs, files_digest, write_palette_png
 from bnr.runtime import CPU, Runtime
 from bnr.training import (
@@ -97,7 +98,8 @@ def segmenter_meta(params: Params) -> dict:
 def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
     """A fresh segmenter for ``params`` (ImageNet backbone if train_segmenter.pretrained)."""
     meta = segmenter_meta(params)
-    weights = params.train_segmenter.pretrained if pretrained else ""
+    weights = (pretrained_path(params.train_segmenter.pretrained, params.dataset, "resnet38")
+               if pretrained else "")
     return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights)
 
 

@@ -15,6 +15,7 @@ import torch
 from bnr.config import Params, load_params
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
+from bnr.pretrained import resolve_pretrained
 
 
 def seed_everything(seed: int) -> None:
@@ -27,6 +28,8 @@ def seed_everything(seed: int) -> None:
 def run_stage(main: Callable[[Params], None], description: str, distributed: bool = False) -> None:
     """Parse ``--params``, load and validate them, run ``main``; BnrError -> one line, exit 1.
 
+    ``auto`` ``*.pretrained`` keys are resolved for the dataset first (bnr/pretrained.py).
+
     ``distributed``: a training stage; with ``runtime.nproc`` > 1 a plain start re-launches the
     script under ``torch.distributed.run`` (N processes) and exits with its status.
     """
@@ -35,7 +38,7 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from files, never from a hub
     try:
-        params = load_params(args.params)
+        params = resolve_pretrained(load_params(args.params))
         if distributed:
             code = relaunch_under_torchrun(params.runtime.nproc,
                                            [sys.argv[0], "--params", args.params])

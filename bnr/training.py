@@ -50,6 +50,7 @@ from bnr.errors import BnrError
 from bnr.io import atomic_path
 from bnr.losses import total_loss
 from bnr.models.conformer import create_conformer, load_pretrained
+from bnr.pretrained import pretrained_path
 from bnr.runtime import CPU, Runtime, start_runtime
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -268,10 +269,12 @@ def cam_model_meta(params: Params) -> dict:
 
 
 def build_cam_model(params: Params) -> nn.Module:
-    """A fresh Conformer for ``params`` (ImageNet-initialised when train_cam.pretrained is set)."""
+    """A fresh Conformer for ``params`` (pretrained when train_cam.pretrained names weights;
+    ``auto``: see bnr/pretrained.py)."""
     model = create_conformer(params.data.model, num_classes=len(class_names(params.dataset)))
-    if params.train_cam.pretrained:
-        load_pretrained(model, params.train_cam.pretrained)
+    weights = pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
+    if weights:
+        load_pretrained(model, weights)
     return model
 
 

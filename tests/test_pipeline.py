@@ -22,6 +22,8 @@ def tiny_params(raw: dict) -> dict:
         crop_size=64, resize_long=[48, 80], epochs=1, batch_size=4, infer_scales=[32, 64],
         affinity_crop=72, affinity_epochs=1, affinity_batch_size=4,
     )
+    raw["pretrain"].update(image_size=32, num_val=8, batch_size=4, conformer_steps=2,
+                           resnet_steps=2)
     return raw
 
 
