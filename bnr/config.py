@@ -359,17 +359,17 @@ class PretrainConfig:
 
     seed: int = spec(integer(0), 0)  # initialisation and flip seeds
     world_seed: int = spec(integer(0), 4242)  # generator seed of the world's images
-    image_size: int = spec(integer(32, 512), 96)  # square side (px), a multiple of the patch
-    max_objects: int = spec(integer(1, 3), 3)  # objects per image: 1..max_objects
+    image_size: int = spec(integer(32, 512), 64)  # square side (px), a multiple of the patch
+    max_objects: int = spec(integer(1, 3), 2)  # objects per image: 1..max_objects
     clutter: int = spec(integer(0, 64), 10)  # small random strokes per image
     num_val: int = spec(integer(1), 1000)  # held-out images
     batch_size: int = spec(integer(1), 32)
     conformer_model: str = spec(string(allow_empty=False), "conformer_tiny")
-    conformer_steps: int = spec(integer(1), 900)
-    conformer_lr: float = spec(number(0, lo_open=True), 1e-3)  # AdamW peak learning rate
+    conformer_steps: int = spec(integer(1), 2500)
+    conformer_lr: float = spec(number(0, lo_open=True), 2e-3)  # AdamW peak learning rate
     resnet_model: str = spec(string(allow_empty=False), "resnet38d_tiny")
-    resnet_steps: int = spec(integer(1), 500)
-    resnet_lr: float = spec(number(0, lo_open=True), 1e-3)
+    resnet_steps: int = spec(integer(1), 1200)
+    resnet_lr: float = spec(number(0, lo_open=True), 2e-3)
     weight_decay: float = spec(number(0), 0.05)
     warmup_fraction: float = spec(number(0, 1), 0.05)  # linear warm-up, then cosine decay
     num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)

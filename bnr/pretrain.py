@@ -1,6 +1,6 @@
 """The pretrain stage: classification pretraining on the generated world (its own "ImageNet").
 
-``conformer_tiny`` and ``resnet38d_tiny`` learn the 50 multi-label classes of
+``conformer_tiny`` and ``resnet38d_tiny`` learn the 50 classes (multi-label) of
 ``bnr.data.pretrain_world`` from images the generator never repeats, and are written in the
 layouts of the real ImageNet files, so the CAM, affinity and segmenter stages load them through
 exactly the strict key maps that load those files:
@@ -12,8 +12,9 @@ exactly the strict key maps that load those files:
 * the ResNet-38d in the converted ``.pth`` layout (PSA's key names, no BatchNorm counters,
   the classifier as ``linear1000.*``), read by :func:`bnr.models.resnet38.load_imagenet_weights`.
 
-Training: AdamW, linear warm-up then cosine decay, multi-label soft margin on each head (both
-summed for the Conformer, as the official model sums its two losses). Step ``s`` sees train
+Training: AdamW, linear warm-up then cosine decay, cross-entropy of each head against the
+image's classes (weight 1/n each; both heads' losses summed for the Conformer, as the official
+model sums its two). Step ``s`` sees train
 images ``s*B .. s*B+B-1``, each flipped from its own seed, so the run is deterministic from the
 params. The held-out split is scored by mean average precision over the classes and by top-1 on
 its single-object images.
@@ -122,8 +123,11 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def multilabel_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """Sum over heads of the multi-label soft margin loss; logits and labels (B, K)."""
-    return sum(F.multilabel_soft_margin_loss(x, labels) for x in logits)  # type: ignore[return-value]
+    """Sum over heads of the cross-entropy against the multi-hot target spread evenly over the
+    image's classes (logits and labels (B, K)). Softmax competition between the 50 classes
+    learns where 50 independent soft-margin terms sat at the label prior (measured)."""
+    target = labels / labels.sum(1, keepdim=True).clamp(min=1)
+    return sum(F.cross_entropy(x, target) for x in logits)  # type: ignore[return-value]
 
 
 def flip_seed(seed: int, index: int) -> int:

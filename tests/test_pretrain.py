@@ -14,6 +14,7 @@ import yaml
 
 from bnr.config import PretrainConfig, parse_params
 from bnr.data.pretrain_world import (
+    PALETTES,
     PATTERNS,
     PRETRAIN_CLASSES,
     SHAPES,
@@ -53,7 +54,7 @@ def test_world_is_deterministic_and_splits_differ():
 
 
 def test_world_items_have_multi_hot_targets_over_all_classes():
-    spec = WorldSpec(image_size=48)
+    spec = WorldSpec(image_size=48, max_objects=3)
     world = PretrainWorld(spec, "train", 200)
     counts = np.zeros(len(PRETRAIN_CLASSES))
     objects = []
@@ -68,7 +69,7 @@ def test_world_items_have_multi_hot_targets_over_all_classes():
 
 def test_world_classes_are_disjoint_from_the_demo():
     demo_names = set(SYNTHETIC_CLASSES) | {c for c in CONTEXTS if c}
-    assert not demo_names & set(SHAPES) and not demo_names & set(PATTERNS)
+    assert not demo_names & (set(SHAPES) | set(PATTERNS) | set(PALETTES))
     # no world shape matches a demo shape, at any rotation and a range of sizes (mask IoU)
     yy, xx = np.mgrid[-40:41, -40:41].astype(float)
     for shape in SHAPES:
