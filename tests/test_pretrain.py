@@ -175,3 +175,13 @@ def test_pretrain_stage_on_a_tiny_configuration(tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "stages" / "pretrain.py")], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 1 and "pretrain.batch_size must be an integer >= 1" in res.stderr
+
+
+def test_rebuild_is_identical_on_the_same_machine(written, tmp_path):
+    out, _ = written
+    run_pretrain(TINY, tmp_path / "conformer.pth", tmp_path / "resnet38d.pth", log=lambda m: None)
+    for name in ("conformer.pth", "resnet38d.pth"):
+        first = torch.load(out / name, weights_only=True)
+        again = torch.load(tmp_path / name, weights_only=True)
+        assert first.keys() == again.keys()
+        assert all(torch.equal(first[k], again[k]) for k in first), name
