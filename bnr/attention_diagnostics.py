@@ -19,7 +19,6 @@ when at least half are background; boundary pixels (255) are not counted):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -97,9 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         params = load_params(args.params)
         state = load_checkpoint(Path(args.model), cam_model_meta(params))
-        # the weights come from the checkpoint: no pretrained file is needed to build it
-        model = build_cam_model(dataclasses.replace(
-            params, train_cam=dataclasses.replace(params.train_cam, pretrained="")))
+        model = build_cam_model(params, pretrained=False)  # the weights come from the checkpoint
         load_state_strict(model, state["model"], args.model)
         dataset = VocSegmentation(params.data.root, params.data.seed_eval_split,
                                   class_names(params.dataset), with_mask=True,

@@ -268,11 +268,13 @@ def cam_model_meta(params: Params) -> dict:
     }
 
 
-def build_cam_model(params: Params) -> nn.Module:
+def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
     """A fresh Conformer for ``params`` (pretrained when train_cam.pretrained names weights;
-    ``auto``: see bnr/pretrained.py)."""
+    ``auto``: see bnr/pretrained.py). ``pretrained=False``: random weights, for a caller that
+    loads a trained checkpoint next."""
     model = create_conformer(params.data.model, num_classes=len(class_names(params.dataset)))
-    weights = pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
+    weights = (pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
+               if pretrained else "")
     if weights:
         load_pretrained(model, weights)
     return model

@@ -185,3 +185,23 @@ def test_rebuild_is_identical_on_the_same_machine(written, tmp_path):
         again = torch.load(tmp_path / name, weights_only=True)
         assert first.keys() == again.keys()
         assert all(torch.equal(first[k], again[k]) for k in first), name
+
+
+def test_attention_diagnostics_tell_an_affinity_from_a_sink():
+    from bnr.attention_diagnostics import attention_stats, patch_labels
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:8, :8] = 1  # patch 0 (of 4 patches of 8 px) is class 1
+    mask[8:, 8:] = 2  # patch 3 is class 2
+    mask[0, :] = 255  # boundary pixels are not counted
+    labels = patch_labels(mask, 8)
+    assert labels.tolist() == [1, 0, 0, 2]
+    same = labels[:, None] == labels[None, :]
+    affinity = np.where(same, 1.0, 0.01)
+    out = attention_stats(affinity / affinity.sum(1, keepdims=True), labels)
+    assert out["object_to_same_class"] > out["object_to_object"] > out["bg_to_object"]
+    sink = np.tile(np.array([0.7, 0.1, 0.1, 0.1]), (4, 1))  # every query attends to patch 0
+    out = attention_stats(sink, labels)
+    assert out["bg_to_object"] > out["object_to_same_class"]
+    uniform = attention_stats(np.full((4, 4), 0.25), labels)
+    assert uniform["row_entropy"] == pytest.approx(uniform["uniform_entropy"])
