@@ -47,6 +47,7 @@ from bnr.models.resnet38 import param_groups
 from bnr.pairs import feature_affinity
 from bnr.postprocessing.affinity import affinity_labels_from_cam, affinity_loss, pair_labels
 from bnr.postprocessing.crf import crf_map, dense_crf_labels
+from bnr.pretrained import pretrained_path
 from bnr.runtime import CPU, Runtime
 from bnr.seeds import checked_cams
 
@@ -183,7 +184,8 @@ def train_affinity(
     dataset = AffinityDataset(root, ids, label_dir, data.affinity_crop, PAD_LABELS[cfg.pad_label])
 
     torch.manual_seed(params.seed)
-    model = build_affinity_model(data.affinity_model, cfg.pretrained)
+    model = build_affinity_model(data.affinity_model,
+                                 pretrained_path(cfg.pretrained, params.dataset, "resnet38"))
     batch = data.affinity_batch_size
     per_epoch = len(epoch_batches(len(dataset), batch, params.seed, 0))
     max_step = per_epoch * data.affinity_epochs

@@ -8,6 +8,7 @@ from torch import nn
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.models.conformer import create_conformer, load_pretrained
+from bnr.pretrained import pretrained_path
 
 
 def cam_model_meta(params: Params) -> dict:
@@ -20,9 +21,13 @@ def cam_model_meta(params: Params) -> dict:
     }
 
 
-def build_cam_model(params: Params) -> nn.Module:
-    """A fresh Conformer for ``params`` (ImageNet-initialised when train_cam.pretrained is set)."""
+def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
+    """A fresh Conformer for ``params`` (pretrained when train_cam.pretrained names weights;
+    ``auto``: see bnr/pretrained.py). ``pretrained=False``: random weights, for a caller that
+    loads a trained checkpoint next."""
     model = create_conformer(params.data.model, num_classes=len(class_names(params.dataset)))
-    if params.train_cam.pretrained:
-        load_pretrained(model, params.train_cam.pretrained)
+    weights = (pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
+               if pretrained else "")
+    if weights:
+        load_pretrained(model, weights)
     return model

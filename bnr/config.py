@@ -216,6 +216,29 @@ class RuntimeConfig:
     num_threads: int = spec(integer(0, 1024), 0)  # CPU threads per process; 0 = auto (bnr.threads)
 
 
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Classification pretraining on the generated world (bnr/pretrain.py, synthetic only)."""
+
+    seed: int = spec(integer(0), 0)  # initialisation and flip seeds
+    world_seed: int = spec(integer(0), 4242)  # generator seed of the world's images
+    image_size: int = spec(integer(32, 512), 64)  # square side (px), a multiple of the patch
+    max_objects: int = spec(integer(1, 3), 2)  # objects per image: 1..max_objects
+    clutter: int = spec(integer(0, 64), 10)  # small random strokes per image
+    num_val: int = spec(integer(1), 1000)  # held-out images
+    batch_size: int = spec(integer(1), 32)
+    conformer_model: str = spec(string(allow_empty=False), "conformer_tiny")
+    conformer_steps: int = spec(integer(1), 2500)
+    conformer_lr: float = spec(number(0, lo_open=True), 2e-3)  # AdamW peak learning rate
+    resnet_model: str = spec(string(allow_empty=False), "resnet38d_tiny")
+    resnet_steps: int = spec(integer(1), 1200)
+    resnet_lr: float = spec(number(0, lo_open=True), 2e-3)
+    weight_decay: float = spec(number(0), 0.05)
+    warmup_fraction: float = spec(number(0, 1), 0.05)  # linear warm-up, then cosine decay
+    num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
+    log_every: int = spec(integer(1), 50)
+
+
 STAGE_BLOCKS: dict[str, type] = {
     "runtime": RuntimeConfig,
     "download": DownloadConfig,
@@ -227,6 +250,7 @@ STAGE_BLOCKS: dict[str, type] = {
     "crf": CrfConfig,
     "train_segmenter": TrainSegmenterConfig,
     "evaluate": EvaluateConfig,
+    "pretrain": PretrainConfig,
 }
 
 
@@ -247,6 +271,7 @@ class Params:
     train_segmenter: TrainSegmenterConfig
     evaluate: EvaluateConfig
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def protocol(self) -> dict:

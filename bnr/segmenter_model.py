@@ -12,6 +12,7 @@ from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.errors import BnrError
 from bnr.models.deeplab import create_segmenter
+from bnr.pretrained import pretrained_path
 
 
 def segmenter_meta(params: Params) -> dict:
@@ -28,7 +29,8 @@ def segmenter_meta(params: Params) -> dict:
 def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
     """A fresh segmenter for ``params`` (ImageNet backbone if train_segmenter.pretrained)."""
     meta = segmenter_meta(params)
-    weights = params.train_segmenter.pretrained if pretrained else ""
+    weights = (pretrained_path(params.train_segmenter.pretrained, params.dataset, "resnet38")
+               if pretrained else "")
     return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights,
                             bn_momentum=params.data.segmenter_bn_momentum)
 

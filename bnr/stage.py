@@ -19,6 +19,7 @@ from bnr.data.checks import check_stage_inputs
 from bnr.declared import declared_params, declared_view
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
+from bnr.pretrained import resolve_pretrained
 
 
 def seed_everything(seed: int) -> None:
@@ -49,6 +50,8 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
     When ``dvc.yaml`` in the working directory has this stage, ``main`` sees only the params the
     stage declares there (:mod:`bnr.declared`): reading any other key stops with one line.
 
+    ``auto`` ``*.pretrained`` keys are resolved for the dataset first (bnr/pretrained.py).
+
     ``distributed``: a training stage; with ``runtime.nproc`` > 1 a plain start re-launches the
     script under ``torch.distributed.run`` (N processes) and exits with its status.
     """
@@ -60,7 +63,7 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
     try:
         stage = Path(sys.argv[0]).stem
         keys = declared_params(stage)
-        params = load_params(args.params)
+        params = resolve_pretrained(load_params(args.params))
         if keys is not None:
             params = declared_view(params, stage, keys)
         if int(os.environ.get("RANK", "0")) == 0:

@@ -60,7 +60,7 @@ def main(params: Params) -> None:
 def write_overlays(params: Params, dataset: VocSegmentation, threshold: float, out: Path) -> None:
     """image | ground truth | seed CAM | seeds | class-token attention, for the first images."""
     ckpt = Path("models/cam.pt")
-    model = build_cam_model(params)
+    model = build_cam_model(params, pretrained=False)
     load_state_strict(model, load_checkpoint(ckpt, cam_model_meta(params))["model"], ckpt)
     model.eval()
     size = params.data.infer_scales[len(params.data.infer_scales) // 2]

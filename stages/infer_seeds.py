@@ -22,7 +22,7 @@ def main(params: Params) -> None:
     runtime = start_runtime(params.runtime)
     ckpt = Path("models/cam.pt")
     state = load_checkpoint(ckpt, cam_model_meta(params))
-    model = build_cam_model(params)
+    model = build_cam_model(params, pretrained=False)
     load_state_strict(model, state["model"], ckpt)
     model = runtime.prepare_model(model)
     dataset = VocSegmentation(params.data.root, params.data.infer_split,

@@ -202,6 +202,8 @@ def _workspace(tmp: Path) -> Path:
         segmenter_iterations=4, segmenter_batch_size=4,
     )
     raw["train_cam"]["adam_eps"] = 1.0  # see the module docstring
+    for block in ("train_cam", "train_affinity", "train_segmenter"):
+        raw[block]["pretrained"] = ""  # from scratch: the pretrain stage's files are not here
     raw["train_affinity"]["radius"] = 2
     raw["train_affinity"]["label_crf"]["workers"] = 1
     raw["runtime"].update(device="cpu", num_threads=1)

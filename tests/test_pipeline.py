@@ -31,6 +31,8 @@ def tiny_params(raw: dict) -> dict:
         affinity_crop=72, affinity_epochs=1, affinity_batch_size=4,
         segmenter_crop=64, segmenter_iterations=20, segmenter_batch_size=4,
     )
+    raw["pretrain"].update(image_size=32, num_val=8, batch_size=4, conformer_steps=2,
+                           resnet_steps=2)
     return raw
 
 
@@ -168,7 +170,7 @@ def check_dvc_views(clone: Path, env: dict) -> None:
     assert len(bars) == 4, list(plots["data"])
 
 
-ALL_STAGES = {"download", "train_cam", "infer_seeds", "eval_seeds", "train_affinity",
+ALL_STAGES = {"pretrain", "download", "train_cam", "infer_seeds", "eval_seeds", "train_affinity",
               "random_walk", "crf", "train_segmenter", "evaluate", "report"}
 # (what is edited, the exact set of stages `dvc status` marks). Stages downstream of a marked
 # stage re-run through their data deps; these are the stages whose own deps or params change.

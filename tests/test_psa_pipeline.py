@@ -50,6 +50,7 @@ def tiny_params(root: Path, workers: int = 2):
     raw["crf"]["workers"] = workers
     raw["train_affinity"]["label_crf"]["workers"] = workers
     raw["random_walk"]["logt"] = 4
+    raw["train_affinity"]["pretrained"] = ""  # from scratch (not the pretrain stage's weights)
     return parse_params(raw)
 
 

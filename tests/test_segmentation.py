@@ -42,6 +42,7 @@ def tiny_params(root: Path, **data):
         **data,
     )
     raw["train_segmenter"]["log_every"] = 2
+    raw["train_segmenter"]["pretrained"] = ""  # from scratch (not the pretrain stage's weights)
     raw["evaluate"]["overlays"] = 2
     return parse_params(raw)
 

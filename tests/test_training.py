@@ -47,6 +47,7 @@ def tiny_params(root, **top):
         infer_scales=[32], lr=0.001,
     )
     raw["train_cam"]["log_every"] = 1
+    raw["train_cam"]["pretrained"] = ""  # from scratch (auto would load the pretrain stage's)
     raw.update(top)
     return parse_params(raw)
 

@@ -1,0 +1,211 @@
+"""The pretrain stage: its generated world, the checkpoint layouts it writes, the stage itself."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bnr.config import PretrainConfig, parse_params
+from bnr.data.pretrain_world import (
+    PALETTES,
+    PATTERNS,
+    PRETRAIN_CLASSES,
+    SHAPES,
+    PretrainWorld,
+    WorldSpec,
+    render_world_image,
+    shape_mask,
+    world_rng,
+)
+from bnr.data.synthetic import CONTEXTS, SYNTHETIC_CLASSES, _rot, _shape_mask
+from bnr.errors import BnrError
+from bnr.models.conformer import create_conformer, detect_checkpoint_layout, load_pretrained
+from bnr.models.deeplab import create_segmenter
+from bnr.models.resnet38 import AffinityNet, load_imagenet_weights, resnet38d_tiny
+from bnr.pretrain import average_precision, classification_scores, lr_at, run_pretrain
+from bnr.pretrained import PRETRAINED_FILES, pretrained_path, resolve_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = PretrainConfig(image_size=32, num_val=12, batch_size=4, conformer_steps=2,
+                      resnet_steps=2, log_every=1, clutter=2)
+
+
+def test_world_is_deterministic_and_splits_differ():
+    spec = WorldSpec(image_size=48)
+    for split in ("train", "val"):
+        for index in (0, 7):
+            a, ca = render_world_image(spec, world_rng(spec, split, index))
+            b, cb = render_world_image(spec, world_rng(spec, split, index))
+            assert a.tobytes() == b.tobytes() and ca == cb
+    train, _ = render_world_image(spec, world_rng(spec, "train", 3))
+    val, _ = render_world_image(spec, world_rng(spec, "val", 3))
+    other, _ = render_world_image(WorldSpec(image_size=48, seed=1), world_rng(
+        WorldSpec(image_size=48, seed=1), "train", 3))
+    assert train.tobytes() != val.tobytes() and train.tobytes() != other.tobytes()
+
+
+def test_world_items_have_multi_hot_targets_over_all_classes():
+    spec = WorldSpec(image_size=48, max_objects=3)
+    world = PretrainWorld(spec, "train", 200)
+    counts = np.zeros(len(PRETRAIN_CLASSES))
+    objects = []
+    for i in range(len(world)):
+        item = world[i]
+        assert item["image"].shape == (3, 48, 48) and item["image"].dtype == torch.float32
+        counts += item["labels"].numpy()
+        objects.append(int(item["labels"].sum()))
+    assert len(PRETRAIN_CLASSES) == 50 and (counts > 0).sum() >= 45
+    assert set(objects) <= {0, 1, 2, 3} and {1, 2, 3} <= set(objects)
+
+
+def test_world_classes_are_disjoint_from_the_demo():
+    demo_names = set(SYNTHETIC_CLASSES) | {c for c in CONTEXTS if c}
+    assert not demo_names & (set(SHAPES) | set(PATTERNS) | set(PALETTES))
+    # no world shape matches a demo shape, at any rotation and a range of sizes (mask IoU)
+    yy, xx = np.mgrid[-40:41, -40:41].astype(float)
+    for shape in SHAPES:
+        for cls in range(1, len(SYNTHETIC_CLASSES)):
+            demo = _shape_mask(cls, yy, xx, 20)
+            for angle in np.linspace(0, 2 * np.pi, 12, endpoint=False):
+                ry, rx = _rot(yy, xx, angle)
+                for scale in (0.8, 1.0, 1.25):
+                    mask = shape_mask(shape, ry, rx, 20 * scale)
+                    iou = (mask & demo).sum() / (mask | demo).sum()
+                    assert iou < 0.75, (shape, SYNTHETIC_CLASSES[cls], angle, scale, iou)
+
+
+def test_scores_and_schedule():
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([0, 1, 0])) == 0.5
+    assert np.isnan(average_precision(np.array([0.1]), np.array([0])))
+    scores = np.array([[0.9, 0.1], [0.2, 0.7], [0.6, 0.5]])
+    targets = np.array([[1, 0], [0, 1], [0, 1]])
+    out = classification_scores(scores, targets)
+    assert out["top1_single_object"] == pytest.approx(100 * 2 / 3, abs=0.01)
+    lrs = [lr_at(s, 100, 1.0, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    torch.set_num_threads(1)
+    summary = run_pretrain(TINY, out / "conformer.pth", out / "resnet38d.pth", log=lambda m: None)
+    return out, summary
+
+
+def test_conformer_file_is_official_layout_and_loads_strictly(written):
+    out, summary = written
+    state = torch.load(out / "conformer.pth", map_location="cpu", weights_only=True)
+    assert detect_checkpoint_layout(state) == "official"
+    # the official heads: a Linear on the pooled CNN map and one on the class token, K = 50
+    assert state["conv_cls_head.weight"].shape == (50, 64)  # c3 of conformer_tiny
+    assert state["trans_cls_head.weight"].shape == (50, 96)
+    model = create_conformer("conformer_tiny", num_classes=7)
+    load_pretrained(model, out / "conformer.pth")
+    own = model.state_dict()
+    for key, value in state.items():
+        if not key.startswith(("conv_cls_head", "trans_cls_head")):
+            assert torch.equal(own[key], value), key
+    assert summary["conformer"]["steps"] == 2 and 0 <= summary["conformer"]["map"] <= 100
+    broken = {k: v for k, v in state.items() if not k.startswith("trans_1.attn.qkv")}
+    torch.save(broken, out / "broken.pth")
+    with pytest.raises(BnrError, match="missing keys: trans_1.attn.qkv"):
+        load_pretrained(create_conformer("conformer_tiny", num_classes=7), out / "broken.pth")
+
+
+def test_resnet_file_is_converted_layout_and_loads_strictly(written):
+    out, _ = written
+    state = torch.load(out / "resnet38d.pth", map_location="cpu", weights_only=True)
+    assert "linear1000.weight" in state and "b2.bn_branch2a.running_mean" in state
+    assert not any(k.endswith("num_batches_tracked") for k in state)
+    backbone = resnet38d_tiny()
+    load_imagenet_weights(backbone, out / "resnet38d.pth")
+    assert torch.equal(backbone.state_dict()["b5.conv_branch2a.weight"],
+                       state["b5.conv_branch2a.weight"])
+    load_imagenet_weights(AffinityNet(resnet38d_tiny()), out / "resnet38d.pth")
+    create_segmenter("largefov", "resnet38d_tiny", 7, out / "resnet38d.pth")
+    with pytest.raises(BnrError, match="does not match"):
+        load_imagenet_weights(resnet38d_tiny(), out / "conformer.pth")
+
+
+def test_auto_pretrained_is_per_dataset():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert parse_params(raw).train_cam.pretrained == ""  # the default: from scratch
+    for block in ("train_cam", "train_affinity", "train_segmenter"):
+        raw[block]["pretrained"] = "auto"
+    params = parse_params(raw)
+    resolved = resolve_pretrained(params)
+    assert resolved.train_cam.pretrained == PRETRAINED_FILES["conformer"]
+    assert resolved.train_affinity.pretrained == PRETRAINED_FILES["resnet38"]
+    assert resolved.train_segmenter.pretrained == PRETRAINED_FILES["resnet38"]
+    raw["dataset"] = "voc2012"
+    voc = resolve_pretrained(parse_params(raw))
+    assert (voc.train_cam.pretrained, voc.train_affinity.pretrained,
+            voc.train_segmenter.pretrained) == ("", "", "")
+    assert pretrained_path("w/x.pth", "synthetic", "conformer") == "w/x.pth"
+    assert pretrained_path("", "synthetic", "conformer") == ""
+
+
+def test_pretrain_stage_on_a_tiny_configuration(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["pretrain"] = dataclasses.asdict(TINY)
+    raw["runtime"].update(device="cpu", num_threads=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(REPO / "stages" / "pretrain.py")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics" / "pretrain.json").read_text())
+    protocol = json.loads((tmp_path / "metrics" / "pretrain.protocol.json").read_text())
+    assert protocol["classes"] == 50
+    for part in ("conformer", "resnet38"):
+        assert protocol[part]["images"] == 12 and 0 <= metrics[f"{part}_map"] <= 100
+        assert 0 <= metrics[f"{part}_top1"] <= 100
+        assert (tmp_path / protocol[part]["file"]).is_file()
+    assert protocol["pretrain"]["conformer_steps"] == 2
+    raw["pretrain"]["batch_size"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    res = subprocess.run([sys.executable, str(REPO / "stages" / "pretrain.py")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "pretrain.batch_size must be an integer >= 1" in res.stderr
+
+
+def test_rebuild_is_identical_on_the_same_machine(written, tmp_path):
+    out, _ = written
+    run_pretrain(TINY, tmp_path / "conformer.pth", tmp_path / "resnet38d.pth", log=lambda m: None)
+    for name in ("conformer.pth", "resnet38d.pth"):
+        first = torch.load(out / name, weights_only=True)
+        again = torch.load(tmp_path / name, weights_only=True)
+        assert first.keys() == again.keys()
+        assert all(torch.equal(first[k], again[k]) for k in first), name
+
+
+def test_attention_diagnostics_tell_an_affinity_from_a_sink():
+    from bnr.attention_diagnostics import attention_stats, patch_labels
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:8, :8] = 1  # patch 0 (of 4 patches of 8 px) is class 1
+    mask[8:, 8:] = 2  # patch 3 is class 2
+    mask[0, :] = 255  # boundary pixels are not counted
+    labels = patch_labels(mask, 8)
+    assert labels.tolist() == [1, 0, 0, 2]
+    same = labels[:, None] == labels[None, :]
+    affinity = np.where(same, 1.0, 0.01)
+    out = attention_stats(affinity / affinity.sum(1, keepdims=True), labels)
+    assert out["object_to_same_class"] > out["object_to_object"] > out["bg_to_object"]
+    sink = np.tile(np.array([0.7, 0.1, 0.1, 0.1]), (4, 1))  # every query attends to patch 0
+    out = attention_stats(sink, labels)
+    assert out["bg_to_object"] > out["object_to_same_class"]
+    uniform = attention_stats(np.full((4, 4), 0.25), labels)
+    assert uniform["row_entropy"] == pytest.approx(uniform["uniform_entropy"])
