@@ -64,10 +64,10 @@ def run_stage(main: Callable[[Params], None], description: str, distributed: boo
         stage = Path(sys.argv[0]).stem
         keys = declared_params(stage)
         params = resolve_pretrained(load_params(args.params))
+        if int(os.environ.get("RANK", "0")) == 0:  # hygiene, not a result: all params
+            clean_stale_outputs(params, stage)
         if keys is not None:
             params = declared_view(params, stage, keys)
-        if int(os.environ.get("RANK", "0")) == 0:
-            clean_stale_outputs(params, stage)
         check_stage_inputs(params.data, stage)  # splits, images, masks: before any long work
         if distributed:
             code = relaunch_under_torchrun(params.runtime.nproc,

@@ -188,8 +188,9 @@ STATUS_CASES = [
     ("file bnr/report.py", {"report"}),
     # affinity labels and loss: only their training (random_walk follows through affinity.pt)
     ("file bnr/postprocessing/affinity.py", {"train_affinity"}),
-    # pixel-pair geometry: AffinityNet (training, walk) and ResNet-38d (the segmenter's backbone)
-    ("file bnr/pairs.py", {"train_affinity", "random_walk", "train_segmenter", "evaluate"}),
+    # pixel-pair geometry: AffinityNet (training, walk) and ResNet-38d (pretrain, the segmenter)
+    ("file bnr/pairs.py", {"pretrain", "train_affinity", "random_walk", "train_segmenter",
+                           "evaluate"}),
     ("file bnr/engine.py", {"train_cam", "train_affinity", "train_segmenter"}),
     ("file bnr/pseudo_labels.py", {"crf"}),
 ]
