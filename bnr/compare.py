@@ -160,7 +160,7 @@ def format_table(rows: list[Comparison]) -> str:
     body = [(r.file, r.field, f"{r.committed:g}", f"{r.fresh:g}", f"{r.diff:+.4g}",
              f"{r.allowed:.4g}" + (" mIoU" if r.kind == "miou" else ""),
              "ok" if r.ok else "OUTSIDE") for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=False)]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in [header, *body])
 

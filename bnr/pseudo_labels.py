@@ -142,9 +142,4 @@ def evaluate_pseudo_labels(
     total = conf["crf"]
     table["gt_pixels"] = [*total.sum(1), int(total.sum())]
     table["crf_pred_pixels"] = [*total.sum(0), int(total.sum())]
-    out["per_class_iou"] = {
-        key: {nm: None if np.isnan(v) else round(float(v) * 100, 3)
-              for nm, v in zip(names, iou_per_class(c), strict=True)}
-        for key, c in conf.items()
-    }
     return out, table
