@@ -139,7 +139,7 @@ def train_affinity(
     params: Params,
     model_out: Path,
     curves_out: Path,
-    cam_dir: Path = Path("data/cams"),
+    cam_dir: Path,
     run_root: Path = Path("runs/train_affinity"),
     stop_after_epoch: int | None = None,
     progress: bool = True,

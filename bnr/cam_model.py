@@ -3,8 +3,11 @@ checkpoint meta and a fresh model (ImageNet-initialised when ``train_cam.pretrai
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
+from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.models.conformer import create_conformer, load_pretrained
@@ -30,4 +33,12 @@ def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
                if pretrained else "")
     if weights:
         load_pretrained(model, weights)
+    return model
+
+
+def load_cam_model(params: Params, path: Path) -> nn.Module:
+    """The trained CAM network of ``path`` in eval mode (strict, meta-checked)."""
+    model = build_cam_model(params, pretrained=False)
+    load_state_strict(model, load_checkpoint(path, cam_model_meta(params))["model"], path)
+    model.eval()
     return model

@@ -68,8 +68,8 @@ def crf_split(
             "seconds": round(time.time() - started, 1)}
 
 
-def best_seed_threshold(path: Path = Path("data/seed_threshold.json")) -> float:
-    """The best background threshold eval_seeds chose (its ``data/seed_threshold.json``)."""
+def best_seed_threshold(path: Path) -> float:
+    """The best background threshold eval_seeds chose (its threshold file)."""
     path = Path(path)
     if not path.is_file():
         raise BnrError(f"{path}: not found (run the eval_seeds stage)")
@@ -90,7 +90,7 @@ def pseudo_label_confusions(
     threshold: float,
     rw_dir: Path,
     crf_dir: Path,
-    cam_dir: Path = Path("data/cams"),
+    cam_dir: Path,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """Accumulated (C, C) confusion matrices of seeds / random walk / CRF on ``ids``."""
@@ -112,10 +112,10 @@ def pseudo_label_confusions(
 
 def evaluate_pseudo_labels(
     params: Params,
-    rw_dir: Path = Path("data/rw_labels"),
-    crf_dir: Path = Path("data/pseudo_labels"),
-    cam_dir: Path = Path("data/cams"),
-    seeds_json: Path = Path("data/seed_threshold.json"),
+    rw_dir: Path,
+    crf_dir: Path,
+    cam_dir: Path,
+    seeds_json: Path,
     progress: bool = True,
 ) -> tuple[dict, Any]:
     """mIoU of the seeds (best eval_seeds threshold), random-walk and CRF labels on

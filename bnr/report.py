@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +57,17 @@ EXPERIMENT_COLUMNS = (  # header, metrics file, key
 EXPERIMENT_PARAMS = ("dataset", "method", "noise_scale", "seed")
 
 
-def read_metrics(metrics_dir: Path) -> tuple[dict[str, dict], list[str]]:
-    """The step metrics files of ``metrics_dir`` that exist and parse, and notes for the rest."""
+def step_metrics_files(metrics_dir: Path) -> dict[str, Path]:
+    """The step metrics files the report reads, under their usual names in ``metrics_dir``."""
+    return {name: Path(metrics_dir) / name for name in sorted({s[2] for s in STEPS})}
+
+
+def read_metrics(files: Mapping[str, Path]) -> tuple[dict[str, dict], list[str]]:
+    """The step metrics ``files`` (``seeds.json`` -> its path) that exist and parse, and notes
+    for the rest."""
     out, notes = {}, []
     for name in sorted({s[2] for s in STEPS}):
-        path = Path(metrics_dir) / name
+        path = Path(files[name])
         if not path.is_file():
             notes.append(f"{path} not found (its stage has not run)")
             continue
@@ -72,13 +78,14 @@ def read_metrics(metrics_dir: Path) -> tuple[dict[str, dict], list[str]]:
     return out, notes
 
 
-def read_protocols(metrics_dir: Path, names: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
-    """The protocol files next to the metrics files ``names`` of ``metrics_dir``, and notes for
-    those missing or unreadable."""
+def read_protocols(files: Mapping[str, Path], names: Sequence[str]
+                   ) -> tuple[dict[str, dict], list[str]]:
+    """The protocol files next to the metrics files ``names`` (keys of ``files``), and notes
+    for those missing or unreadable."""
     out, notes = {}, []
     for name in names:
         try:
-            out[name] = read_protocol(Path(metrics_dir) / name)
+            out[name] = read_protocol(files[name])
         except BnrError as exc:
             notes.append(str(exc))
     return out, notes
@@ -246,12 +253,13 @@ def dvc_experiments(runner: Runner = subprocess.run, timeout: float = 120) -> tu
 
 def build_report(
     dataset: str,
-    metrics_dir: Path = Path("metrics"),
+    files: Mapping[str, Path],
     exp_json: Any = None,
     exp_note: str = "",
 ) -> str:
-    """The whole ``report.md`` text for ``dataset`` from ``metrics_dir`` and the experiments."""
-    metrics, notes = read_metrics(metrics_dir)
+    """The whole ``report.md`` text for ``dataset`` from the step metrics ``files``
+    (:func:`step_metrics_files`) and the experiments."""
+    metrics, notes = read_metrics(files)
     parts = [f"# bnr report: {dataset}", ""]
     parts.append("mIoU (%) at every step of the pipeline, ours next to the paper's.")
     if dataset in PAPER:
@@ -262,13 +270,15 @@ def build_report(
         parts.append(f"The paper has no number for the {dataset} dataset (it reports PASCAL VOC "
                      "2012 and MS COCO 2014 only).")
     parts += ["", step_table(dataset, metrics), ""]
-    protocols, missing = read_protocols(metrics_dir, sorted(metrics))
+    protocols, missing = read_protocols(files, sorted(metrics))
+    folders = sorted({str(Path(files[name]).parent) for name in metrics})
     notes += missing
     proto = protocol_lines(protocols)
     if proto:
         parts += ["## How each number was obtained", "",
-                  f"From the protocol file next to each metrics file in `{metrics_dir}` (the "
-                  "full params, git commit and library versions are there).", "", *proto, ""]
+                  "From the protocol file next to each metrics file in "
+                  f"`{', '.join(folders)}` (the full params, git commit and library "
+                  "versions are there).", "", *proto, ""]
     if notes:
         parts += ["## Missing", "", *(f"- {n}" for n in notes), ""]
     parts += ["## Experiments", ""]

@@ -39,7 +39,7 @@ SERVER_DIR = "results/VOC2012/Segmentation/comp6_test_cls"  # PASCAL VOC server 
 def evaluate_split(
     params: Params,
     model: nn.Module,
-    pred_dir: Path | None = Path("data/predictions"),
+    pred_dir: Path | None,
     ids: Sequence[str] | None = None,
     progress: bool = True,
     *,
@@ -98,7 +98,7 @@ def write_label_tar(out: Path, labels: Iterable[tuple[str, np.ndarray]],
 def write_server_archive(
     params: Params,
     model: nn.Module,
-    out: Path = Path("data/server_archive.tar"),
+    out: Path,
     progress: bool = True,
     *,
     runtime: Runtime = CPU,

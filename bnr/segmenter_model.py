@@ -48,6 +48,6 @@ def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> 
     return model
 
 
-def load_segmenter(params: Params, path: Path = Path("models/segmenter.pt")) -> nn.Module:
+def load_segmenter(params: Params, path: Path) -> nn.Module:
     """The trained segmenter of ``path``, checked against ``params``."""
     return segmenter_from_checkpoint(path, segmenter_meta(params))

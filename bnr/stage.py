@@ -1,24 +1,40 @@
-"""Helpers shared by the thin stage CLIs in ``stages/``."""
+"""The command line of every pipeline stage: ``stages/<name>.py`` hands its step module here.
+
+A step module (``bnr/steps/<name>.py``) declares its paths as two frozen dataclasses of
+``Path`` fields, ``Inputs`` and ``Outputs``, and has one entry point
+``run(cfg, inputs, outputs) -> dict`` (the numbers it wrote). Each field is a command-line
+option of the stage (``Inputs.cam_checkpoint`` -> ``--cam-checkpoint``), so the stage's
+``cmd`` in ``dvc.yaml`` is where its paths are written, once; ``tests/test_stage_deps.py``
+checks that each input is a dep and each output an out of the stage.
+
+Optional module attributes: ``check(cfg, inputs)`` validates what the stage reads (splits,
+files) before any long work and before torchrun starts; ``DISTRIBUTED = True`` marks a
+training stage (``runtime.nproc`` > 1 re-launches it under torchrun).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
+import shlex
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
 
-from bnr.config import Params, load_params
-from bnr.curves import remove_stale_temporaries, stage_outputs
-from bnr.data.checks import check_stage_inputs
+from bnr.config import load_params
+from bnr.curves import remove_stale_temporaries
 from bnr.declared import declared_params, declared_view
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
+from bnr.metrics_files import protocol_path
 from bnr.pretrained import resolve_pretrained
 
 
@@ -37,47 +53,97 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def clean_stale_outputs(params: Params, stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> None:
-    """Remove the temporaries a killed run of ``stage`` left next to its outputs."""
-    for tmp in remove_stale_temporaries(stage_outputs(dvc_yaml, stage,
-                                                      {"dataset": params.dataset})):
-        print(f"removed {tmp} (left by an interrupted run)")
+def stage_name(step: ModuleType) -> str:
+    """``bnr.steps.infer_seeds`` -> ``infer_seeds`` (its dvc.yaml stage)."""
+    return step.__name__.rsplit(".", 1)[-1]
 
 
-def run_stage(main: Callable[[Params], None], description: str, distributed: bool = False) -> None:
-    """Parse ``--params``, load and validate them, run ``main``; BnrError -> one line, exit 1.
+def option(name: str) -> str:
+    """A path field's command-line option: ``cam_checkpoint`` -> ``--cam-checkpoint``."""
+    return "--" + name.replace("_", "-")
 
-    When ``dvc.yaml`` in the working directory has this stage, ``main`` sees only the params the
-    stage declares there (:mod:`bnr.declared`): reading any other key stops with one line.
 
-    ``auto`` ``*.pretrained`` keys are resolved for the dataset first (bnr/pretrained.py).
-
-    ``distributed``: a training stage; with ``runtime.nproc`` > 1 a plain start re-launches the
-    script under ``torch.distributed.run`` (N processes) and exits with its status.
-    """
-    parser = argparse.ArgumentParser(description=description)
+def _parser(step: ModuleType) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"stages/{stage_name(step)}.py",
+                                     description=(step.__doc__ or "").split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="params file")
-    args = parser.parse_args()
+    for group, cls in (("inputs", step.Inputs), ("outputs", step.Outputs)):
+        section = parser.add_argument_group(group)
+        for f in dataclasses.fields(cls):
+            section.add_argument(option(f.name), dest=f.name, type=Path, required=True,
+                                 help=f.metadata.get("help", ""))
+    return parser
+
+
+def parse_stage_args(step: ModuleType, argv: Sequence[str]) -> tuple[str, Any, Any]:
+    """(params file, ``step.Inputs``, ``step.Outputs``) from a stage's arguments."""
+    args = vars(_parser(step).parse_args(list(argv)))
+    pick = {cls: cls(**{f.name: args[f.name] for f in dataclasses.fields(cls)})
+            for cls in (step.Inputs, step.Outputs)}
+    return args["params"], pick[step.Inputs], pick[step.Outputs]
+
+
+def stage_command(stage: str, dvc_yaml: Path = Path("dvc.yaml"),
+                  variables: dict[str, str] | None = None) -> list[str]:
+    """The ``cmd`` of ``stage`` in ``dvc_yaml`` as words, ``${name}`` replaced from
+    ``variables`` (the stage's own paths; tests run steps with them)."""
+    import yaml
+
+    cmd = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]["cmd"]
+    for key, value in (variables or {}).items():
+        cmd = cmd.replace("${" + key + "}", value)
+    return shlex.split(cmd)
+
+
+def stage_paths(step: ModuleType, dvc_yaml: Path = Path("dvc.yaml"),
+                variables: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """``(Inputs, Outputs)`` of ``step`` as its ``cmd`` in ``dvc_yaml`` gives them."""
+    words = stage_command(stage_name(step), dvc_yaml, variables)
+    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    _, inputs, outputs = parse_stage_args(step, words[script + 1:])
+    return inputs, outputs
+
+
+def output_paths(outputs: Any) -> list[Path]:
+    """Every path a stage writes: its ``Outputs`` fields and the protocol of its ``metrics``."""
+    paths = [Path(getattr(outputs, f.name)) for f in dataclasses.fields(outputs)]
+    metrics = getattr(outputs, "metrics", None)
+    return paths + ([protocol_path(metrics)] if metrics is not None else [])
+
+
+def stage_main(step: ModuleType, argv: Sequence[str] | None = None) -> None:
+    """Parse the stage's arguments, load and validate the params, run ``step``; a BnrError is
+    one line and exit status 1.
+
+    When ``dvc.yaml`` in the working directory has this stage, the step sees only the params
+    the stage declares there (:mod:`bnr.declared`): reading any other key stops with one line.
+    ``auto`` ``*.pretrained`` keys are resolved for the dataset first (bnr/pretrained.py).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    params_file, inputs, outputs = parse_stage_args(step, argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from files, never from a hub
     signal.signal(signal.SIGTERM, _on_sigterm)
+    name = stage_name(step)
     try:
-        stage = Path(sys.argv[0]).stem
-        keys = declared_params(stage)
-        params = resolve_pretrained(load_params(args.params))
-        if int(os.environ.get("RANK", "0")) == 0:  # hygiene, not a result: all params
-            clean_stale_outputs(params, stage)
+        keys = declared_params(name)
+        params = resolve_pretrained(load_params(params_file))
+        if int(os.environ.get("RANK", "0")) == 0:  # hygiene: a killed run's temporaries
+            for tmp in remove_stale_temporaries(output_paths(outputs)):
+                print(f"removed {tmp} (left by an interrupted run)")
         if keys is not None:
-            params = declared_view(params, stage, keys)
-        check_stage_inputs(params.data, stage)  # splits, images, masks: before any long work
-        if distributed:
-            code = relaunch_under_torchrun(params.runtime.nproc,
-                                           [sys.argv[0], "--params", args.params])
+            params = declared_view(params, name, keys)
+        if hasattr(step, "check"):
+            step.check(params, inputs)  # splits, images, masks: before any long work
+        if getattr(step, "DISTRIBUTED", False):
+            nproc = params.runtime.nproc
+            script = sys.argv[0] if sys.argv[0].endswith(".py") else f"stages/{name}.py"
+            code = relaunch_under_torchrun(nproc, [script, *argv])
             if code is not None:
                 if code:
-                    raise BnrError(f"{Path(sys.argv[0]).stem}: {params.runtime.nproc} torchrun "
-                                   f"processes failed (exit status {code}; see above)")
+                    raise BnrError(f"{name}: {nproc} torchrun processes failed "
+                                   f"(exit status {code}; see above)")
                 return
-        main(params)
+        step.run(params, inputs, outputs)
     except BnrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

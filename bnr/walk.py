@@ -56,7 +56,7 @@ def random_walk_split(
     model: AffinityNet,
     ids: Sequence[str],
     out_dir: Path,
-    cam_dir: Path = Path("data/cams"),
+    cam_dir: Path,
     progress: bool = True,
     *,
     runtime: Runtime = CPU,

@@ -1,20 +1,11 @@
-"""Stage report: metrics/report.md, our mIoU next to the paper's at every step and how each
-number was obtained. It reads only its declared inputs; the DVC experiments are tabled outside
-the pipeline by ``bnr experiments``."""
+"""Stage report: our mIoU next to the paper's at every step and how each number was obtained.
+It reads only its declared inputs; the DVC experiments are tabled outside the pipeline by
+``bnr experiments``.
 
-from pathlib import Path
+Its work: bnr/steps/report.py; its paths: the options of its cmd in dvc.yaml."""
 
-from bnr.config import Params
-from bnr.io import write_text
-from bnr.report import build_report
-from bnr.stage import run_stage
-
-
-def main(params: Params) -> None:
-    text = build_report(params.dataset, Path("metrics"))
-    write_text("metrics/report.md", text)
-    print(text)
-
+from bnr.stage import stage_main
+from bnr.steps import report
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    stage_main(report)

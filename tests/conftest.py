@@ -55,3 +55,27 @@ def one_torch_thread():
 @pytest.fixture
 def voc_tree(tmp_path: Path) -> Path:
     return write_voc_tree(tmp_path / "voc", {"train": ["a", "b", "c"], "val": ["d"]})
+
+
+def run_step(name: str, params, **kwargs):
+    """Run ``bnr.steps.<name>`` on ``params`` with the paths of its cmd in the repository's
+    dvc.yaml (relative: the test's working directory); returns what ``run`` returns."""
+    import importlib
+
+    from bnr.stage import stage_paths
+
+    step = importlib.import_module(f"bnr.steps.{name}")
+    inputs, outputs = stage_paths(step, REPO / "dvc.yaml", {"dataset": params.dataset})
+    return step.run(params, inputs, outputs, **kwargs)
+
+
+def stage_argv(stage: str, *extra: str) -> list[str]:
+    """The command line of ``stages/<stage>.py`` with the path options of its cmd in the
+    repository's dvc.yaml (run it in a working directory of its own)."""
+    import sys
+
+    from bnr.stage import stage_command
+
+    words = stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})
+    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    return [sys.executable, str(REPO / words[script]), *extra, *words[script + 1:]]

@@ -14,7 +14,6 @@ import json
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +27,8 @@ from bnr.data.download import download_file
 from bnr.errors import BnrError
 from bnr.models.conformer import PRESETS
 from bnr.param_checks import CONFORMER_PATCH
-from bnr.stage import run_stage
-from tests.conftest import REPO, write_voc_tree
+from bnr.stage import stage_command, stage_main
+from tests.conftest import REPO, stage_argv, write_voc_tree
 
 try:
     from tests.httpserver import LocalServer
@@ -156,6 +155,12 @@ STAGE_CASES = [
 ]
 
 
+
+def repo_stage_args(stage: str) -> list[str]:
+    """The path options of ``stage``'s cmd in the repository's dvc.yaml."""
+    words = stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})
+    return words[next(i for i, w in enumerate(words) if w.endswith(".py")) + 1:]
+
 @pytest.mark.parametrize("stage, change, needle", [c[1:] for c in STAGE_CASES],
                          ids=[c[0] for c in STAGE_CASES])
 def test_stage_bad_input_is_one_line(work: Path, monkeypatch: pytest.MonkeyPatch, capsys,
@@ -164,12 +169,11 @@ def test_stage_bad_input_is_one_line(work: Path, monkeypatch: pytest.MonkeyPatch
     change(work, raw)
     (work / "p.yaml").write_text(yaml.safe_dump(raw))
     before = files_under(work)
-    main = importlib.import_module(f"stages.{stage}").main
-    monkeypatch.setattr(sys, "argv", [f"stages/{stage}.py", "--params", "p.yaml"])
     old_handler = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            run_stage(main, stage, distributed=stage == "train_cam")
+            stage_main(importlib.import_module(f"bnr.steps.{stage}"),
+                       ["--params", "p.yaml", *repo_stage_args(stage)])
     finally:
         signal.signal(signal.SIGTERM, old_handler)
     assert exit_info.value.code == 1
@@ -221,7 +225,7 @@ def test_sigterm_during_training_is_one_line_and_resumable(work: Path) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train_cam.py")], cwd=work,
+    proc = subprocess.Popen(stage_argv("train_cam"), cwd=work,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120
@@ -271,9 +275,9 @@ def test_stale_temporaries_of_the_stage_are_removed(work: Path, monkeypatch, cap
     other = work / "data" / ".rw_labels.x1y2.tmp"  # another stage's: left alone
     for path in (stale / "cams", other):
         path.mkdir(parents=True)
-    monkeypatch.setattr(sys, "argv", ["stages/infer_seeds.py"])
     with pytest.raises(SystemExit):  # no models/cam.pt: fails after the cleaning
-        run_stage(importlib.import_module("stages.infer_seeds").main, "infer_seeds")
+        stage_main(importlib.import_module("bnr.steps.infer_seeds"),
+                   repo_stage_args("infer_seeds"))
     assert not stale.exists() and other.exists()
     assert "removed data/.cams.x1y2.tmp" in capsys.readouterr().out
 

@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ from bnr.distributed import (
 from bnr.engine import epoch_batches, training_session
 from bnr.errors import BnrError
 from bnr.training import train_cam
-from tests.conftest import REPO
+from tests.conftest import REPO, stage_argv
 from tests.test_psa_pipeline import fake_cams
 
 # One process against two (half batches: other kernel blocking, gloo all-reduce of the
@@ -279,8 +278,8 @@ def test_train_cam_stage_with_two_processes_equals_one(work: Path) -> None:
     stage_dir = work / "stage"
     stage_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "train_cam.py"),
-                           "--params", str(work / "params_2.yaml")], cwd=stage_dir, env=env,
+    proc = subprocess.run(stage_argv("train_cam", "--params", str(work / "params_2.yaml")),
+                          cwd=stage_dir, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torch.distributed.run" in proc.stdout

@@ -141,3 +141,20 @@ def test_no_library_module_over_400_lines() -> None:
         and (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert too_long == {}
+
+
+def test_only_stage_scripts_import_a_step() -> None:
+    """``bnr/steps/<stage>.py`` is a stage's work: stage scripts import it, nothing else in
+    ``bnr`` does, and no step imports another (a stage's code deps stay its own)."""
+    found = []
+    for path in sorted(BNR.rglob("*.py")):
+        names = imported_names(path)
+        own = f"bnr.steps.{path.stem}"
+        steps = {n for n in names if n.startswith("bnr.steps.") and n != own}
+        if path.parent.name == "steps" and path.name == "__init__.py":
+            steps = set()
+        if steps:
+            found.append(f"{path.relative_to(REPO)}: {sorted(steps)}")
+    assert found == []
+    for script in sorted((REPO / "stages").glob("*.py")):
+        assert f"bnr.steps.{script.stem}" in imported_names(script), script.name

@@ -29,7 +29,7 @@ except ImportError:  # tests/ is not a package and the repo root is not on sys.p
     from httpserver import LocalServer
     from test_coco import annotation_zip, image_zip
     from test_voc_prepare import sbd_tgz, voc_tar, voc_test_tar
-from stages.download import download_request
+from bnr.steps.download import download_request
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"backoff": 0.0, "timeout": 5.0}

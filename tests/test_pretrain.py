@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from bnr.models.deeplab import create_segmenter
 from bnr.models.resnet38 import AffinityNet, load_imagenet_weights, resnet38d_tiny
 from bnr.pretrain import average_precision, classification_scores, lr_at, run_pretrain
 from bnr.pretrained import PRETRAINED_FILES, pretrained_path, resolve_pretrained
+from tests.conftest import stage_argv
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -163,7 +163,7 @@ def test_pretrain_stage_on_a_tiny_configuration(tmp_path):
     raw["runtime"].update(device="cpu", num_threads=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, str(REPO / "stages" / "pretrain.py")], cwd=tmp_path,
+    res = subprocess.run(stage_argv("pretrain"), cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics" / "pretrain.json").read_text())
@@ -176,7 +176,7 @@ def test_pretrain_stage_on_a_tiny_configuration(tmp_path):
     assert protocol["pretrain"]["conformer_steps"] == 2
     raw["pretrain"]["batch_size"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    res = subprocess.run([sys.executable, str(REPO / "stages" / "pretrain.py")], cwd=tmp_path,
+    res = subprocess.run(stage_argv("pretrain"), cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 1 and "pretrain.batch_size must be an integer >= 1" in res.stderr
 

@@ -1,7 +1,6 @@
 """PSA post-processing end to end on a tiny synthetic set: affinity training (1 epoch,
 resnet38d_tiny), sparse random walk, dense CRF, pseudo-label evaluation, and the clear errors."""
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from bnr.errors import BnrError
 from bnr.metrics_files import count_values, read_protocol
 from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
 from bnr.walk import random_walk_split
-from tests.conftest import REPO
+from tests.conftest import REPO, run_step
 
 SIZE = 96  # 12 x 12 AffinityNet grid: the radius-5 pairs need at least 5 x 9
 
@@ -67,8 +66,6 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
-def _stage(name: str):
-    return importlib.import_module(f"stages.{name}")
 
 
 def check_labels(folder: Path, ids, n_classes: int) -> None:
@@ -87,7 +84,7 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     params = tiny_params(work / "data" / "synthetic")
     ids = read_split(params.data.root, "train")
 
-    _stage("train_affinity").main(params)
+    run_step("train_affinity", params)
     assert Path("models/affinity.pt").is_file()
     summary = json.loads(Path("metrics/train_affinity.json").read_text())
     proto = read_protocol("metrics/train_affinity.json")
@@ -99,13 +96,13 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     assert Path("metrics/train_affinity/plots/metrics").is_dir()
     assert not any(Path("runs/train_affinity").iterdir())  # resume dir removed when finished
 
-    _stage("random_walk").main(params)
+    run_step("random_walk", params)
     check_labels(Path("data/rw_labels"), ids, 7)
     walk = json.loads(Path("metrics/random_walk.json").read_text())
     assert walk["images"] == 6 and read_protocol("metrics/random_walk.json")["beta"] == 14
     assert not np.asarray(Image.open(f"data/rw_labels/{ids[0]}.png")).any()  # no-fg image
 
-    _stage("crf").main(params)
+    run_step("crf", params)
     check_labels(Path("data/pseudo_labels"), ids, 7)
     metrics = json.loads(Path("metrics/pseudo_labels.json").read_text())
     for key in ("miou_random_walk", "miou_crf"):
@@ -123,7 +120,9 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     assert Path("metrics/pseudo_labels_per_class.md").is_file()
 
     # the evaluation alone reproduces the stage's numbers
-    again, _ = evaluate_pseudo_labels(params, progress=False)
+    again, _ = evaluate_pseudo_labels(params, Path("data/rw_labels"), Path("data/pseudo_labels"),
+                                      Path("data/cams"), Path("data/seed_threshold.json"),
+                                      progress=False)
     assert again["miou_crf"] == metrics["miou_crf"]
 
 

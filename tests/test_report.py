@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from bnr.metrics_files import write_metrics
-from bnr.report import arms_table, build_report, dvc_experiments, experiment_rows, step_table
+from bnr.report import (
+    arms_table,
+    build_report,
+    dvc_experiments,
+    experiment_rows,
+    step_metrics_files,
+    step_table,
+)
 
 
 def fake_metrics(folder: Path, segmentation: bool = True) -> Path:
@@ -52,7 +59,7 @@ FAKE_EXP = [
 
 
 def test_voc_report_next_to_paper(tmp_path: Path) -> None:
-    text = build_report("voc2012", fake_metrics(tmp_path / "metrics"), FAKE_EXP)
+    text = build_report("voc2012", step_metrics_files(fake_metrics(tmp_path / "metrics")), FAKE_EXP)
     lines = text.splitlines()
     seeds = next(line for line in lines if line.startswith("| Seeds"))
     assert "| 65.0 | 64.9 | 66.2 | -1.2 |" in seeds
@@ -83,7 +90,8 @@ def test_coco_and_synthetic(tmp_path: Path) -> None:
     assert "45.9" in table
     folder = fake_metrics(tmp_path / "m", segmentation=False)
     (folder / "pseudo_labels.protocol.json").unlink()
-    text = build_report("synthetic", folder, None, "`dvc exp show --json` failed (exit 1: boom)")
+    text = build_report("synthetic", step_metrics_files(folder), None,
+                        "`dvc exp show --json` failed (exit 1: boom)")
     assert "The paper has no number for the synthetic dataset" in text
     assert "no paper number" in text
     assert "segmentation.json not found" in text
@@ -134,7 +142,7 @@ def test_dvc_success_and_stage(tmp_path: Path, monkeypatch) -> None:
     data, note = dvc_experiments(runner)
     assert note == "" and data == FAKE_EXP
 
-    import stages.report as stage
+    from tests.conftest import run_step
     from tests.test_segmentation import tiny_params
 
     monkeypatch.chdir(tmp_path)
@@ -145,7 +153,7 @@ def test_dvc_success_and_stage(tmp_path: Path, monkeypatch) -> None:
         raise AssertionError("the report stage ran dvc exp show")
 
     monkeypatch.setattr(bnr.report, "dvc_experiments", no_dvc)
-    stage.main(tiny_params(tmp_path))
+    run_step("report", tiny_params(tmp_path))
     text = (tmp_path / "metrics" / "report.md").read_text()
     assert text.startswith("# bnr report: synthetic") and "`bnr experiments" in text
 

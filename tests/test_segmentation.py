@@ -25,7 +25,7 @@ from bnr.models.deeplab import DeepLabLargeFOV, create_segmenter
 from bnr.models.resnet38 import param_groups
 from bnr.segmentation import SERVER_DIR, multiscale_predict, write_server_archive
 from bnr.segmenter_training import iteration_batches, train_segmenter
-from tests.conftest import REPO, write_voc_tree
+from tests.conftest import REPO, run_step, write_voc_tree
 
 SIZE = 64
 
@@ -247,10 +247,10 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
 
     original = seg.train_segmenter
     monkeypatch.setattr(
-        importlib.import_module("stages.train_segmenter"), "train_segmenter",
+        importlib.import_module("bnr.steps.train_segmenter"), "train_segmenter",
         lambda *a, **k: original(*a, **k, progress=False, live_factory=_Recorder),
     )
-    importlib.import_module("stages.train_segmenter").main(params)
+    run_step("train_segmenter", params)
     assert Path("models/segmenter.pt").is_file()
     summary = json.loads(Path("metrics/train_segmenter.json").read_text())
     proto = read_protocol("metrics/train_segmenter.json")
@@ -259,7 +259,7 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     assert count_values(summary) == 3  # final_loss, train_images, seconds_this_run
     assert Path("metrics/train_segmenter/plots/metrics").is_dir()
 
-    importlib.import_module("stages.evaluate").main(params)
+    run_step("evaluate", params)
     metrics = json.loads(Path("metrics/segmentation.json").read_text())
     assert 0 <= metrics["miou"] <= 100 and metrics["images"] == 2
     assert set(metrics) == {"miou", "images", "seconds", "server_archive_written"}  # per class: CSV

@@ -64,3 +64,39 @@ def test_every_stage_declares_its_params_in_dvc_yaml():
         assert declared_params(stage, REPO / "dvc.yaml") is not None, stage
     assert declared_params("no_such_stage", REPO / "dvc.yaml") is None
     assert declared_params("x", Path("/nonexistent/dvc.yaml")) is None
+
+
+def _stage_files(spec: dict, sections: tuple[str, ...]) -> set[str]:
+    out = set()
+    for section in sections:
+        for entry in spec.get(section) or []:
+            out.add(next(iter(entry)) if isinstance(entry, dict) else str(entry))
+    return out
+
+
+@pytest.mark.parametrize("stage", sorted(expected_and_declared()))
+def test_stage_paths_come_from_its_cmd_and_match_deps_and_outs(stage):
+    """Each path option of a stage's cmd is one of its deps (Inputs) or outs (Outputs; a
+    metrics file's protocol and a per-class CSV's .md twin are outs too), and every out is
+    one of them: the cmd is where a stage's paths are written."""
+    import importlib
+
+    import yaml
+
+    from bnr.metrics_files import protocol_path
+    from bnr.stage import output_paths, stage_paths
+
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    step = importlib.import_module(f"bnr.steps.{stage}")
+    inputs, outputs = stage_paths(step, REPO / "dvc.yaml")  # ${dataset} kept as written
+    deps = _stage_files(spec, ("deps",))
+    for f in dataclasses.fields(inputs):
+        assert str(getattr(inputs, f.name)) in deps, (stage, f.name)
+    written = {str(p) for p in output_paths(outputs)}
+    if hasattr(outputs, "curves"):  # a dvclive folder: DVC plots its plots/metrics
+        written = (written - {str(outputs.curves)}) | {f"{outputs.curves}/plots/metrics"}
+    written |= {str(Path(p).with_suffix(".md")) for p in written if p.endswith("_per_class.csv")}
+    outs = _stage_files(spec, ("outs", "metrics", "plots"))
+    assert written == outs, (stage, sorted(written ^ outs))
+    assert not any(str(protocol_path(p)) in deps for p in deps if p.startswith("metrics/")
+                   and stage != "report")

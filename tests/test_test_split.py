@@ -2,7 +2,6 @@
 its val metrics, an empty server archive and the reason; with the test split it writes the
 archive."""
 
-import importlib
 import json
 import tarfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from bnr.config import parse_params
 from bnr.data.checks import server_archive_skip
 from bnr.models.deeplab import create_segmenter
 from bnr.segmentation import SERVER_DIR
-from tests.conftest import REPO, write_voc_tree
+from tests.conftest import REPO, run_step, write_voc_tree
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,7 +42,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run_evaluate(work: Path) -> dict:
-    importlib.import_module("stages.evaluate").main(voc_params(work / "voc"))
+    run_step("evaluate", voc_params(work / "voc"))
     return json.loads((work / "metrics" / "segmentation.json").read_text())
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 from bnr.data.voc import check_split_images, read_split
 from bnr.errors import BnrError
@@ -28,12 +27,6 @@ def check_split_files(root: str | Path, split: str, mask_dir: str | None = None)
         if not path.is_file():
             raise BnrError(f"{path}: mask of an image of split {split!r} is missing")
     return ids
-
-
-def check_splits(root: str | Path, splits: Sequence[tuple[str, str | None]]) -> None:
-    """:func:`check_split_files` for each ``(split, mask_dir or None)``."""
-    for split, mask_dir in splits:
-        check_split_files(root, split, mask_dir)
 
 
 def server_archive_skip(dataset: str, root: str | Path, test_split: str) -> str:
@@ -58,45 +51,21 @@ def server_archive_skip(dataset: str, root: str | Path, test_split: str) -> str:
     return ""
 
 
-# What each stage reads: (split key, mask folder key or None) and whether it reads data/<dir>
-# files per image of its first split (written by an earlier stage).
-STAGE_INPUTS: dict[str, tuple[list[tuple[str, str | None]], str | None]] = {
-    "train_cam": ([("train_split", None)], None),
-    "infer_seeds": ([("infer_split", None)], None),
-    "eval_seeds": ([("seed_eval_split", "gt_dir")], "cams"),
-    "train_affinity": ([("infer_split", None)], "cams"),
-    "random_walk": ([("infer_split", None)], "cams"),
-    "crf": ([("infer_split", None), ("seed_eval_split", "gt_dir")], "rw_labels"),
-    "train_segmenter": ([("infer_split", None)], "pseudo_labels"),
-    "evaluate": ([("val_split", "gt_dir")], None),
-}
-_SUFFIX = {"cams": ".npz", "rw_labels": ".png", "pseudo_labels": ".png"}
-
-
-class DataBlock(Protocol):
-    """A ``datasets.<dataset>`` block: ``root`` and the split / mask-folder keys of
-    :data:`STAGE_INPUTS` as attributes."""
-
-    root: str
-
-
-def check_stage_inputs(data: DataBlock, stage: str, data_dir: Path = Path("data")) -> None:
-    """Before ``stage``'s work: its splits list only present, non-empty images (and masks), and
-    the per-image files of the stage before it exist. Unknown stages (download, report) pass.
-    ``data``: the dataset's params block (``params.data``)."""
-    if stage not in STAGE_INPUTS:
-        return
-    splits, made_by_earlier = STAGE_INPUTS[stage]
+def check_stage_inputs(root: str | Path, splits: Sequence[tuple[str, str | None]],
+                       per_image: tuple[Path, str] | None = None) -> None:
+    """Before a stage's work: each ``(split, mask_dir or None)`` lists only present, non-empty
+    images (and masks), and ``per_image = (folder, suffix)``, the files an earlier stage wrote
+    for each image of the first split, are all there. A folder absent altogether passes: the
+    stage names it (DVC runs the stage that writes it first)."""
     first_ids: list[str] = []
-    for split_key, mask_key in splits:
-        ids = check_split_files(data.root, getattr(data, split_key),
-                                getattr(data, mask_key) if mask_key else None)
+    for split, mask_dir in splits:
+        ids = check_split_files(root, split, mask_dir)
         first_ids = first_ids or ids
-    if made_by_earlier is None or not (data_dir / made_by_earlier).is_dir():
-        return  # absent altogether: the stage names it (DVC runs the earlier stage first)
-    folder = data_dir / made_by_earlier
+    if per_image is None or not Path(per_image[0]).is_dir():
+        return
+    folder, suffix = Path(per_image[0]), per_image[1]
     for img_id in first_ids:
-        path = folder / f"{img_id}{_SUFFIX[made_by_earlier]}"
+        path = folder / f"{img_id}{suffix}"
         if not path.is_file():
             raise BnrError(f"{path}: missing (is {folder} from another split or an older run? "
                            "re-run the stage that writes it)")

@@ -211,7 +211,8 @@ def crf_map(
                     crashed = True
                     in_flight = [image_id, *(i for i, _ in pending)]
                     pool.shutdown(wait=True, cancel_futures=True)
-                    culprits = sorted(p.read_text() for p in Path(track_dir).iterdir())
+                    # a file another worker had just opened may still be empty: not a culprit
+                    culprits = sorted(t for p in Path(track_dir).iterdir() if (t := p.read_text()))
                     if culprits:
                         raise BnrError(
                             f"{', '.join(culprits)}: CRF worker process died (crash or kill) "

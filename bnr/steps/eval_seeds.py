@@ -1,0 +1,103 @@
+"""Stage eval_seeds: seed mIoU over the background-threshold sweep, curve and overlays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from bnr.cam import cams_to_seeds
+from bnr.cam_model import load_cam_model
+from bnr.config import Params
+from bnr.data.checks import check_stage_inputs
+from bnr.data.classes import class_names
+from bnr.data.transforms import EvalTransform
+from bnr.data.voc import VocSegmentation
+from bnr.io import atomic_path, write_json, write_text
+from bnr.metrics import mean_iou, per_class_table, write_class_table
+from bnr.metrics_files import write_metrics
+from bnr.protocol import protocol_record
+from bnr.seeds import load_cams, seed_miou_sweep, threshold_grid
+from bnr.visualize import class_token_attention, colorize_labels, heat_overlay, panel
+
+
+@dataclass(frozen=True)
+class Inputs:
+    cams: Path = field(metadata={"help": "CAMs per image (infer_seeds)"})
+    cam_checkpoint: Path = field(metadata={"help": "trained CAM network (attention overlays)"})
+
+
+@dataclass(frozen=True)
+class Outputs:
+    metrics: Path = field(metadata={"help": "best seed mIoU and its threshold (JSON)"})
+    threshold: Path = field(metadata={"help": "the best threshold alone (JSON; crf reads it)"})
+    sweep: Path = field(metadata={"help": "mIoU per threshold (CSV plot)"})
+    per_class: Path = field(metadata={"help": "per-class IoU at the best threshold (CSV; "
+                                              "a .md twin beside it)"})
+    overlays: Path = field(metadata={"help": "CAM / seed / attention panels (folder)"})
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    check_stage_inputs(cfg.data.root, [(cfg.data.seed_eval_split, cfg.data.gt_dir)],
+                       (inputs.cams, ".npz"))
+
+
+def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    """Sweep the background threshold; write the best mIoU, the curve, the table, overlays."""
+    names = class_names(cfg.dataset)
+    sweep, data = cfg.eval_seeds, cfg.data
+    dataset = VocSegmentation(data.root, data.seed_eval_split, names, mask_dir=data.gt_dir)
+    thresholds = threshold_grid(sweep.threshold_start, sweep.threshold_stop,
+                                sweep.threshold_step)
+    confs = seed_miou_sweep(inputs.cams, Path(data.root), dataset.ids, data.gt_dir,
+                            len(names), thresholds)
+    mious = np.array([mean_iou(c) for c in confs])
+    best = int(np.nanargmax(mious))
+    write_text(outputs.sweep, pd.DataFrame(
+        {"threshold": thresholds, "miou": np.round(mious * 100, 3)}).to_csv(index=False))
+    write_class_table(per_class_table(confs[best], names), outputs.per_class.with_suffix(""))
+    numbers = {
+        "miou": round(float(mious[best]) * 100, 3),  # first: dvc exp show --csv names it
+        "best_threshold": float(thresholds[best]),
+        "images": len(dataset.ids),
+    }
+    write_metrics(outputs.metrics, numbers, protocol_record(
+        cfg, dataset=cfg.dataset, split=data.seed_eval_split,
+        images=len(dataset.ids), ground_truth=data.gt_dir, scales=list(data.infer_scales),
+        flip=cfg.infer_seeds.flip, resize=cfg.infer_seeds.resize, crf=False,
+        cam_source=cfg.infer_seeds.source,
+        threshold="swept", thresholds=[float(thresholds[0]), float(thresholds[-1]),
+                                       sweep.threshold_step],
+        method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
+        metric="mIoU (%) over all classes from the accumulated confusion matrix",
+        per_class=str(outputs.per_class),
+    ))
+    # the one number the crf stage needs, in a file of its own: a dep that changes only with it
+    write_json(outputs.threshold, {"best_threshold": float(thresholds[best])})
+    print(f"seed mIoU {mious[best] * 100:.2f} at threshold {thresholds[best]:.2f}")
+    with torch.no_grad():
+        write_overlays(cfg, dataset, float(thresholds[best]), inputs, outputs.overlays)
+    return numbers
+
+
+def write_overlays(cfg: Params, dataset: VocSegmentation, threshold: float, inputs: Inputs,
+                   out: Path) -> None:
+    """image | ground truth | seed CAM | seeds | class-token attention, for the first images."""
+    model = load_cam_model(cfg, inputs.cam_checkpoint)
+    size = cfg.data.infer_scales[len(cfg.data.infer_scales) // 2]
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for index in range(min(cfg.eval_seeds.overlays, len(dataset))):
+            item = dataset[index]
+            image, mask = item["image"], item["mask"]
+            classes, cams = load_cams(inputs.cams, item["id"], mask.shape)
+            heat = cams.max(0) if len(classes) else np.zeros(mask.shape, np.float32)
+            seeds = cams_to_seeds(cams, classes, threshold)
+            attn = class_token_attention(model, EvalTransform()(image, None)[0], size)
+            tiles = [image, colorize_labels(mask), heat_overlay(image, heat),
+                     colorize_labels(seeds), heat_overlay(image, attn)]
+            Image.fromarray(panel(tiles)).save(tmp / f"{item['id']}.png")

@@ -1,0 +1,99 @@
+"""Stage evaluate: segmentation mIoU on the val split (paper Table 2), predictions, overlays
+and, for VOC 2012 with a test split, the evaluation-server archive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from bnr.config import Params
+from bnr.data.checks import check_stage_inputs, server_archive_skip
+from bnr.data.classes import class_names
+from bnr.data.voc import read_mask, read_split
+from bnr.io import atomic_path, read_image, read_label_png
+from bnr.metrics import mean_iou, per_class_table, write_class_table
+from bnr.metrics_files import write_metrics
+from bnr.postprocessing.test_time import prediction_options
+from bnr.protocol import protocol_record
+from bnr.runtime import start_runtime
+from bnr.segmentation import evaluate_split, write_label_tar, write_server_archive
+from bnr.segmenter_model import load_segmenter
+from bnr.visualize import colorize_labels, panel
+
+
+@dataclass(frozen=True)
+class Inputs:
+    segmenter_checkpoint: Path = field(metadata={"help": "trained segmenter (train_segmenter)"})
+
+
+@dataclass(frozen=True)
+class Outputs:
+    predictions: Path = field(metadata={"help": "val predictions, palette PNGs (folder)"})
+    server_archive: Path = field(metadata={"help": "VOC test predictions for the evaluation "
+                                                   "server (tar; empty when not configured)"})
+    metrics: Path = field(metadata={"help": "val mIoU (JSON)"})
+    per_class: Path = field(metadata={"help": "per-class IoU, paper Table 2 layout (CSV; a "
+                                              ".md twin beside it)"})
+    overlays: Path = field(metadata={"help": "image / ground truth / prediction panels"})
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    check_stage_inputs(cfg.data.root, [(cfg.data.val_split, cfg.data.gt_dir)])
+
+
+def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    """Predict and score ``val_split`` (and the server's ``test_split``)."""
+    data, ev = cfg.data, cfg.evaluate
+    names = class_names(cfg.dataset)
+    skip = server_archive_skip(cfg.dataset, data.root, data.test_split)  # "" = it is written
+    runtime = start_runtime(cfg.runtime)
+    with torch.no_grad():
+        model = runtime.prepare_model(load_segmenter(cfg, inputs.segmenter_checkpoint))
+        conf, stats = evaluate_split(cfg, model, outputs.predictions, runtime=runtime)
+        miou = round(mean_iou(conf) * 100, 3)
+        archive = outputs.server_archive  # always written (a DVC out): empty on a skip
+        if skip:
+            write_label_tar(archive, [])
+            server = {"images": 0, "archive": str(archive),
+                      "note": f"no server predictions ({skip})"}
+        else:
+            server = write_server_archive(cfg, model, archive, runtime=runtime)
+    # paper Table 2 layout (background, classes, mIoU), CSV and markdown
+    write_class_table(per_class_table(conf, names), outputs.per_class.with_suffix(""))
+    opts = prediction_options(cfg)  # test-time settings (TransCAM test_deeplab.py)
+    numbers = {
+        "miou": miou, "images": stats["images"], "seconds": stats["seconds"],
+        "server_archive_written": int(server["images"] > 0),
+    }
+    write_metrics(outputs.metrics, numbers, protocol_record(
+        cfg, dataset=cfg.dataset, split=data.val_split, images=stats["images"],
+        ground_truth=data.gt_dir, scales=list(data.eval_scales), flip=ev.flip,
+        crf=opts["crf"] or False, crf_form=opts["crf_form"], average=opts["average"],
+        align_corners=opts["align_corners"], resize=opts["resize"], method=cfg.method,
+        noise_scale=cfg.noise_scale, seed=cfg.seed,
+        arch=cfg.train_segmenter.arch, backbone=data.segmenter_backbone,
+        metric="mIoU (%) over all classes from the accumulated confusion matrix",
+        runtime=runtime.record(), server_archive=server,
+        per_class=str(outputs.per_class),
+    ))
+    print(f"segmentation mIoU {miou:.2f} on {data.val_split} ({stats['images']} images, "
+          f"{stats['seconds']} s); {server['note']}")
+    write_overlays(cfg, read_split(data.root, data.val_split)[: ev.overlays],
+                   outputs.predictions, outputs.overlays)
+    return numbers
+
+
+def write_overlays(cfg: Params, ids: list[str], pred_dir: Path, out: Path) -> None:
+    """image | ground truth | prediction panels for ``ids`` (DVC image plots)."""
+    root, n = Path(cfg.data.root), len(class_names(cfg.dataset))
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for img_id in ids:
+            image = read_image(root / "JPEGImages" / f"{img_id}.jpg")
+            gt = read_mask(root / cfg.data.gt_dir / f"{img_id}.png", n, image.shape[:2])
+            pred = read_label_png(pred_dir / f"{img_id}.png")
+            tiles = [image, colorize_labels(gt), colorize_labels(pred)]
+            Image.fromarray(panel(tiles)).save(tmp / f"{img_id}.png")

@@ -1,0 +1,65 @@
+"""Stage infer_seeds: multi-scale + flip CAMs (M*) of every image of the inference split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bnr.cam_model import load_cam_model
+from bnr.config import Params
+from bnr.data.checks import check_stage_inputs
+from bnr.data.classes import class_names
+from bnr.data.voc import VocSegmentation
+from bnr.metrics_files import write_metrics
+from bnr.protocol import protocol_record
+from bnr.runtime import start_runtime
+from bnr.seeds import infer_split_cams
+
+
+@dataclass(frozen=True)
+class Inputs:
+    cam_checkpoint: Path = field(metadata={"help": "trained CAM network (train_cam)"})
+
+
+@dataclass(frozen=True)
+class Outputs:
+    cams: Path = field(metadata={"help": "one .npz of CAMs per image (folder)"})
+    metrics: Path = field(metadata={"help": "images, seconds (JSON)"})
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)])
+
+
+def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    """CAMs of every image of ``infer_split`` at ``infer_scales`` (and flipped)."""
+    torch.manual_seed(cfg.seed)
+    runtime = start_runtime(cfg.runtime)
+    model = load_cam_model(cfg, inputs.cam_checkpoint)
+    model = runtime.prepare_model(model)
+    dataset = VocSegmentation(cfg.data.root, cfg.data.infer_split, class_names(cfg.dataset),
+                              with_mask=False)
+    seeds = cfg.infer_seeds
+    started = time.time()
+    with torch.no_grad():
+        n = infer_split_cams(
+            model, dataset, outputs.cams, cfg.data.infer_scales,
+            flip=seeds.flip, resize=seeds.resize, batch_passes=seeds.batch_passes,
+            patch_multiple=model.cfg.patch_size, source=seeds.source, resample=seeds.resample,
+            runtime=runtime,
+        )
+    seconds = round(time.time() - started, 1)
+    numbers = {"images": n, "seconds": seconds}
+    write_metrics(outputs.metrics, numbers, protocol_record(
+        cfg, dataset=cfg.dataset, split=cfg.data.infer_split,
+        scales=list(cfg.data.infer_scales), flip=seeds.flip, resize=seeds.resize,
+        batch_passes=seeds.batch_passes, source=seeds.source, resample=seeds.resample,
+        method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
+        runtime=runtime.record(), images_per_second=round(n / max(seconds, 1e-9), 2),
+    ))
+    print(f"wrote CAMs of {n} images to {outputs.cams} in {seconds} s "
+          f"({runtime.device}, {runtime.precision})")
+    return numbers

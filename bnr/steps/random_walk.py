@@ -1,0 +1,55 @@
+"""Stage random_walk: propagate the seed CAMs with AffinityNet affinities (sparse random walk)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bnr.affinity_model import load_affinity_model
+from bnr.config import Params
+from bnr.data.checks import check_stage_inputs
+from bnr.data.voc import read_split
+from bnr.metrics_files import write_metrics
+from bnr.protocol import protocol_record
+from bnr.runtime import start_runtime
+from bnr.stage import seed_everything
+from bnr.walk import random_walk_split
+
+
+@dataclass(frozen=True)
+class Inputs:
+    affinity_checkpoint: Path = field(metadata={"help": "trained AffinityNet (train_affinity)"})
+    cams: Path = field(metadata={"help": "CAMs per image (infer_seeds)"})
+
+
+@dataclass(frozen=True)
+class Outputs:
+    labels: Path = field(metadata={"help": "random-walk labels, palette PNGs (folder)"})
+    metrics: Path = field(metadata={"help": "images, all-background images, seconds (JSON)"})
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)], (inputs.cams, ".npz"))
+
+
+def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    """Random-walk labels of every image of ``infer_split``."""
+    seed_everything(cfg.seed)
+    runtime = start_runtime(cfg.runtime)
+    model = runtime.prepare_model(load_affinity_model(cfg, inputs.affinity_checkpoint))
+    ids = read_split(cfg.data.root, cfg.data.infer_split)
+    with torch.no_grad():
+        stats = random_walk_split(cfg, model, ids, outputs.labels, inputs.cams,
+                                  runtime=runtime)
+    rw = cfg.random_walk
+    numbers = {k: stats[k] for k in ("images", "all_background", "seconds")}
+    write_metrics(outputs.metrics, numbers, protocol_record(
+        cfg, dataset=cfg.dataset, split=cfg.data.infer_split, cams=str(inputs.cams),
+        beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
+        walk=f"sparse, float64, on {runtime.device}", seed=cfg.seed, runtime=runtime.record(),
+    ))
+    print(f"random walk: {stats['images']} images ({stats['all_background']} without "
+          f"foreground) in {stats['seconds']} s ({runtime.device}, {runtime.precision})")
+    return numbers

@@ -1,0 +1,66 @@
+"""Stage train_affinity: train PSA's AffinityNet on affinity labels from the seed CAMs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnr.affinity_training import train_affinity
+from bnr.config import Params
+from bnr.data.checks import check_stage_inputs
+from bnr.engine import training_session
+from bnr.metrics_files import write_metrics
+from bnr.protocol import protocol_record
+from bnr.stage import seed_everything
+
+DISTRIBUTED = True
+
+
+@dataclass(frozen=True)
+class Inputs:
+    cams: Path = field(metadata={"help": "CAMs per image (infer_seeds)"})
+
+
+@dataclass(frozen=True)
+class Outputs:
+    checkpoint: Path = field(metadata={"help": "trained AffinityNet"})
+    metrics: Path = field(metadata={"help": "final epoch losses (JSON)"})
+    curves: Path = field(metadata={"help": "dvclive folder of the training curves "
+                                                   "(DVC plots its plots/metrics)"})
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)], (inputs.cams, ".npz"))
+
+
+def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    """Label pairs from the CAMs, train; write the checkpoint, curves and final losses."""
+    seed_everything(cfg.seed)
+    with training_session(cfg) as (runtime, ctx):
+        summary = train_affinity(cfg, outputs.checkpoint, outputs.curves, inputs.cams,
+                                 runtime=runtime, ctx=ctx)
+    if not ctx.is_main:
+        return {}
+    last = summary["history"][-1] if summary["history"] else {}
+    aff, data = cfg.train_affinity, cfg.data
+    losses = {k: v for k, v in last.items() if k not in ("epoch", "step", "seconds")}
+    numbers = {
+        "final_epoch_loss": {k: v for k, v in losses.items() if not k.endswith("_count")},
+        "train_images": summary["train_images"],
+        "seconds_this_run": summary["seconds_this_run"],
+    }
+    write_metrics(outputs.metrics, numbers, protocol_record(
+        cfg, runtime={**runtime.record(), "processes": ctx.world_size},
+        dataset=cfg.dataset, split=data.infer_split, cams=str(inputs.cams),
+        method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
+        model=data.affinity_model, pretrained=aff.pretrained or None,
+        crop=data.affinity_crop, batch_size=data.affinity_batch_size, lr=data.affinity_lr,
+        low_bg=aff.low_bg, high_bg=aff.high_bg, radius=aff.radius, pad_label=aff.pad_label,
+        label_crf={k: v for k, v in vars(aff.label_crf).items() if k != "workers"},
+        epochs=summary["epochs"], steps=summary["steps"],
+        affinity_labels=summary["affinity_labels"],
+        final_epoch_pairs={k: v for k, v in losses.items() if k.endswith("_count")},
+        epoch_seconds=[h["seconds"] for h in summary["history"]],
+        label_seconds=summary["label_seconds"],
+    ))
+    return numbers

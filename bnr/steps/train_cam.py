@@ -1,0 +1,60 @@
+"""Stage train_cam: train the Conformer CAM network (TransCAM baseline or BNR).
+
+``runtime.nproc`` > 1 runs it data-parallel under torchrun (the batch size stays global).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnr.config import Params
+from bnr.data.checks import check_stage_inputs
+from bnr.engine import training_session
+from bnr.metrics_files import write_metrics
+from bnr.protocol import protocol_record
+from bnr.stage import seed_everything
+from bnr.training import train_cam
+
+DISTRIBUTED = True
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The images of ``train_split`` (params) and, if set, the ``train_cam.pretrained`` file."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    checkpoint: Path = field(metadata={"help": "trained CAM network"})
+    metrics: Path = field(metadata={"help": "final epoch losses (JSON)"})
+    curves: Path = field(metadata={"help": "dvclive folder of the training curves "
+                                                   "(DVC plots its plots/metrics)"})
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    check_stage_inputs(cfg.data.root, [(cfg.data.train_split, None)])
+
+
+def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    """Train; write the checkpoint, the curves and the final losses."""
+    seed_everything(cfg.seed)
+    with training_session(cfg) as (runtime, ctx):
+        summary = train_cam(cfg, outputs.checkpoint, outputs.curves, runtime=runtime, ctx=ctx)
+    if not ctx.is_main:
+        return {}
+    last = summary["history"][-1] if summary["history"] else {}
+    numbers = {
+        "final_epoch_loss": {k: v for k, v in last.items()
+                             if k not in ("epoch", "step", "seconds")},
+        "train_images": summary["train_images"],
+        "seconds_this_run": summary["seconds_this_run"],
+    }
+    write_metrics(outputs.metrics, numbers, protocol_record(
+        cfg, dataset=cfg.dataset, split=cfg.data.train_split,
+        method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
+        model=cfg.data.model, pretrained=cfg.train_cam.pretrained or None,
+        epochs=summary["epochs"], steps=summary["steps"],
+        runtime={**runtime.record(), "processes": ctx.world_size},
+    ))
+    return numbers

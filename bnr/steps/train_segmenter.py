@@ -1,0 +1,69 @@
+"""Stage train_segmenter: DeepLab (LargeFOV on ResNet-38d) trained on the CRF pseudo labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnr.config import Params
+from bnr.data.checks import check_stage_inputs
+from bnr.engine import training_session
+from bnr.metrics_files import write_metrics
+from bnr.protocol import protocol_record
+from bnr.segmenter_model import segmenter_meta
+from bnr.segmenter_training import train_segmenter
+from bnr.stage import seed_everything
+
+DISTRIBUTED = True
+
+
+@dataclass(frozen=True)
+class Inputs:
+    pseudo_labels: Path = field(metadata={"help": "CRF pseudo labels (crf)"})
+
+
+@dataclass(frozen=True)
+class Outputs:
+    checkpoint: Path = field(metadata={"help": "trained segmenter"})
+    metrics: Path = field(metadata={"help": "final loss (JSON)"})
+    curves: Path = field(metadata={"help": "dvclive folder of the training curves "
+                                                   "(DVC plots its plots/metrics)"})
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)],
+                       (inputs.pseudo_labels, ".png"))
+
+
+def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    """Train on the pseudo labels of ``infer_split``; write the checkpoint, curves, final loss."""
+    seed_everything(cfg.seed)
+    with training_session(cfg) as (runtime, ctx):
+        summary = train_segmenter(cfg, outputs.checkpoint, outputs.curves, inputs.pseudo_labels,
+                                  runtime=runtime, ctx=ctx)
+    if not ctx.is_main:
+        return {}
+    seg, data = cfg.train_segmenter, cfg.data
+    meta = segmenter_meta(cfg)
+    numbers = {
+        "final_loss": summary["final_loss"],
+        "train_images": summary["train_images"],
+        "seconds_this_run": summary["seconds_this_run"],
+    }
+    write_metrics(outputs.metrics, numbers, protocol_record(
+        cfg, runtime={**runtime.record(), "processes": ctx.world_size},
+        dataset=cfg.dataset, split=data.infer_split, labels=str(inputs.pseudo_labels),
+        method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
+        arch=seg.arch, backbone=meta["preset"] if seg.arch == "largefov" else "resnet101",
+        pretrained=seg.pretrained or None, crop=data.segmenter_crop,
+        batch_size=data.segmenter_batch_size, iterations=summary["iterations"],
+        resumed_from=summary["resumed_from"],
+        seconds_per_iteration=summary["seconds_per_iteration"],
+        lr=data.segmenter_lr, lr_mult={"backbone": 1, "backbone_bias": 2, "head": 10,
+                                       "head_bias": 20},
+        momentum=seg.momentum, weight_decay=seg.weight_decay, poly_power=seg.poly_power,
+        resize_scale=list(data.segmenter_resize_scale), flip=True,
+    ))
+    print(f"train_segmenter: {summary['iterations']} iterations, final loss "
+          f"{summary['final_loss']:.4f} ({summary['seconds_this_run']} s)")
+    return numbers
