@@ -53,6 +53,7 @@ from bnr.runtime import CPU, Runtime
 
 RESNET_PRESETS: dict[str, Callable[..., ResNet38d]] = {"resnet38d": resnet38d,
                                                        "resnet38d_tiny": resnet38d_tiny}
+LR_PARAMS = {"conformer": "conformer_lr", "resnet38": "resnet_lr"}  # network -> its lr param
 
 
 def world_spec(cfg: PretrainConfig) -> WorldSpec:
@@ -221,7 +222,6 @@ def pretrain_network(
     if done.is_file():
         state = load_checkpoint(done, meta)
         load_state_strict(model, state["model"], done)
-        runtime.prepare_model(model)
         return state["summary"]
     batch, every = cfg.batch_size, cfg.log_every
     loop = Loop(
@@ -231,7 +231,7 @@ def pretrain_network(
                                               min((p + 1) * every, steps)),
         total_steps=steps, num_workers=cfg.num_workers, log_every=every,
         lr_at=lambda s: lr_at(s, steps, lr, cfg.warmup_fraction),
-        period_name="block", hint=f"; lower pretrain.{name}_lr",
+        period_name="block", hint=f"; lower pretrain.{LR_PARAMS.get(name, 'lr')}",
         live_params={"network": name, "seed": cfg.seed, "lr": lr, "steps": steps,
                      "batch_size": batch},
     )

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import bnr.pretrain as pretrain_module
 from bnr.config import PretrainConfig, parse_params
 from bnr.data.pretrain_world import (
     PALETTES,
@@ -240,6 +241,16 @@ def test_interrupted_pretrain_resumes_to_the_same_weights(tmp_path, capsys):
         assert resumed[net]["map"] == full[net]["map"]
         assert resumed[net]["loss_curve"] == full[net]["loss_curve"]
     assert not any(runs.iterdir())
+
+
+def test_nan_loss_stops_with_its_step_and_the_lr_to_lower(tmp_path, monkeypatch):
+    real = pretrain_module.multilabel_loss
+    monkeypatch.setattr(pretrain_module, "multilabel_loss",
+                        lambda *a: real(*a) * float("nan"))
+    with pytest.raises(BnrError, match=r"loss is not finite at block 1, iteration 1 "
+                                       r"\(loss=nan\); lower pretrain.conformer_lr"):
+        pretrain(TINY, tmp_path, tmp_path / "runs")
+    assert not (tmp_path / "conformer.pth").exists()
 
 
 def test_rebuild_is_identical_on_the_same_machine(written, tmp_path):
