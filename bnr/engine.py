@@ -169,14 +169,16 @@ def cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def finish_run(
-    model: nn.Module, meta: dict, protocol: dict, model_out: Path, curves_out: Path, run_dir: Path
-) -> None:
-    """Write the final weights and the curves (both atomically), then drop the resume state."""
-    save_checkpoint(model_out, {"model": cpu_state(model), "meta": meta,
-                                "protocol": protocol})
-    with atomic_path(curves_out) as tmp:
-        shutil.copytree(run_dir / "dvclive", tmp)
+def finish_run(model: nn.Module, meta: dict, protocol: dict, model_out: Path | None,
+               curves_out: Path | None, run_dir: Path) -> None:
+    """Write the final weights and the curves (both atomically; None: not written, e.g. a
+    stage that writes its weights in a layout of its own), then drop the resume state."""
+    if model_out is not None:
+        save_checkpoint(model_out, {"model": cpu_state(model), "meta": meta,
+                                    "protocol": protocol})
+    if curves_out is not None:
+        with atomic_path(curves_out) as tmp:
+            shutil.copytree(run_dir / "dvclive", tmp)
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the next run trains afresh
 
 
@@ -269,8 +271,8 @@ def fit(
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     dataset: Dataset,
     step_fn: StepFn,
-    model_out: Path,
-    curves_out: Path,
+    model_out: Path | None,
+    curves_out: Path | None,
     *,
     runtime: Runtime = CPU,
     ctx: DistContext = SINGLE,
@@ -280,7 +282,8 @@ def fit(
     stop_after_step: int | None = None,
 ) -> dict:
     """Train ``model`` with ``step_fn(net, batch) -> (loss, values)`` over ``loop``'s periods;
-    write ``model_out`` (weights, meta, protocol) and the curves (``curves_out``).
+    write ``model_out`` (weights, meta, protocol) and the curves (``curves_out``), each unless
+    None (the trained weights are also left in ``model`` itself).
 
     ``values`` are this process's floats (the loss included or not); the engine averages them
     over processes, checks the loss, logs ``train/<key>`` every ``log_every`` steps and

@@ -12,20 +12,26 @@ exactly the strict key maps that load those files:
 * the ResNet-38d in the converted ``.pth`` layout (PSA's key names, no BatchNorm counters,
   the classifier as ``linear1000.*``), read by :func:`bnr.models.resnet38.load_imagenet_weights`.
 
-Training: AdamW, linear warm-up then cosine decay, cross-entropy of each head against the
-image's classes (weight 1/n each; both heads' losses summed for the Conformer, as the official
-model sums its two). Step ``s`` sees train
-images ``s*B .. s*B+B-1``, each flipped from its own seed, so the run is deterministic from the
-params. The held-out split is scored by mean average precision over the classes and by top-1 on
-its single-object images.
+Training runs through the one training engine (:mod:`bnr.engine`): AdamW, linear warm-up then
+cosine decay (``Loop.lr_at``), cross-entropy of each head against the image's classes (weight
+1/n each; both heads' losses summed for the Conformer, as the official model sums its two).
+Step ``s`` sees train images ``s*B .. s*B+B-1`` of the world (never repeated), image ``i``
+flipped from its own seed ``sample_seed(seed, 0, i)``, so the run is deterministic from the
+params. A period is one log interval (``log_every`` steps): its mean loss is one point of
+``loss_curve``, and a resume checkpoint (a few MB) ends it, in ``runs/pretrain/<key>/``. A
+network that finished keeps its weights and scores there (``done.pt``) until both have, so an
+interruption during the ResNet does not retrain the Conformer. The held-out split is scored by
+mean average precision over the classes and by top-1 on its single-object images.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,18 +39,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from bnr.checkpoints import load_checkpoint, load_state_strict, save_checkpoint
 from bnr.config import PretrainConfig
 from bnr.data.pretrain_world import PRETRAIN_CLASSES, PretrainWorld, WorldSpec
-from bnr.distributed import SeededItems
+from bnr.distributed import SINGLE, DistContext
+from bnr.engine import Loop, cpu_state, fit, run_key, sample_seed, source_digest
 from bnr.errors import BnrError
 from bnr.io import atomic_path
-from bnr.models.conformer import Conformer, create_conformer
+from bnr.models.conformer import PRESETS as CONFORMER_PRESETS
+from bnr.models.conformer import Conformer
 from bnr.models.resnet38 import CLASSIFIER_PREFIX, ResNet38d, resnet38d, resnet38d_tiny
 from bnr.runtime import CPU, Runtime
 
 RESNET_PRESETS: dict[str, Callable[..., ResNet38d]] = {"resnet38d": resnet38d,
                                                        "resnet38d_tiny": resnet38d_tiny}
-Logits = Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]
+LR_PARAMS = {"conformer": "conformer_lr", "resnet38": "resnet_lr"}  # network -> its lr param
 
 
 def world_spec(cfg: PretrainConfig) -> WorldSpec:
@@ -53,24 +62,27 @@ def world_spec(cfg: PretrainConfig) -> WorldSpec:
 
 
 # ----------------------------------------------------------------------------------------------
-# The two classifiers, with the official heads
+# The two classifiers, with the official heads; ``forward`` gives a list of logits per head
 
 
-def conformer_classifier(preset: str, num_classes: int) -> Conformer:
+class ConformerClassifier(Conformer):
     """A Conformer whose CNN head is the official one: Linear(c3, K) on the pooled map."""
-    model = create_conformer(preset, num_classes=num_classes)
-    model.conv_cls_head = nn.Linear(model.cfg.stage_channels[2], num_classes)
-    nn.init.trunc_normal_(model.conv_cls_head.weight, std=0.02)
-    nn.init.zeros_(model.conv_cls_head.bias)
-    return model
 
+    def __init__(self, preset: str, num_classes: int) -> None:
+        if preset not in CONFORMER_PRESETS:
+            raise BnrError(f"pretrain.conformer_model: unknown preset {preset!r} "
+                           f"(known: {', '.join(sorted(CONFORMER_PRESETS))})")
+        super().__init__(CONFORMER_PRESETS[preset], num_classes=num_classes)
+        self.conv_cls_head = nn.Linear(self.cfg.stage_channels[2], num_classes)
+        nn.init.trunc_normal_(self.conv_cls_head.weight, std=0.02)
+        nn.init.zeros_(self.conv_cls_head.bias)
 
-def conformer_logits(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """(B, 3, H, W) -> [CNN logits (B, K), class-token logits (B, K)] (official heads)."""
-    feats = model.forward_features(images)
-    cnn = model.conv_cls_head(feats["cnn"].mean(dim=(2, 3)))  # (B, c3, h, w) -> (B, K)
-    token = model.trans_cls_head(model.trans_norm(feats["tokens"][:, 0]))  # (B, D) -> (B, K)
-    return [cnn, token]
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        """(B, 3, H, W) -> [CNN logits (B, K), class-token logits (B, K)] (official heads)."""
+        feats = self.forward_features(images)
+        cnn = self.conv_cls_head(feats["cnn"].mean(dim=(2, 3)))  # (B, c3, h, w) -> (B, K)
+        token = self.trans_cls_head(self.trans_norm(feats["tokens"][:, 0]))  # (B, D) -> (B, K)
+        return [cnn, token]
 
 
 class ResNetClassifier(nn.Module):
@@ -84,13 +96,9 @@ class ResNetClassifier(nn.Module):
         self.backbone = RESNET_PRESETS[preset](freeze_bn=False, frozen=())
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, K)."""
-        return self.classifier(self.backbone(images).mean(dim=(2, 3)))
-
-
-def resnet_logits(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    return [model(images)]
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> [logits (B, K)]."""
+        return [self.classifier(self.backbone(images).mean(dim=(2, 3)))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,12 +138,6 @@ def multilabel_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.T
     return sum(F.cross_entropy(x, target) for x in logits)  # type: ignore[return-value]
 
 
-def flip_seed(seed: int, index: int) -> int:
-    """The augmentation seed of train image ``index`` (each image is seen once); the same
-    numbers as ``bnr.training.sample_seed(seed, 0, index)``, without importing the loops."""
-    return ((seed * 1_000_003 + 17) * 31 + index * 1_000_033 + 5) % 2**63
-
-
 def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
     """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to 0."""
     warm = max(1, round(total * warmup_fraction))
@@ -144,20 +146,22 @@ def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def train_step(model: nn.Module, logits_fn: Logits, batch: dict, optimizer: torch.optim.Optimizer,
-               runtime: Runtime) -> float:
-    """One optimisation step on ``batch`` (image (B, 3, S, S), labels (B, K)); returns the loss."""
-    images = runtime.to_device(batch["image"])
-    labels = batch["labels"].to(runtime.device)
-    with runtime.autocast():
-        logits = logits_fn(model, images)
-    loss = multilabel_loss([x.float() for x in logits], labels)
-    if not math.isfinite(loss.item()):
-        raise BnrError(f"pretrain: loss is not finite ({loss.item()})")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.item())
+def step_batches(batch: int, seed: int, start: int, stop: int) -> list[list[tuple[int, int]]]:
+    """The global batches of steps ``start .. stop - 1`` as ``(image index, flip seed)``: step
+    ``s`` sees train images ``s*B .. s*B+B-1``, image ``i`` flipped from
+    ``sample_seed(seed, 0, i)`` (each image is seen once)."""
+    return [[(i, sample_seed(seed, 0, i)) for i in range(s * batch, (s + 1) * batch)]
+            for s in range(start, stop)]
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; no weight decay on the model's ``no_weight_decay`` names nor on vectors."""
+    no_decay = getattr(model, "no_weight_decay", lambda: set())()
+    params = list(model.named_parameters())
+    return torch.optim.AdamW(
+        [{"params": [p for n, p in params if n not in no_decay and p.ndim > 1]},
+         {"params": [p for n, p in params if n in no_decay or p.ndim <= 1],
+          "weight_decay": 0.0}], lr=lr, weight_decay=weight_decay)
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -182,75 +186,121 @@ def classification_scores(scores: np.ndarray, targets: np.ndarray) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, logits_fn: Logits, loader: DataLoader, runtime: Runtime) -> dict:
+def evaluate(model: nn.Module, loader: DataLoader, runtime: Runtime) -> dict:
     """Held-out scores; the Conformer's score is the sum of its two heads' logits."""
     model.eval()
     scores, targets = [], []
     for batch in loader:
         with runtime.autocast():
-            logits = logits_fn(model, runtime.to_device(batch["image"]))
+            logits = model(runtime.to_device(batch["image"]))
         scores.append(sum(x.float() for x in logits).cpu().numpy())
         targets.append(batch["labels"].numpy())
     model.train()
     return classification_scores(np.concatenate(scores), np.concatenate(targets))
 
 
-def pretrain_network(model: nn.Module, logits_fn: Logits, cfg: PretrainConfig, steps: int,
-                     lr: float, runtime: Runtime = CPU, log: Callable[[str], None] = print
-                     ) -> dict:
-    """Train ``model`` for ``steps`` steps of ``cfg.batch_size`` world images; return the
-    held-out scores, the loss curve (mean per log interval) and the seconds taken."""
-    spec = world_spec(cfg)
-    batch = cfg.batch_size
-    train = SeededItems(PretrainWorld(spec, "train", steps * batch, flip=True))
-    batches = [[(i, flip_seed(cfg.seed, i)) for i in range(s * batch, (s + 1) * batch)]
-               for s in range(steps)]
-    workers = runtime.loader_workers(cfg.num_workers)
-    loader = DataLoader(train, batch_sampler=batches, num_workers=workers,
-                        pin_memory=runtime.pin_memory)
-    val = DataLoader(PretrainWorld(spec, "val", cfg.num_val), batch_size=64,
-                     num_workers=workers)
-    model = runtime.prepare_model(model)
-    no_decay = getattr(model, "no_weight_decay", lambda: set())()
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in model.named_parameters() if n not in no_decay and p.ndim > 1]},
-         {"params": [p for n, p in model.named_parameters() if n in no_decay or p.ndim <= 1],
-          "weight_decay": 0.0}], lr=lr, weight_decay=cfg.weight_decay)
-    model.train()
-    curve, window, started = [], [], time.time()
-    for step, data in enumerate(loader):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, cfg.warmup_fraction)
-        window.append(train_step(model, logits_fn, data, optimizer, runtime))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-            curve.append({"step": step + 1, "loss": round(float(np.mean(window)), 5)})
-            window = []
-            log(f"step {step + 1}/{steps} loss {curve[-1]['loss']:.4f} "
-                f"({time.time() - started:.0f} s)")
-    train_seconds = round(time.time() - started, 1)
-    scores = evaluate(model, logits_fn, val, runtime)
-    return {**scores, "steps": steps, "batch_size": batch, "train_images": steps * batch,
-            "lr": lr, "train_seconds": train_seconds, "loss_curve": curve}
+def network_run_dir(run_root: Path, cfg: PretrainConfig, name: str, runtime: Runtime) -> Path:
+    """``run_root/<key>``: the resume state of network ``name``, keyed by the params, the
+    library source and the precision (only the identical run resumes it)."""
+    return Path(run_root) / run_key(asdict(cfg), name, source_digest(), runtime.precision)
+
+
+def pretrain_network(
+    model: nn.Module, name: str, cfg: PretrainConfig, steps: int, lr: float, seed: int, *,
+    runtime: Runtime = CPU, ctx: DistContext = SINGLE, run_root: Path = Path("runs/pretrain"),
+    curves_out: Path | None = None, progress: bool = True,
+    live_factory: Callable[..., Any] | None = None, stop_after_step: int | None = None,
+) -> dict:
+    """Train ``model`` (in place) for ``steps`` steps of ``cfg.batch_size`` world images through
+    the engine (``seed``: its per-step dropout seeds); return the held-out scores, the loss
+    curve (mean per log interval) and the seconds taken, or ``{"interrupted_at_step": n}``
+    when ``stop_after_step`` ends the call early (an interruption: the next call resumes).
+    A network that finished already (``done.pt`` of the same key) is loaded, not retrained."""
+    meta = {"kind": "pretrain", "network": name}
+    run_dir = network_run_dir(run_root, cfg, name, runtime)
+    done = run_dir / "done.pt"
+    if done.is_file():
+        state = load_checkpoint(done, meta)
+        load_state_strict(model, state["model"], done)
+        return state["summary"]
+    batch, every = cfg.batch_size, cfg.log_every
+    loop = Loop(
+        stage=f"pretrain {name}", seed=seed, meta=meta, protocol={}, run_dir=run_dir,
+        num_periods=math.ceil(steps / every),
+        period_batches=lambda p: step_batches(batch, cfg.seed, p * every,
+                                              min((p + 1) * every, steps)),
+        total_steps=steps, num_workers=cfg.num_workers, log_every=every,
+        lr_at=lambda s: lr_at(s, steps, lr, cfg.warmup_fraction),
+        period_name="block", hint=f"; lower pretrain.{LR_PARAMS.get(name, 'lr')}",
+        live_params={"network": name, "seed": cfg.seed, "lr": lr, "steps": steps,
+                     "batch_size": batch},
+    )
+
+    def step(net: nn.Module, data: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        images = runtime.to_device(data["image"])  # (B/N, 3, S, S)
+        with runtime.autocast():
+            logits = net(images)  # [(B/N, K) per head]
+        return multilabel_loss([x.float() for x in logits], data["labels"].to(runtime.device)), {}
+
+    out = fit(loop, model, lambda m: adamw(m, lr, cfg.weight_decay),
+              PretrainWorld(world_spec(cfg), "train", steps * batch, flip=True), step,
+              None, curves_out, runtime=runtime, ctx=ctx, progress=progress,
+              live_factory=live_factory, stop_after_step=stop_after_step)
+    if out.get("interrupted"):
+        return {"interrupted_at_step": out["step"]}
+    val = DataLoader(PretrainWorld(world_spec(cfg), "val", cfg.num_val), batch_size=64,
+                     num_workers=runtime.loader_workers(cfg.num_workers))
+    curve = [{"step": h["step"], "loss": round(h["loss"], 5)} for h in out["history"]]
+    summary = {**evaluate(model, val, runtime), "steps": steps, "batch_size": batch,
+               "train_images": steps * batch, "lr": lr,
+               "train_seconds": round(sum(h["seconds"] for h in out["history"]), 1),
+               "loss_curve": curve}
+    if ctx.is_main:
+        save_checkpoint(done, {"model": cpu_state(model), "meta": meta, "summary": summary})
+    return summary
 
 
 def run_pretrain(cfg: PretrainConfig, conformer_out: Path, resnet_out: Path,
-                 runtime: Runtime = CPU, log: Callable[[str], None] = print) -> dict:
-    """Pretrain both backbones and write their weights; return the metrics of both."""
+                 runtime: Runtime = CPU, log: Callable[[str], None] = print, *,
+                 ctx: DistContext = SINGLE, run_root: Path = Path("runs/pretrain"),
+                 curves_out: Path | None = None, progress: bool = True,
+                 live_factory: Callable[..., Any] | None = None,
+                 stop_after_step: int | None = None) -> dict:
+    """Pretrain both backbones and write their weights; return the metrics of both.
+
+    Resume state in ``run_root/<key>/``; ``curves_out``: the dvclive curves of each network in
+    ``curves_out/conformer`` and ``curves_out/resnet38`` (None: not kept). ``stop_after_step``
+    counts the steps of both networks (the Conformer's first) and ends the call there as an
+    interruption would, returning ``{"interrupted_at_step": n}``. Only the main process of a
+    torchrun job (``ctx``) writes files.
+    """
     num_classes = len(PRETRAIN_CLASSES)
-    torch.manual_seed(cfg.seed)
-    conformer = conformer_classifier(cfg.conformer_model, num_classes)
-    log(f"pretrain {cfg.conformer_model}: {cfg.conformer_steps} steps")
-    conformer_metrics = pretrain_network(conformer, conformer_logits, cfg, cfg.conformer_steps,
-                                         cfg.conformer_lr, runtime, log)
-    save_weights(conformer_out, conformer_official_state(conformer))
-    torch.manual_seed(cfg.seed + 1)
-    resnet = ResNetClassifier(cfg.resnet_model, num_classes)
-    log(f"pretrain {cfg.resnet_model}: {cfg.resnet_steps} steps")
-    resnet_metrics = pretrain_network(resnet, resnet_logits, cfg, cfg.resnet_steps,
-                                      cfg.resnet_lr, runtime, log)
-    save_weights(resnet_out, resnet38_converted_state(resnet))
+    kw: dict[str, Any] = {"runtime": runtime, "ctx": ctx, "run_root": run_root,
+                          "progress": progress, "live_factory": live_factory}
+    networks: dict[str, dict] = {}
+    done_steps = 0
+    for name, preset, steps, lr, offset in (
+            ("conformer", cfg.conformer_model, cfg.conformer_steps, cfg.conformer_lr, 0),
+            ("resnet38", cfg.resnet_model, cfg.resnet_steps, cfg.resnet_lr, 1)):
+        torch.manual_seed(cfg.seed + offset)
+        build = ConformerClassifier if name == "conformer" else ResNetClassifier
+        model = build(preset, num_classes)
+        log(f"pretrain {preset}: {steps} steps")
+        stop = None if stop_after_step is None else stop_after_step - done_steps
+        out = pretrain_network(
+            model, name, cfg, steps, lr, cfg.seed + offset, **kw, stop_after_step=stop,
+            curves_out=None if curves_out is None else Path(curves_out) / name)
+        if "interrupted_at_step" in out:
+            return {"interrupted_at_step": done_steps + out["interrupted_at_step"]}
+        done_steps += steps
+        networks[name] = {"model": model, "metrics": out}
+    if ctx.is_main:
+        save_weights(conformer_out, conformer_official_state(networks["conformer"]["model"]))
+        save_weights(resnet_out, resnet38_converted_state(networks["resnet38"]["model"]))
+        for name in networks:  # both written: the finished networks' records go
+            shutil.rmtree(network_run_dir(run_root, cfg, name, runtime), ignore_errors=True)
     return {"classes": num_classes,
             "conformer": {"model": cfg.conformer_model, "layout": "official",
-                          "file": str(conformer_out), **conformer_metrics},
+                          "file": str(conformer_out), **networks["conformer"]["metrics"]},
             "resnet38": {"model": cfg.resnet_model, "layout": "converted .pth",
-                         "file": str(resnet_out), **resnet_metrics}}
+                         "file": str(resnet_out), **networks["resnet38"]["metrics"]}}

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import bnr.pretrain as pretrain_module
 from bnr.config import PretrainConfig, parse_params
 from bnr.data.pretrain_world import (
     PALETTES,
@@ -37,6 +38,29 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = PretrainConfig(image_size=32, num_val=12, batch_size=4, conformer_steps=2,
                       resnet_steps=2, log_every=1, clutter=2)
+
+
+class Recorder:
+    """A dvclive stand-in: keeps what the engine logs (tests run outside a git repository)."""
+
+    logged: list[tuple[str, int, float]] = []
+
+    def __init__(self, dir: str, **_: object) -> None:
+        self.step = 0
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metric(self, name: str, value: float) -> None:
+        Recorder.logged.append((name, self.step, value))
+
+    def end(self) -> None:
+        pass
+
+
+def pretrain(cfg, out: Path, runs: Path, **kw) -> dict:
+    return run_pretrain(cfg, out / "conformer.pth", out / "resnet38d.pth", log=lambda m: None,
+                        run_root=runs, progress=False, live_factory=Recorder, **kw)
 
 
 def test_world_is_deterministic_and_splits_differ():
@@ -100,12 +124,13 @@ def test_scores_and_schedule():
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
     torch.set_num_threads(1)
-    summary = run_pretrain(TINY, out / "conformer.pth", out / "resnet38d.pth", log=lambda m: None)
-    return out, summary
+    Recorder.logged.clear()
+    summary = pretrain(TINY, out, out / "runs")
+    return out, summary, list(Recorder.logged)
 
 
 def test_conformer_file_is_official_layout_and_loads_strictly(written):
-    out, summary = written
+    out, summary, _ = written
     state = torch.load(out / "conformer.pth", map_location="cpu", weights_only=True)
     assert detect_checkpoint_layout(state) == "official"
     # the official heads: a Linear on the pooled CNN map and one on the class token, K = 50
@@ -125,7 +150,7 @@ def test_conformer_file_is_official_layout_and_loads_strictly(written):
 
 
 def test_resnet_file_is_converted_layout_and_loads_strictly(written):
-    out, _ = written
+    out, _, _ = written
     state = torch.load(out / "resnet38d.pth", map_location="cpu", weights_only=True)
     assert "linear1000.weight" in state and "b2.bn_branch2a.running_mean" in state
     assert not any(k.endswith("num_batches_tracked") for k in state)
@@ -174,6 +199,8 @@ def test_pretrain_stage_on_a_tiny_configuration(tmp_path):
         assert 0 <= metrics[f"{part}_top1"] <= 100
         assert (tmp_path / protocol[part]["file"]).is_file()
     assert protocol["pretrain"]["conformer_steps"] == 2
+    assert protocol["conformer"]["loss_curve"][-1]["step"] == 2
+    assert not any((tmp_path / "runs" / "pretrain").iterdir())  # resume state removed
     raw["pretrain"]["batch_size"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     res = subprocess.run(stage_argv("pretrain"), cwd=tmp_path,
@@ -181,9 +208,54 @@ def test_pretrain_stage_on_a_tiny_configuration(tmp_path):
     assert res.returncode == 1 and "pretrain.batch_size must be an integer >= 1" in res.stderr
 
 
+def test_training_runs_through_the_engine_with_the_schedule(written):
+    out, summary, logged = written
+    for net in ("conformer", "resnet38"):
+        curve = summary[net]["loss_curve"]  # one point per log interval (a period)
+        assert [c["step"] for c in curve] == [1, 2] and all(c["loss"] > 0 for c in curve)
+    lrs = [(step, value) for name, step, value in logged if name == "train/lr"]
+    assert len(lrs) == 4  # 2 steps per network, log_every 1
+    assert all(value == pytest.approx(lr_at(step - 1, 2, TINY.conformer_lr,
+                                            TINY.warmup_fraction)) for step, value in lrs)
+    assert not any((out / "runs").iterdir())  # finished: no resume state left
+
+
+def test_interrupted_pretrain_resumes_to_the_same_weights(tmp_path, capsys):
+    cfg = dataclasses.replace(TINY, conformer_steps=4, resnet_steps=4, log_every=2)
+    full = pretrain(cfg, tmp_path / "full", tmp_path / "runs_full")
+    runs = tmp_path / "runs"
+    assert pretrain(cfg, tmp_path / "b", runs, stop_after_step=3) == {"interrupted_at_step": 3}
+    assert not (tmp_path / "b").exists() and len(list(runs.glob("*/last.pt"))) == 1
+    # the Conformer resumes from its step-2 checkpoint and finishes; the ResNet stops at 3
+    assert pretrain(cfg, tmp_path / "b", runs, stop_after_step=7) == {"interrupted_at_step": 7}
+    assert len(list(runs.glob("*/done.pt"))) == 1 and len(list(runs.glob("*/last.pt"))) == 1
+    resumed = pretrain(cfg, tmp_path / "b", runs)  # the Conformer is not trained again
+    printed = capsys.readouterr().out
+    assert "resuming pretrain conformer" in printed and "resuming pretrain resnet38" in printed
+    assert printed.count("step 2 done") == 2
+    for name in ("conformer.pth", "resnet38d.pth"):
+        first = torch.load(tmp_path / "full" / name, weights_only=True)
+        again = torch.load(tmp_path / "b" / name, weights_only=True)
+        assert all(torch.equal(first[k], again[k]) for k in first), name
+    for net in ("conformer", "resnet38"):
+        assert resumed[net]["map"] == full[net]["map"]
+        assert resumed[net]["loss_curve"] == full[net]["loss_curve"]
+    assert not any(runs.iterdir())
+
+
+def test_nan_loss_stops_with_its_step_and_the_lr_to_lower(tmp_path, monkeypatch):
+    real = pretrain_module.multilabel_loss
+    monkeypatch.setattr(pretrain_module, "multilabel_loss",
+                        lambda *a: real(*a) * float("nan"))
+    with pytest.raises(BnrError, match=r"loss is not finite at block 1, iteration 1 "
+                                       r"\(loss=nan\); lower pretrain.conformer_lr"):
+        pretrain(TINY, tmp_path, tmp_path / "runs")
+    assert not (tmp_path / "conformer.pth").exists()
+
+
 def test_rebuild_is_identical_on_the_same_machine(written, tmp_path):
-    out, _ = written
-    run_pretrain(TINY, tmp_path / "conformer.pth", tmp_path / "resnet38d.pth", log=lambda m: None)
+    out, _, _ = written
+    pretrain(TINY, tmp_path, tmp_path / "runs")
     for name in ("conformer.pth", "resnet38d.pth"):
         first = torch.load(out / name, weights_only=True)
         again = torch.load(tmp_path / name, weights_only=True)
