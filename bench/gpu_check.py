@@ -112,7 +112,10 @@ def paper_config() -> tuple[dict, str]:
 
         raw = yaml.safe_load((REPO / "params.yaml").read_text())
         block = raw["datasets"]["voc2012"]
-        return {k: block[k] for k in PAPER_FALLBACK}, "params.yaml datasets.voc2012"
+        cam = block["train_cam"]
+        return ({**{k: cam[k] for k in ("epochs", "batch_size", "crop_size", "model")},
+                 "infer_scales": block["infer_seeds"]["scales"]},
+                "params.yaml datasets.voc2012")
     except Exception as exc:  # noqa: BLE001 - params.yaml may be mid-edit; the paper is fixed
         return dict(PAPER_FALLBACK), f"built-in (params.yaml unreadable: {exc})"
 
@@ -451,7 +454,8 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
         image, _ = to_tensor(item["image"], None)
         classes = [int(c) for c in torch.nonzero(item["labels"][1:]).flatten() + 1]
         for bf16 in (False, True):
-            cams = seed_cams(model, image, classes, params.data.infer_scales, device, bf16,
+            scales = params.per_dataset.infer_seeds.scales
+            cams = seed_cams(model, image, classes, scales, device, bf16,
                              inf.batch_passes, model.cfg.patch_size, flip=inf.flip,
                              resize=inf.resize, source=inf.source)
             cams_np = cams.numpy().astype(np.float16).astype(np.float32)  # as saved, as loaded
@@ -476,8 +480,9 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
         "target_met": met,
         "notes": [
             f"{ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt} "
-            f"({params.data.model}, dataset {params.dataset}), first {count} image(s) of split "
-            f"{params.data.seed_eval_split}, scales {list(params.data.infer_scales)}, "
+            f"({params.per_dataset.train_cam.model}, dataset {params.dataset}), first {count} "
+            f"image(s) of split {params.data.seed_eval_split}, scales "
+            f"{list(params.per_dataset.infer_seeds.scales)}, "
             f"batch_passes {inf.batch_passes}, thresholds "
             f"{thresholds[0]:.2f}..{thresholds[-1]:.2f}",
             f"bfloat16 - float32: {diff_best:+.3f} points (best thresholds), {diff_same:+.3f} "

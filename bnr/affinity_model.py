@@ -14,14 +14,15 @@ STRIDE = 8  # AffinityNet output stride
 
 def affinity_model_meta(params: Params) -> dict:
     """What an affinity checkpoint must agree on to be loaded."""
-    return {"kind": "affinity", "preset": params.data.affinity_model, "dataset": params.dataset}
+    return {"kind": "affinity", "preset": params.per_dataset.train_affinity.model,
+            "dataset": params.dataset}
 
 
 def build_affinity_model(preset: str, pretrained: str = "") -> AffinityNet:
     """A fresh AffinityNet on ResNet-38d ``preset`` (ImageNet weights if ``pretrained``)."""
     if preset not in PRESETS:
         raise BnrError(
-            f"unknown affinity_model {preset!r} (known: {', '.join(sorted(PRESETS))})"
+            f"unknown AffinityNet preset {preset!r} (known: {', '.join(sorted(PRESETS))})"
         )
     model = AffinityNet(PRESETS[preset]())
     if pretrained:
@@ -34,7 +35,7 @@ def load_affinity_model(params: Params, path: Path) -> AffinityNet:
     path = Path(path)
     if not path.is_file():
         raise BnrError(f"{path}: affinity checkpoint not found (run the train_affinity stage)")
-    model = build_affinity_model(params.data.affinity_model)
+    model = build_affinity_model(params.per_dataset.train_affinity.model)
     load_state_strict(model, load_checkpoint(path, affinity_model_meta(params))["model"], path)
     model.eval()
     return model

@@ -156,14 +156,15 @@ def train_affinity(
     summary.
     """
     data, cfg = params.data, params.train_affinity
+    sizes = params.per_dataset.train_affinity
     names = class_names(params.dataset)
     root = Path(data.root)
     if not root.is_dir():
         raise BnrError(f"{root}: dataset root not found (run the download stage)")
     min_crop = (2 * cfg.radius - 1) * STRIDE
-    if data.affinity_crop < min_crop:
+    if sizes.crop < min_crop:
         raise BnrError(
-            f"params.yaml: datasets.{params.dataset}.affinity_crop {data.affinity_crop} is too "
+            f"params.yaml: datasets.{params.dataset}.train_affinity.crop {sizes.crop} is too "
             f"small for train_affinity.radius {cfg.radius} (needs >= {min_crop})"
         )
     ids = read_split(root, data.infer_split)
@@ -181,14 +182,14 @@ def train_affinity(
         )
     barrier(ctx)  # the other processes wait for the labels
     label_seconds = round(time.time() - started, 1)
-    dataset = AffinityDataset(root, ids, label_dir, data.affinity_crop, PAD_LABELS[cfg.pad_label])
+    dataset = AffinityDataset(root, ids, label_dir, sizes.crop, PAD_LABELS[cfg.pad_label])
 
     torch.manual_seed(params.seed)
-    model = build_affinity_model(data.affinity_model,
+    model = build_affinity_model(sizes.model,
                                  pretrained_path(cfg.pretrained, params.dataset, "resnet38"))
-    batch = data.affinity_batch_size
+    batch = sizes.batch_size
     per_epoch = len(epoch_batches(len(dataset), batch, params.seed, 0))
-    max_step = per_epoch * data.affinity_epochs
+    max_step = per_epoch * sizes.epochs
 
     def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         return ddp_mean(total, count, ctx, eps=1e-5)
@@ -203,23 +204,23 @@ def train_affinity(
 
     loop = Loop(
         stage="train_affinity", seed=params.seed, meta=affinity_model_meta(params),
-        protocol=params.protocol(), run_dir=run_dir, num_periods=data.affinity_epochs,
+        protocol=params.protocol(), run_dir=run_dir, num_periods=sizes.epochs,
         period_batches=lambda e: epoch_batches(len(dataset), batch, params.seed, e),
         total_steps=max_step, num_workers=cfg.num_workers, log_every=LOG_EVERY,
-        lr_at=lambda s: poly_lr(data.affinity_lr, s, max_step, POLY_POWER),
+        lr_at=lambda s: poly_lr(sizes.lr, s, max_step, POLY_POWER),
         log_keys=("loss", "bg", "fg", "neg"), summed=("bg_count", "fg_count", "neg_count"),
-        live_params={"seed": params.seed, "model": data.affinity_model,
-                     "lr": data.affinity_lr, "crop": data.affinity_crop},
+        live_params={"seed": params.seed, "model": sizes.model,
+                     "lr": sizes.lr, "crop": sizes.crop},
     )
     train_started = time.time()
     out = fit(loop, model,
-              lambda m: poly_sgd(param_groups(m, data.affinity_lr, cfg.weight_decay),
-                                 data.affinity_lr, cfg.momentum, cfg.weight_decay),
+              lambda m: poly_sgd(param_groups(m, sizes.lr, cfg.weight_decay),
+                                 sizes.lr, cfg.momentum, cfg.weight_decay),
               dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_period=stop_after_epoch)
     if out.get("interrupted"):
         return {"interrupted_at_epoch": out["period"]}
-    return {"epochs": data.affinity_epochs, "steps": out["steps"], "history": out["history"],
+    return {"epochs": sizes.epochs, "steps": out["steps"], "history": out["history"],
             "train_images": len(dataset), "affinity_labels": label_stats,
             "label_seconds": label_seconds,
             "seconds_this_run": round(time.time() - started, 1),

@@ -18,7 +18,7 @@ def cam_model_meta(params: Params) -> dict:
     """What a CAM checkpoint must agree on to be loaded."""
     return {
         "kind": "cam",
-        "preset": params.data.model,
+        "preset": params.per_dataset.train_cam.model,
         "num_classes": len(class_names(params.dataset)),
         "dataset": params.dataset,
     }
@@ -28,7 +28,8 @@ def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
     """A fresh Conformer for ``params`` (pretrained when train_cam.pretrained names weights;
     ``auto``: see bnr/pretrained.py). ``pretrained=False``: random weights, for a caller that
     loads a trained checkpoint next."""
-    model = create_conformer(params.data.model, num_classes=len(class_names(params.dataset)))
+    model = create_conformer(params.per_dataset.train_cam.model,
+                             num_classes=len(class_names(params.dataset)))
     weights = (pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
                if pretrained else "")
     if weights:

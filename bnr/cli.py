@@ -145,8 +145,8 @@ def predict(args: argparse.Namespace) -> int:
         if args.threshold is None:
             raise BnrError("a CAM checkpoint needs --threshold (background threshold in [0, 1], "
                            "e.g. best_threshold of metrics/seeds.json)")
-        sizes = args.sizes or list(
-            (state.get("protocol") or {}).get("data", {}).get("infer_scales") or [256])
+        recorded = (state.get("protocol") or {}).get("per_dataset", {})
+        sizes = args.sizes or list(recorded.get("infer_seeds", {}).get("scales") or [256])
         multiple = getattr(getattr(model, "cfg", None), "patch_size", 16)
     out.mkdir(parents=True, exist_ok=True)
     for path in images:
@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="CAM: comma-separated 1-based classes in the images")
     p.add_argument("--threshold", type=float, help="CAM: background threshold in [0, 1]")
     p.add_argument("--sizes", nargs="+", type=int,
-                   help="CAM: square side lengths (default: the checkpoint's infer_scales)")
+                   help="CAM: square side lengths (default: the checkpoint's infer_seeds.scales, "
+                        "else 256)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the network runs (auto: cuda when present, else cpu)")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",

@@ -5,10 +5,12 @@ an out-of-range value stops with one line naming the key and the value, for exam
 
     params.yaml: noise_scale must be a number >= 0, got 'abc'
 
-Dataset-dependent settings (image and crop size, epochs, batch size, model preset, inference
-scales) live in one block per dataset under ``datasets:``; ``Params.data`` is the block of the
-dataset selected by the top-level ``dataset`` key, so ``dvc exp run -S dataset=voc2012`` alone
-switches to the paper's configuration.
+Dataset-dependent settings live in one block per dataset under ``datasets:``, split into
+sub-blocks by use: ``data`` (root, splits), ``train_cam``, ``infer_seeds``, ``train_affinity``,
+``train_segmenter`` and ``evaluate`` (model presets, crops, schedules, scales).
+``Params.per_dataset`` is the block of the dataset selected by the top-level ``dataset`` key
+(``Params.data`` its ``data`` sub-block), so ``dvc exp run -S dataset=voc2012`` alone switches
+to the paper's configuration.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ METHODS = ("bnr", "transcam")
 
 
 @dataclass(frozen=True)
-class DatasetConfig:
-    """The settings that depend on the dataset (one block per dataset in params.yaml)."""
+class DataConfig:
+    """``datasets.<d>.data``: where the dataset is and which split each step uses."""
 
     root: str = spec(string(allow_empty=False))
     train_split: str = spec(string(allow_empty=False))  # train_cam learns from it
@@ -56,6 +58,14 @@ class DatasetConfig:
     seed_eval_split: str = spec(string(allow_empty=False))  # seeds evaluated on it
     val_split: str = spec(string(allow_empty=False))  # segmentation evaluated on it
     gt_dir: str = spec(string(allow_empty=False))  # seed ground truth
+    test_split: str = spec(string(), "")  # predictions for an evaluation server ("" = none)
+    name: str = ""  # filled from the dataset block's key
+
+
+@dataclass(frozen=True)
+class CamTrainingSizes:
+    """``datasets.<d>.train_cam``: the CAM network and its training schedule."""
+
     model: str = spec(string(allow_empty=False))  # backbone preset of bnr.models.conformer
     crop_size: int = spec(integer(16))
     resize_long: tuple = spec(number_list(integer(8), 2, 2, ordered=True))
@@ -63,24 +73,59 @@ class DatasetConfig:
     batch_size: int = spec(integer(1))
     lr: float = spec(number(0, lo_open=True))
     weight_decay: float = spec(number(0))
-    infer_scales: tuple = spec(number_list(integer(16), 1, 8))  # square side lengths
-    affinity_model: str = spec(string(allow_empty=False), "resnet38d")  # AffinityNet backbone
-    affinity_crop: int = spec(integer(16), 448)
-    affinity_epochs: int = spec(integer(1), 8)
-    affinity_batch_size: int = spec(integer(1), 8)
-    affinity_lr: float = spec(number(0, lo_open=True), 0.01)
-    segmenter_backbone: str = spec(string(allow_empty=False), "resnet38d")  # LargeFOV backbone
-    segmenter_crop: int = spec(integer(16), 448)
-    segmenter_iterations: int = spec(integer(1), 20000)
-    segmenter_batch_size: int = spec(integer(1), 10)
-    segmenter_lr: float = spec(number(0, lo_open=True), 1e-3)
-    segmenter_resize_scale: tuple = spec(number_list(number(0, lo_open=True), 2, 2, ordered=True),
-                                         (0.5, 1.5))
-    segmenter_bn_momentum: float = spec(number(0, 1, lo_open=True), 3e-4)  # head BN (TransCAM)
-    eval_scales: tuple = spec(number_list(number(0, lo_open=True), 1, 8),
-                              (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
-    test_split: str = spec(string(), "")  # predictions for an evaluation server ("" = none)
-    name: str = ""  # filled from the block's key
+
+
+@dataclass(frozen=True)
+class SeedInferenceSizes:
+    """``datasets.<d>.infer_seeds``."""
+
+    scales: tuple = spec(number_list(integer(16), 1, 8))  # square side lengths
+
+
+@dataclass(frozen=True)
+class AffinityTrainingSizes:
+    """``datasets.<d>.train_affinity``: AffinityNet and its training schedule."""
+
+    model: str = spec(string(allow_empty=False), "resnet38d")  # ResNet-38d preset
+    crop: int = spec(integer(16), 448)
+    epochs: int = spec(integer(1), 8)
+    batch_size: int = spec(integer(1), 8)
+    lr: float = spec(number(0, lo_open=True), 0.01)
+
+
+@dataclass(frozen=True)
+class SegmenterTrainingSizes:
+    """``datasets.<d>.train_segmenter``: the segmenter backbone and its training schedule."""
+
+    backbone: str = spec(string(allow_empty=False), "resnet38d")  # LargeFOV backbone preset
+    crop: int = spec(integer(16), 448)
+    iterations: int = spec(integer(1), 20000)
+    batch_size: int = spec(integer(1), 10)
+    lr: float = spec(number(0, lo_open=True), 1e-3)
+    resize_scale: tuple = spec(number_list(number(0, lo_open=True), 2, 2, ordered=True),
+                               (0.5, 1.5))
+    bn_momentum: float = spec(number(0, 1, lo_open=True), 3e-4)  # head BN (TransCAM)
+
+
+@dataclass(frozen=True)
+class EvaluationSizes:
+    """``datasets.<d>.evaluate``."""
+
+    scales: tuple = spec(number_list(number(0, lo_open=True), 1, 8),
+                         (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One ``datasets.<d>`` block: the settings that depend on the dataset, one sub-block per
+    use, so a stage declares (and DVC re-runs it for) only the sub-blocks it reads."""
+
+    data: DataConfig = nested(DataConfig, required=True)
+    train_cam: CamTrainingSizes = nested(CamTrainingSizes, required=True)
+    infer_seeds: SeedInferenceSizes = nested(SeedInferenceSizes, required=True)
+    train_affinity: AffinityTrainingSizes = nested(AffinityTrainingSizes)
+    train_segmenter: SegmenterTrainingSizes = nested(SegmenterTrainingSizes)
+    evaluate: EvaluationSizes = nested(EvaluationSizes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +305,7 @@ class Params:
     seed: int
     method: str
     noise_scale: float
-    data: DatasetConfig  # the block of the selected dataset
+    per_dataset: DatasetConfig  # the datasets.<dataset> block of the selected dataset
     download: DownloadConfig
     train_cam: TrainCamConfig
     infer_seeds: InferSeedsConfig
@@ -274,14 +319,21 @@ class Params:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
+    @property
+    def data(self) -> DataConfig:
+        """``datasets.<dataset>.data``: root and splits of the selected dataset."""
+        return self.per_dataset.data
+
     def protocol(self) -> dict:
         """The params every metrics file records (the selected dataset block included)."""
+        blocks = dataclasses.asdict(self.per_dataset)
         return {
             "dataset": self.dataset,
             "seed": self.seed,
             "method": self.method,
             "noise_scale": self.noise_scale,
-            "data": {k: v for k, v in dataclasses.asdict(self.data).items()},
+            "data": blocks.pop("data"),
+            "per_dataset": blocks,
         }
 
 
@@ -318,7 +370,8 @@ def parse_params(raw: Any) -> Params:
             raise ParamsError(f"params.yaml: unknown dataset block datasets.{name}")
         parsed = build(DatasetConfig, block, f"datasets.{name}")
         if name == values["dataset"]:
-            values["data"] = dataclasses.replace(parsed, name=name)
+            values["per_dataset"] = dataclasses.replace(
+                parsed, data=dataclasses.replace(parsed.data, name=name))
     for key, cls in STAGE_BLOCKS.items():
         values[key] = build(cls, raw.get(key) or {}, key)
     from bnr.param_checks import check_constraints  # (it imports this module)

@@ -6,9 +6,11 @@ that reading an undeclared key raises one line naming the stage and the key, and
 ``protocol()`` records exactly the declared params. ``run_stage`` applies it to every stage
 started from a directory whose ``dvc.yaml`` has the stage (so ``dvc repro`` always runs guarded).
 
-Keys are dvc.yaml's: ``datasets.${dataset}.crop_size`` is ``params.data.crop_size``; a declared
-block (``train_cam``) allows all of it. ``runtime`` keys other than ``precision`` say how a stage
-runs, not what it computes, and are deliberately not declared (see README "Devices").
+Keys are dvc.yaml's: ``datasets.${dataset}.train_cam.crop_size`` is
+``params.per_dataset.train_cam.crop_size`` and ``datasets.${dataset}.data.root`` is
+``params.data.root``; a declared block (``train_cam``) allows all of it. ``runtime`` keys other
+than ``precision`` say how a stage runs, not what it computes, and are deliberately not
+declared (see README "Devices").
 """
 
 from __future__ import annotations
@@ -40,10 +42,40 @@ def declared_params(stage: str, dvc_yaml: str | os.PathLike[str] = "dvc.yaml") -
     return keys
 
 
-def _normalise(key: str) -> str:
-    """``datasets.${dataset}.x`` -> ``data.x`` (the attribute path on Params)."""
-    prefix = "datasets.${dataset}"
-    return "data" + key[len(prefix):] if key.startswith(prefix) else key
+PREFIX = "datasets.${dataset}"
+
+
+def _normalise(key: str) -> list[str]:
+    """dvc.yaml's key -> the attribute paths on Params: ``datasets.${dataset}.data.x`` ->
+    ``data.x``, ``datasets.${dataset}.train_cam.x`` -> ``per_dataset.train_cam.x``."""
+    if key == PREFIX:
+        return ["data", "per_dataset"]
+    if key.startswith(PREFIX + ".data"):
+        return [key[len(PREFIX) + 1:]]
+    if key.startswith(PREFIX + "."):
+        return ["per_dataset" + key[len(PREFIX):]]
+    return [key]
+
+
+def _shown(key: str) -> str:
+    """An attribute path in dvc.yaml's spelling (the reverse of :func:`_normalise`)."""
+    for head in ("data", "per_dataset"):
+        if key == head or key.startswith(head + "."):
+            rest = key[len(head):] if head == "per_dataset" else "." + key
+            return PREFIX + rest
+    return key
+
+
+def _dig(value: Any, parts: list[str]) -> Any:
+    for part in parts:
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def _put(out: dict, parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        out = out.setdefault(part, {})
+    out[parts[-1]] = value
 
 
 class _Declared:
@@ -85,9 +117,8 @@ class _Declared:
             return _Declared(value, key, self._allowed, self._stage)
         if record:
             return value
-        shown = key.replace("data.", "datasets.${dataset}.", 1) if key.startswith("data.") else key
-        raise BnrError(f"dvc.yaml: stage {self._stage} reads param {shown} but does not declare "
-                       "it (add it to the stage's params)")
+        raise BnrError(f"dvc.yaml: stage {self._stage} reads param {_shown(key)} but does not "
+                       "declare it (add it to the stage's params)")
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("params are read-only")
@@ -97,26 +128,21 @@ class _Declared:
         full = self._obj.protocol()
         out: dict[str, Any] = {}
         for key in sorted(self._allowed):
-            head, _, rest = key.partition(".")
-            if head == "data":
-                out.setdefault("data", {})
-                if rest:
-                    out["data"][rest] = full["data"][rest]
-                else:
-                    out["data"] = full["data"]
-            elif head in full:
-                out[head] = full[head]
-            elif head in UNDECLARED_BY_DESIGN or not hasattr(self._obj, head):
+            parts = key.split(".")
+            if parts[0] in full:
+                value = _dig(full, parts)
+            elif parts[0] in UNDECLARED_BY_DESIGN or not hasattr(self._obj, parts[0]):
                 continue
             else:
-                value = getattr(self._obj, head)
-                for part in rest.split(".") if rest else []:
-                    value = getattr(value, part)
+                value = _dig(self._obj, parts)
                 value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-                out[key] = list(value) if isinstance(value, tuple) else value
+                value = list(value) if isinstance(value, tuple) else value
+                out[key] = value  # a stage block's key, under its dotted name
+                continue
+            _put(out, parts, value)
         return out
 
 
 def declared_view(params: Any, stage: str, keys: list[str]) -> Any:
     """``params`` as seen by ``stage``, which declares ``keys`` (dvc.yaml spelling)."""
-    return _Declared(params, "", frozenset(_normalise(k) for k in keys), stage)
+    return _Declared(params, "", frozenset(a for k in keys for a in _normalise(k)), stage)

@@ -16,21 +16,25 @@ CONFORMER_PATCH: dict[str, int] = {"conformer_s": 16, "conformer_tiny": 8}
 
 def check_constraints(params: Params) -> None:
     """The constraints between keys that need no data (ParamsError naming the key)."""
-    data, name, es = params.data, f"datasets.{params.dataset}", params.eval_seeds
+    sizes, name, es = params.per_dataset, f"datasets.{params.dataset}", params.eval_seeds
+    cam = sizes.train_cam
     if es.threshold_start > es.threshold_stop:
         raise ParamsError(f"params.yaml: eval_seeds.threshold_start ({es.threshold_start:g}) "
                           f"must not exceed eval_seeds.threshold_stop ({es.threshold_stop:g})")
-    patch = CONFORMER_PATCH.get(data.model)
-    if patch is not None and data.crop_size % patch:
-        raise ParamsError(f"params.yaml: {name}.crop_size must be a multiple of the patch size "
-                          f"{patch} of {name}.model={data.model}, got {data.crop_size}")
+    patch = CONFORMER_PATCH.get(cam.model)
+    if patch is not None and cam.crop_size % patch:
+        raise ParamsError(f"params.yaml: {name}.train_cam.crop_size must be a multiple of the "
+                          f"patch size {patch} of {name}.train_cam.model={cam.model}, "
+                          f"got {cam.crop_size}")
     if patch is not None and params.infer_seeds.resize == "square":
-        bad = [s for s in data.infer_scales if s % patch]
+        bad = [s for s in sizes.infer_seeds.scales if s % patch]
         if bad:
-            raise ParamsError(f"params.yaml: {name}.infer_scales must be multiples of the patch "
-                              f"size {patch} of {name}.model={data.model}, got {bad[0]}")
+            raise ParamsError(f"params.yaml: {name}.infer_seeds.scales must be multiples of the "
+                              f"patch size {patch} of {name}.train_cam.model={cam.model}, "
+                              f"got {bad[0]}")
     nproc = params.runtime.nproc
-    for key in ("batch_size", "affinity_batch_size", "segmenter_batch_size"):
-        if getattr(data, key) % nproc:
-            raise ParamsError(f"params.yaml: {name}.{key}={getattr(data, key)} does not split "
+    for stage in ("train_cam", "train_affinity", "train_segmenter"):
+        batch = getattr(sizes, stage).batch_size
+        if batch % nproc:
+            raise ParamsError(f"params.yaml: {name}.{stage}.batch_size={batch} does not split "
                               f"over runtime.nproc={nproc} processes (use a multiple of it)")

@@ -184,6 +184,9 @@ def build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def nested(cls: type) -> Any:
-    """Declare a field holding a nested params block of dataclass ``cls``."""
+def nested(cls: type, required: bool = False) -> Any:
+    """Declare a field holding a nested params block of dataclass ``cls`` (``required``: the
+    block must be given; else missing means all its defaults)."""
+    if required:
+        return field(metadata={"nested": cls})
     return field(default_factory=cls, metadata={"nested": cls})

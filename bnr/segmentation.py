@@ -47,7 +47,7 @@ def evaluate_split(
 ) -> tuple[np.ndarray, dict]:
     """Accumulated (S, S) confusion of ``val_split`` (or ``ids``) against ``gt_dir``.
 
-    Scales ``eval_scales`` and the ``evaluate`` block (:func:`prediction_options`).
+    Scales ``datasets.<d>.evaluate.scales`` and the ``evaluate`` block (:func:`prediction_options`).
     Predictions are written to ``pred_dir`` (atomic directory of VOC palette PNGs; None = not
     written). The network runs on ``runtime`` (``model`` already prepared
     for it). Returns ``(confusion, stats)``.

@@ -20,7 +20,7 @@ def segmenter_meta(params: Params) -> dict:
     return {
         "kind": "segmenter",
         "arch": params.train_segmenter.arch,
-        "preset": params.data.segmenter_backbone,
+        "preset": params.per_dataset.train_segmenter.backbone,
         "num_classes": len(class_names(params.dataset)),
         "dataset": params.dataset,
     }
@@ -32,7 +32,7 @@ def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
     weights = (pretrained_path(params.train_segmenter.pretrained, params.dataset, "resnet38")
                if pretrained else "")
     return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights,
-                            bn_momentum=params.data.segmenter_bn_momentum)
+                            bn_momentum=params.per_dataset.train_segmenter.bn_momentum)
 
 
 def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> nn.Module:

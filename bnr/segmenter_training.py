@@ -1,10 +1,11 @@
 """Segmenter training (the paper's last step), through the one training engine.
 
 DeepLab (``train_segmenter.arch``) trained on the CRF pseudo labels of ``infer_split``
-(``data/pseudo_labels/<id>.png``): random rescale by a factor in ``segmenter_resize_scale``,
-horizontal flip, ImageNet normalisation, random crop ``segmenter_crop`` (image padding 0, label
-padding 255 = ignored), cross-entropy on the logits upsampled to the crop, poly SGD with
-DeepLab's (and TransCAM's) learning-rate groups (:func:`bnr.models.resnet38.param_groups`).
+(``<label_dir>/<id>.png``): random rescale by a factor in the dataset block's
+``train_segmenter.resize_scale``, horizontal flip, ImageNet normalisation, random crop
+``train_segmenter.crop`` (image padding 0, label padding 255 = ignored), cross-entropy on the
+logits upsampled to the crop, poly SGD with DeepLab's (and TransCAM's) learning-rate groups
+(:func:`bnr.models.resnet38.param_groups`).
 A resume checkpoint every ``checkpoint_every`` iterations (a "block"); the batch of iteration
 ``it`` and its augmentation depend only on ``(seed, it)``, so a resumed run ends with the same
 weights as an uninterrupted one (on the same machine).
@@ -133,6 +134,7 @@ def train_segmenter(
     Returns a summary (iterations, timings, final mean loss).
     """
     data, cfg = params.data, params.train_segmenter
+    sizes = params.per_dataset.train_segmenter
     root = Path(data.root)
     if not root.is_dir():
         raise BnrError(f"{root}: dataset root not found (run the download stage)")
@@ -142,12 +144,12 @@ def train_segmenter(
     key = run_key(params.protocol(), asdict(cfg), ids, files_digest(label_paths),
                   source_digest(), runtime.precision)
     run_dir = Path(run_root) / key
-    dataset = PseudoLabelDataset(root, ids, label_dir, data.segmenter_crop,
-                                 data.segmenter_resize_scale)
+    dataset = PseudoLabelDataset(root, ids, label_dir, sizes.crop,
+                                 sizes.resize_scale)
 
     torch.manual_seed(params.seed)
     model = build_segmenter(params)
-    max_it, batch = data.segmenter_iterations, data.segmenter_batch_size
+    max_it, batch = sizes.iterations, sizes.batch_size
 
     def step(net: nn.Module, item: dict) -> tuple[torch.Tensor, dict[str, float]]:
         with runtime.autocast():
@@ -162,15 +164,15 @@ def train_segmenter(
             len(dataset), batch, params.seed, p * checkpoint_every,
             min((p + 1) * checkpoint_every, max_it))),
         total_steps=max_it, num_workers=cfg.num_workers, log_every=cfg.log_every,
-        lr_at=lambda s: poly_lr(data.segmenter_lr, s, max_it, cfg.poly_power),
-        period_name="block", hint="; lower segmenter_lr",
+        lr_at=lambda s: poly_lr(sizes.lr, s, max_it, cfg.poly_power),
+        period_name="block", hint="; lower train_segmenter.lr",
         live_params={"seed": params.seed, "arch": cfg.arch, "backbone": meta["preset"],
-                     "lr": data.segmenter_lr, "crop": data.segmenter_crop,
+                     "lr": sizes.lr, "crop": sizes.crop,
                      "batch_size": batch, "iterations": max_it},
     )
     out = fit(loop, model,
-              lambda m: poly_sgd(param_groups(m, data.segmenter_lr, cfg.weight_decay),
-                                 data.segmenter_lr, cfg.momentum, cfg.weight_decay),
+              lambda m: poly_sgd(param_groups(m, sizes.lr, cfg.weight_decay),
+                                 sizes.lr, cfg.momentum, cfg.weight_decay),
               dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_step=stop_after_iteration)
     if out.get("interrupted"):

@@ -41,9 +41,10 @@ def train_cam(
     (per-epoch mean losses, timings); only the main process writes files.
     """
     data, cfg = params.data, params.train_cam
+    sizes = params.per_dataset.train_cam
     dataset = VocSegmentation(
         data.root, data.train_split, class_names(params.dataset), with_mask=False,
-        transform=TrainTransform(data.crop_size, data.resize_long, cfg.color_jitter),
+        transform=TrainTransform(sizes.crop_size, sizes.resize_long, cfg.color_jitter),
     )
     torch.manual_seed(params.seed)
     model = build_cam_model(params)
@@ -55,7 +56,7 @@ def train_cam(
         keep = [p for n, p in m.named_parameters() if n in no_decay]
         return torch.optim.AdamW(
             [{"params": decay}, {"params": keep, "weight_decay": 0.0}],
-            lr=data.lr, weight_decay=data.weight_decay, eps=cfg.adam_eps,
+            lr=sizes.lr, weight_decay=sizes.weight_decay, eps=cfg.adam_eps,
         )
 
     def step(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -69,19 +70,19 @@ def train_cam(
 
     key = run_key(params.protocol(), asdict(cfg), dataset.ids, source_digest(),
                   runtime.precision)
-    per_epoch = len(epoch_batches(len(dataset), data.batch_size, params.seed, 0))
+    per_epoch = len(epoch_batches(len(dataset), sizes.batch_size, params.seed, 0))
     loop = Loop(
         stage="train_cam", seed=params.seed, meta=cam_model_meta(params),
-        protocol=params.protocol(), run_dir=Path(run_root) / key, num_periods=data.epochs,
-        period_batches=lambda e: epoch_batches(len(dataset), data.batch_size, params.seed, e),
-        total_steps=per_epoch * data.epochs, num_workers=cfg.num_workers,
+        protocol=params.protocol(), run_dir=Path(run_root) / key, num_periods=sizes.epochs,
+        period_batches=lambda e: epoch_batches(len(dataset), sizes.batch_size, params.seed, e),
+        total_steps=per_epoch * sizes.epochs, num_workers=cfg.num_workers,
         log_every=cfg.log_every,
         live_params={"method": params.method, "noise_scale": params.noise_scale,
-                     "seed": params.seed, "model": data.model, "lr": data.lr},
+                     "seed": params.seed, "model": sizes.model, "lr": sizes.lr},
     )
     out = fit(loop, model, adamw, dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_period=stop_after_epoch)
     if out.get("interrupted"):
         return {"interrupted_at_epoch": out["period"]}
-    return {"epochs": data.epochs, "steps": out["steps"], "history": out["history"],
+    return {"epochs": sizes.epochs, "steps": out["steps"], "history": out["history"],
             "seconds_this_run": out["seconds_this_run"], "train_images": len(dataset)}

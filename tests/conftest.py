@@ -79,3 +79,21 @@ def stage_argv(stage: str, *extra: str) -> list[str]:
     words = stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})
     script = next(i for i, w in enumerate(words) if w.endswith(".py"))
     return [sys.executable, str(REPO / words[script]), *extra, *words[script + 1:]]
+
+
+def update_dataset(raw: dict, dataset: str, **blocks: dict) -> dict:
+    """Update sub-blocks of ``raw["datasets"][dataset]``: ``update_dataset(raw, "synthetic",
+    data={"root": ...}, train_cam={"epochs": 1})``; returns ``raw``."""
+    for name, values in blocks.items():
+        raw["datasets"][dataset][name].update(values)
+    return raw
+
+
+def with_dataset(params, block: str, **changes):
+    """``params`` with ``changes`` in its dataset's sub-block ``block`` (``data``,
+    ``train_affinity``, ...)."""
+    import dataclasses
+
+    sizes = params.per_dataset
+    new = dataclasses.replace(getattr(sizes, block), **changes)
+    return dataclasses.replace(params, per_dataset=dataclasses.replace(sizes, **{block: new}))

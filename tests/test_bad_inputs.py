@@ -28,7 +28,7 @@ from bnr.errors import BnrError
 from bnr.models.conformer import PRESETS
 from bnr.param_checks import CONFORMER_PATCH
 from bnr.stage import stage_command, stage_main
-from tests.conftest import REPO, stage_argv, write_voc_tree
+from tests.conftest import REPO, stage_argv, update_dataset, write_voc_tree
 
 try:
     from tests.httpserver import LocalServer
@@ -43,9 +43,10 @@ SPLITS = Path("ImageSets/Segmentation")
 def tiny_raw(root: Path) -> dict:
     """A synthetic-class configuration small enough to train in a second on the CPU."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["datasets"]["synthetic"].update(
-        root=str(root), crop_size=32, resize_long=[24, 40], epochs=1, batch_size=2,
-        infer_scales=[32], lr=0.001)
+    update_dataset(raw, "synthetic", data={"root": str(root)},
+                   train_cam={"crop_size": 32, "resize_long": [24, 40], "epochs": 1,
+                              "batch_size": 2, "lr": 0.001},
+                   infer_seeds={"scales": [32]})
     raw["train_cam"].update(num_workers=0, log_every=1)
     return raw
 
@@ -134,15 +135,15 @@ STAGE_CASES = [
      _params(lambda r: r["eval_seeds"].update(threshold_start=0.5, threshold_stop=0.2)),
      "eval_seeds.threshold_start (0.5) must not exceed eval_seeds.threshold_stop (0.2)"),
     ("infer-scales-vs-patch", "infer_seeds",
-     _params(lambda r: r["datasets"]["synthetic"].update(infer_scales=[32, 36])),
-     "datasets.synthetic.infer_scales must be multiples of the patch size 8"),
+     _params(lambda r: update_dataset(r, "synthetic", infer_seeds={"scales": [32, 36]})),
+     "datasets.synthetic.infer_seeds.scales must be multiples of the patch size 8"),
     ("crop-vs-patch", "train_cam",
-     _params(lambda r: r["datasets"]["synthetic"].update(crop_size=36)),
-     "datasets.synthetic.crop_size must be a multiple of the patch size 8"),
+     _params(lambda r: update_dataset(r, "synthetic", train_cam={"crop_size": 36})),
+     "datasets.synthetic.train_cam.crop_size must be a multiple of the patch size 8"),
     ("batch-vs-nproc", "train_cam",
-     _params(lambda r: (r["runtime"].update(nproc=2), r["datasets"]["synthetic"].update(
-         batch_size=3))),
-     "datasets.synthetic.batch_size=3 does not split over runtime.nproc=2"),
+     _params(lambda r: (r["runtime"].update(nproc=2),
+                        update_dataset(r, "synthetic", train_cam={"batch_size": 3}))),
+     "datasets.synthetic.train_cam.batch_size=3 does not split over runtime.nproc=2"),
     ("unknown-top-level-key", "random_walk", _params(lambda r: r.update(extra_knob=1)),
      "unknown key extra_knob"),
     ("garbage-checkpoint", "infer_seeds", _garbage_checkpoint, "cam.pt: unreadable checkpoint"),
@@ -221,7 +222,7 @@ def test_truncated_download_without_length_or_checksum(tmp_path: Path) -> None:
 
 def test_sigterm_during_training_is_one_line_and_resumable(work: Path) -> None:
     raw = tiny_raw(work / "voc")
-    raw["datasets"]["synthetic"]["epochs"] = 200
+    raw["datasets"]["synthetic"]["train_cam"]["epochs"] = 200
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
@@ -246,7 +247,7 @@ def test_resumed_curves_have_no_duplicate_steps(work: Path) -> None:
     from bnr.training import train_cam
 
     raw = tiny_raw(work / "voc")
-    raw["datasets"]["synthetic"]["epochs"] = 2
+    raw["datasets"]["synthetic"]["train_cam"]["epochs"] = 2
     params = parse_params(raw)
     kw = {"run_root": work / "runs", "progress": False}
     train_cam(params, work / "cam.pt", work / "curves", stop_after_epoch=1, **kw)

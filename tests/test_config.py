@@ -15,19 +15,20 @@ def raw() -> dict:
 def test_repository_params_load():
     p = load_params(REPO / "params.yaml")
     assert p.dataset == "synthetic" and p.data.name == "synthetic"
-    assert p.data.model == "conformer_tiny"
+    assert p.per_dataset.train_cam.model == "conformer_tiny"
 
 
 def test_switching_dataset_switches_the_whole_block(raw):
     raw["dataset"] = "voc2012"
     p = parse_params(raw)
-    assert p.data.model == "conformer_s"
-    assert p.data.crop_size == 512 and p.data.batch_size == 8 and p.data.epochs == 22
-    assert p.data.infer_scales == (256, 512, 768)
+    assert p.per_dataset.train_cam.model == "conformer_s"
+    cam = p.per_dataset.train_cam
+    assert cam.crop_size == 512 and cam.batch_size == 8 and cam.epochs == 22
+    assert p.per_dataset.infer_seeds.scales == (256, 512, 768)
     assert p.data.train_split == "train_aug" and p.data.seed_eval_split == "train"
     raw["dataset"] = "coco2014"
     p = parse_params(raw)
-    assert p.data.epochs == 10 and p.data.batch_size == 16
+    assert p.per_dataset.train_cam.epochs == 10 and p.per_dataset.train_cam.batch_size == 16
 
 
 @pytest.mark.parametrize(
@@ -39,8 +40,8 @@ def test_switching_dataset_switches_the_whole_block(raw):
         (["dataset"], "imagenet", "params.yaml: dataset must be one of synthetic, voc2012, "
          "coco2014, got 'imagenet'"),
         (["seed"], 1.5, "params.yaml: seed must be an integer >= 0, got 1.5"),
-        (["datasets", "synthetic", "epochs"], 0,
-         "params.yaml: datasets.synthetic.epochs must be an integer >= 1, got 0"),
+        (["datasets", "synthetic", "train_cam", "epochs"], 0,
+         "params.yaml: datasets.synthetic.train_cam.epochs must be an integer >= 1, got 0"),
         (["infer_seeds", "flip"], "yes", "params.yaml: infer_seeds.flip must be true or false, "
          "got 'yes'"),
         (["train_cam", "num_workers"], -1,
@@ -74,13 +75,21 @@ def test_unknown_and_missing_keys(raw):
     with pytest.raises(ParamsError, match=r"unknown key noise_scal"):
         parse_params(bad)
     bad = copy.deepcopy(raw)
-    del bad["datasets"]["synthetic"]["crop_size"]
-    with pytest.raises(ParamsError, match=r"missing key datasets.synthetic.crop_size"):
+    del bad["datasets"]["synthetic"]["train_cam"]["crop_size"]
+    with pytest.raises(ParamsError, match=r"missing key datasets.synthetic.train_cam.crop_size"):
+        parse_params(bad)
+    bad = copy.deepcopy(raw)
+    del bad["datasets"]["synthetic"]["data"]
+    with pytest.raises(ParamsError, match=r"missing key datasets.synthetic.data$"):
+        parse_params(bad)
+    bad = copy.deepcopy(raw)
+    bad["datasets"]["synthetic"]["epochs"] = 3  # the flat layout before the sub-blocks
+    with pytest.raises(ParamsError, match=r"unknown key datasets.synthetic.epochs"):
         parse_params(bad)
 
 
 def test_resize_range_must_be_ordered(raw):
-    raw["datasets"]["synthetic"]["resize_long"] = [160, 96]
+    raw["datasets"]["synthetic"]["train_cam"]["resize_long"] = [160, 96]
     with pytest.raises(ParamsError, match="non-decreasing"):
         parse_params(raw)
 

@@ -48,7 +48,7 @@ from bnr.distributed import (
 from bnr.engine import epoch_batches, training_session
 from bnr.errors import BnrError
 from bnr.training import train_cam
-from tests.conftest import REPO, stage_argv
+from tests.conftest import REPO, stage_argv, update_dataset
 from tests.test_psa_pipeline import fake_cams
 
 # One process against two (half batches: other kernel blocking, gloo all-reduce of the
@@ -194,12 +194,13 @@ def _workspace(tmp: Path) -> Path:
         shutil.copy(root / "SegmentationClass" / f"{img_id}.png", labels / f"{img_id}.png")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["dataset"] = "synthetic"
-    raw["datasets"]["synthetic"].update(
-        root=str(root), crop_size=32, resize_long=[28, 44], epochs=2, batch_size=4,
-        affinity_model="resnet38d_tiny", affinity_crop=32, affinity_epochs=2,
-        affinity_batch_size=4, segmenter_backbone="resnet38d_tiny", segmenter_crop=32,
-        segmenter_iterations=4, segmenter_batch_size=4,
-    )
+    update_dataset(raw, "synthetic", data={"root": str(root)},
+                   train_cam={"crop_size": 32, "resize_long": [28, 44], "epochs": 2,
+                              "batch_size": 4},
+                   train_affinity={"model": "resnet38d_tiny", "crop": 32, "epochs": 2,
+                                   "batch_size": 4},
+                   train_segmenter={"backbone": "resnet38d_tiny", "crop": 32, "iterations": 4,
+                                    "batch_size": 4})
     raw["train_cam"]["adam_eps"] = 1.0  # see the module docstring
     for block in ("train_cam", "train_affinity", "train_segmenter"):
         raw[block]["pretrained"] = ""  # from scratch: the pretrain stage's files are not here

@@ -13,7 +13,7 @@ import yaml
 
 from bnr.experiments import flatten_params
 from bnr.metrics_files import read_protocol
-from tests.conftest import REPO
+from tests.conftest import REPO, update_dataset
 from tests.test_metrics_files import (
     MAX_VALUES,
     STEP_MIOUS,
@@ -26,11 +26,12 @@ pytestmark = pytest.mark.slow
 
 def tiny_params(raw: dict) -> dict:
     raw["download"]["synthetic"].update(num_train=12, num_val=4, image_size=64, clutter=4)
-    raw["datasets"]["synthetic"].update(
-        crop_size=64, resize_long=[48, 80], epochs=1, batch_size=4, infer_scales=[32, 64],
-        affinity_crop=72, affinity_epochs=1, affinity_batch_size=4,
-        segmenter_crop=64, segmenter_iterations=20, segmenter_batch_size=4,
-    )
+    update_dataset(raw, "synthetic",
+                   train_cam={"crop_size": 64, "resize_long": [48, 80], "epochs": 1,
+                              "batch_size": 4},
+                   infer_seeds={"scales": [32, 64]},
+                   train_affinity={"crop": 72, "epochs": 1, "batch_size": 4},
+                   train_segmenter={"crop": 64, "iterations": 20, "batch_size": 4})
     raw["pretrain"].update(image_size=32, num_val=8, batch_size=4, conformer_steps=2,
                            resnet_steps=2)
     return raw
@@ -175,23 +176,24 @@ ALL_STAGES = {"pretrain", "download", "train_cam", "infer_seeds", "eval_seeds", 
 # (what is edited, the exact set of stages `dvc status` marks). Stages downstream of a marked
 # stage re-run through their data deps; these are the stages whose own deps or params change.
 STATUS_CASES = [
-    ("param datasets.synthetic.eval_scales", {"evaluate"}),
-    ("param datasets.synthetic.test_split", {"download", "evaluate"}),  # download records it
+    ("param datasets.synthetic.evaluate.scales", {"evaluate"}),
+    ("param datasets.synthetic.data.test_split", {"download", "evaluate"}),  # download records it
+    ("param datasets.synthetic.train_affinity.lr", {"train_affinity"}),
     ("param noise_scale", {"train_cam", "infer_seeds", "eval_seeds", "train_affinity", "crf",
                            "train_segmenter", "evaluate"}),
     ("param crf.iterations", {"crf", "evaluate"}),
     ("param random_walk.beta", {"random_walk", "crf"}),
     ("param eval_seeds.overlays", {"eval_seeds"}),
-    # the split / image / ground-truth reader: every stage reads or checks (bnr/data/checks.py,
-    # run by every stage before its work) images, splits or masks through it
-    ("file bnr/data/voc.py", ALL_STAGES),
+    # the split / image / ground-truth reader: every stage that reads or checks (bnr/data/checks.py,
+    # run by each such stage before its work) images, splits or masks through it
+    ("file bnr/data/voc.py", ALL_STAGES - {"pretrain", "report"}),
     ("file bnr/report.py", {"report"}),
     # affinity labels and loss: only their training (random_walk follows through affinity.pt)
     ("file bnr/postprocessing/affinity.py", {"train_affinity"}),
     # pixel-pair geometry: AffinityNet (training, walk) and ResNet-38d (pretrain, the segmenter)
     ("file bnr/pairs.py", {"pretrain", "train_affinity", "random_walk", "train_segmenter",
                            "evaluate"}),
-    ("file bnr/engine.py", {"train_cam", "train_affinity", "train_segmenter"}),
+    ("file bnr/engine.py", {"pretrain", "train_cam", "train_affinity", "train_segmenter"}),
     ("file bnr/pseudo_labels.py", {"crf"}),
 ]
 

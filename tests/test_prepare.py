@@ -188,14 +188,14 @@ def test_voc2012_existing_root_and_root_mismatch(
 
     # The root set to the existing folder itself: no link needed.
     raw = copy.deepcopy(params.raw)
-    raw["datasets"]["voc2012"]["root"] = str(mine / "VOCdevkit/VOC2012")
+    raw["datasets"]["voc2012"]["data"]["root"] = str(mine / "VOCdevkit/VOC2012")
     direct = prepare(parse_params(raw), sources=table, progress=False)
     assert direct["splits"] == stats["splits"]
 
     # A params root other than the prepared folder: one error naming both paths.
     monkeypatch.chdir(first)
     raw = copy.deepcopy(make_params("voc2012", mirrors=mirrors).raw)
-    raw["datasets"]["voc2012"]["root"] = "data/elsewhere/VOC2012"
+    raw["datasets"]["voc2012"]["data"]["root"] = "data/elsewhere/VOC2012"
     with pytest.raises(BnrError, match=r"data/voc2012/VOCdevkit/VOC2012.*data/elsewhere/VOC2012"):
         prepare(parse_params(raw), sources=table, progress=False)
     # A broken existing copy fails its layout check before anything is used.

@@ -18,7 +18,7 @@ from bnr.errors import BnrError
 from bnr.metrics_files import count_values, read_protocol
 from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
 from bnr.walk import random_walk_split
-from tests.conftest import REPO, run_step
+from tests.conftest import REPO, run_step, update_dataset, with_dataset
 
 SIZE = 96  # 12 x 12 AffinityNet grid: the radius-5 pairs need at least 5 x 9
 
@@ -42,10 +42,9 @@ def fake_cams(root: Path, cam_dir: Path, empty: str) -> None:
 def tiny_params(root: Path, workers: int = 2):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["dataset"] = "synthetic"
-    raw["datasets"]["synthetic"].update(
-        root=str(root), affinity_model="resnet38d_tiny", affinity_crop=SIZE, affinity_epochs=1,
-        affinity_batch_size=3,
-    )
+    update_dataset(raw, "synthetic", data={"root": str(root)},
+                   train_affinity={"model": "resnet38d_tiny", "crop": SIZE, "epochs": 1,
+                                   "batch_size": 3})
     raw["crf"]["workers"] = workers
     raw["train_affinity"]["label_crf"]["workers"] = workers
     raw["random_walk"]["logt"] = 4
@@ -179,7 +178,6 @@ def test_wrong_shape_cam_is_clear(work: Path, tmp_path: Path) -> None:
 
 
 def test_affinity_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
-    import dataclasses
 
     import torch
 
@@ -187,9 +185,7 @@ def test_affinity_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
     from bnr.checkpoints import load_checkpoint
 
     params = tiny_params(work / "data" / "synthetic")
-    params = dataclasses.replace(
-        params, data=dataclasses.replace(params.data, affinity_epochs=2)
-    )
+    params = with_dataset(params, "train_affinity", epochs=2)
     kw = {"cam_dir": work / "data" / "cams", "progress": False}
     train_affinity(params, tmp_path / "a.pt", tmp_path / "a", run_root=tmp_path / "ra", **kw)
     stopped = train_affinity(params, tmp_path / "b.pt", tmp_path / "b", run_root=tmp_path / "rb",
@@ -218,7 +214,7 @@ def test_random_walk_small_image_and_small_crop(tmp_path: Path) -> None:
             assert im.mode == "P" and im.size == (48, 48)
     from bnr.affinity_training import train_affinity
 
-    with pytest.raises(BnrError, match="affinity_crop 48 is too small"):
+    with pytest.raises(BnrError, match="train_affinity.crop 48 is too small"):
         train_affinity(tiny_params_crop(root, 48), tmp_path / "a.pt", tmp_path / "c",
                        cam_dir=tmp_path / "cams", run_root=tmp_path / "runs", progress=False)
 
@@ -247,10 +243,9 @@ def test_random_walk_split_walks_in_float64(tmp_path: Path, monkeypatch: pytest.
 
 
 def tiny_params_crop(root: Path, crop: int):
-    import dataclasses
 
     params = tiny_params(root)
-    return dataclasses.replace(params, data=dataclasses.replace(params.data, affinity_crop=crop))
+    return with_dataset(params, "train_affinity", crop=crop)
 
 
 def test_affinity_training_in_bfloat16_channels_last(work: Path, tmp_path: Path) -> None:

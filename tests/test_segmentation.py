@@ -25,7 +25,7 @@ from bnr.models.deeplab import DeepLabLargeFOV, create_segmenter
 from bnr.models.resnet38 import param_groups
 from bnr.segmentation import SERVER_DIR, multiscale_predict, write_server_archive
 from bnr.segmenter_training import iteration_batches, train_segmenter
-from tests.conftest import REPO, run_step, write_voc_tree
+from tests.conftest import REPO, run_step, update_dataset, with_dataset, write_voc_tree
 
 SIZE = 64
 
@@ -36,11 +36,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_params(root: Path, **data):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["dataset"] = "synthetic"
-    raw["datasets"]["synthetic"].update(
-        root=str(root), segmenter_backbone="resnet38d_tiny", segmenter_crop=48,
-        segmenter_iterations=4, segmenter_batch_size=3, segmenter_lr=0.01, eval_scales=[1.0],
-        **data,
-    )
+    update_dataset(raw, "synthetic", data={"root": str(root), **data},
+                   train_segmenter={"backbone": "resnet38d_tiny", "crop": 48, "iterations": 4,
+                                    "batch_size": 3, "lr": 0.01},
+                   evaluate={"scales": [1.0]})
     raw["train_segmenter"]["log_every"] = 2
     raw["train_segmenter"]["pretrained"] = ""  # from scratch (not the pretrain stage's weights)
     raw["evaluate"]["overlays"] = 2
@@ -138,7 +137,7 @@ def test_deeplabv3_resnet101_shapes() -> None:
 def test_segmenter_errors(tmp_path: Path) -> None:
     with pytest.raises(BnrError, match="unknown segmenter arch"):
         create_segmenter("unet", "resnet38d_tiny", 7)
-    with pytest.raises(BnrError, match="unknown segmenter_backbone"):
+    with pytest.raises(BnrError, match="unknown segmenter backbone"):
         create_segmenter("largefov", "resnet50", 7)
     with pytest.raises(BnrError, match="weights file not found"):
         create_segmenter("largefov", "resnet38d_tiny", 7, tmp_path / "none.pth")
@@ -307,7 +306,8 @@ def test_server_archive_layout(tmp_path: Path) -> None:
                                                  "test": ["t1", "t2"]}, num_classes=21)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["dataset"] = "voc2012"
-    raw["datasets"]["voc2012"].update(root=str(root), eval_scales=[1.0], test_split="test")
+    update_dataset(raw, "voc2012", data={"root": str(root), "test_split": "test"},
+                   evaluate={"scales": [1.0]})
     params = parse_params(raw)
     model = create_segmenter("largefov", "resnet38d_tiny", 21).eval()
     out = tmp_path / "server.tar"
@@ -322,7 +322,7 @@ def test_server_archive_layout(tmp_path: Path) -> None:
             assert np.asarray(im).max() < 21
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".server")] == []
 
-    empty = dataclasses.replace(params, data=dataclasses.replace(params.data, test_split=""))
+    empty = with_dataset(params, "data", test_split="")
     info = write_server_archive(empty, model, out, progress=False)
     assert info["images"] == 0 and "test_split is empty" in info["note"]
     with tarfile.open(out) as tar:

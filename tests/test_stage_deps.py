@@ -44,19 +44,26 @@ def _params():
 
 
 def test_declared_view_allows_declared_and_refuses_the_rest():
-    view = declared_view(_params(), "s", ["dataset", "datasets.${dataset}.crop_size", "crf"])
-    assert view.data.crop_size == 128 and view.crf.iterations == 10
+    view = declared_view(_params(), "s", ["dataset", "datasets.${dataset}.train_cam.crop_size",
+                                          "datasets.${dataset}.data.root",
+                                          "datasets.${dataset}.infer_seeds", "crf"])
+    assert view.per_dataset.train_cam.crop_size == 128 and view.crf.iterations == 10
+    assert view.data.root == "data/synthetic" and view.per_dataset.infer_seeds.scales
     assert view.data.name == "synthetic"  # the block's name is the `dataset` key
     assert view.runtime.num_threads == 0  # runtime: undeclared by design
-    with pytest.raises(BnrError, match=r"stage s reads param datasets.\$\{dataset\}.epochs"):
-        _ = view.data.epochs
+    with pytest.raises(BnrError, match=r"reads param datasets.\$\{dataset\}.train_cam.epochs"):
+        _ = view.per_dataset.train_cam.epochs
+    with pytest.raises(BnrError, match=r"reads param datasets.\$\{dataset\}.data.val_split"):
+        _ = view.data.val_split
     with pytest.raises(BnrError, match="stage s reads param noise_scale"):
         _ = view.noise_scale
     block = view.train_cam  # an undeclared block can be passed on; reading a leaf stops
     with pytest.raises(BnrError, match="stage s reads param train_cam.adam_eps"):
         _ = block.adam_eps
-    assert view.protocol() == {"dataset": "synthetic", "data": {"crop_size": 128},
-                               "crf": dataclasses.asdict(view.crf)}
+    assert view.protocol() == {
+        "dataset": "synthetic", "data": {"root": "data/synthetic"},
+        "per_dataset": {"train_cam": {"crop_size": 128}, "infer_seeds": {"scales": (64, 128, 192)}},
+        "crf": dataclasses.asdict(view.crf)}
 
 
 def test_every_stage_declares_its_params_in_dvc_yaml():

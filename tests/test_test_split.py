@@ -14,7 +14,7 @@ from bnr.config import parse_params
 from bnr.data.checks import server_archive_skip
 from bnr.models.deeplab import create_segmenter
 from bnr.segmentation import SERVER_DIR
-from tests.conftest import REPO, run_step, write_voc_tree
+from tests.conftest import REPO, run_step, update_dataset, write_voc_tree
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def voc_params(root: Path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["dataset"] = "voc2012"
-    raw["datasets"]["voc2012"].update(root=str(root), eval_scales=[1.0],
-                                      segmenter_backbone="resnet38d_tiny")
+    update_dataset(raw, "voc2012", data={"root": str(root)}, evaluate={"scales": [1.0]},
+                   train_segmenter={"backbone": "resnet38d_tiny"})
     raw["evaluate"]["overlays"] = 1
-    assert raw["datasets"]["voc2012"]["test_split"] == "test"  # the default under test
+    assert raw["datasets"]["voc2012"]["data"]["test_split"] == "test"  # the default under test
     return parse_params(raw)
 
 

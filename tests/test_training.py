@@ -13,7 +13,7 @@ from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.errors import BnrError
 from bnr.seeds import infer_split_cams, load_cams, seed_miou_sweep, threshold_grid
 from bnr.training import train_cam
-from tests.conftest import REPO
+from tests.conftest import REPO, update_dataset
 
 
 class NullLive:
@@ -42,10 +42,10 @@ def tiny_root(tmp_path_factory):
 
 def tiny_params(root, **top):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["datasets"]["synthetic"].update(
-        root=str(root), crop_size=32, resize_long=[24, 40], epochs=2, batch_size=4,
-        infer_scales=[32], lr=0.001,
-    )
+    update_dataset(raw, "synthetic", data={"root": str(root)},
+                   train_cam={"crop_size": 32, "resize_long": [24, 40], "epochs": 2,
+                              "batch_size": 4, "lr": 0.001},
+                   infer_seeds={"scales": [32]})
     raw["train_cam"]["log_every"] = 1
     raw["train_cam"]["pretrained"] = ""  # from scratch (auto would load the pretrain stage's)
     raw.update(top)

@@ -176,7 +176,7 @@ def create_segmenter(
             _load_torchvision_backbone(model, path)  # type: ignore[arg-type]
         return model
     if backbone_preset not in PRESETS:
-        raise BnrError(f"unknown segmenter_backbone {backbone_preset!r} "
+        raise BnrError(f"unknown segmenter backbone {backbone_preset!r} "
                        f"(known: {', '.join(sorted(PRESETS))})")
     backbone = PRESETS[backbone_preset](freeze_bn=path is not None)
     if path is not None:

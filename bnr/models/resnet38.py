@@ -293,7 +293,7 @@ def resnet38d_tiny(freeze_bn: bool = True, frozen: Iterable[str] = ("conv1a",)) 
 # --------------------------------------------------------------------------------------------
 
 
-# The ResNet-38d presets by name (params ``affinity_model``, ``segmenter_backbone``).
+# The ResNet-38d presets by name (params ``train_affinity.model``, ``train_segmenter.backbone``).
 PRESETS: dict[str, Callable[..., ResNet38d]] = {
     "resnet38d": resnet38d,
     "resnet38d_tiny": resnet38d_tiny,

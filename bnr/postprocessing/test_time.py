@@ -152,13 +152,14 @@ def predict_labels(
 
 
 def prediction_options(params) -> dict:
-    """The :func:`predict_labels` keyword arguments of ``params`` (``eval_scales`` and the
-    ``evaluate`` block; the CRF settings of ``evaluate.test_crf`` or of ``crf``)."""
+    """The :func:`predict_labels` keyword arguments of ``params`` (``evaluate.scales`` of the
+    dataset block and the ``evaluate`` block; the CRF settings of ``evaluate.test_crf`` or of
+    ``crf``)."""
     cfg = params.evaluate
     crf = None
     if cfg.crf:
         source = cfg.test_crf if cfg.crf_form == "probability" else params.crf
         crf = {k: v for k, v in dataclasses.asdict(source).items() if k != "workers"}
-    return {"scales": tuple(params.data.eval_scales), "flip": cfg.flip, "crf": crf,
+    return {"scales": tuple(params.per_dataset.evaluate.scales), "flip": cfg.flip, "crf": crf,
             "crf_form": cfg.crf_form, "average": cfg.average,
             "align_corners": cfg.align_corners, "resize": cfg.resize}

@@ -58,7 +58,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         ground_truth=data.gt_dir, method=cfg.method, noise_scale=cfg.noise_scale,
         seed=cfg.seed, num_classes=len(class_names(cfg.dataset)),
         seed_threshold=metrics["seed_threshold"], miou_seeds=metrics["miou_seeds"],
-        affinity_model=data.affinity_model,
+        affinity_model=cfg.per_dataset.train_affinity.model,
         beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
         random_walk="sparse", crf=crf_kwargs(cfg.crf),
         metric="mIoU (%) over all classes from the accumulated confusion matrix",

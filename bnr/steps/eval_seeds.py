@@ -67,7 +67,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     }
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=data.seed_eval_split,
-        images=len(dataset.ids), ground_truth=data.gt_dir, scales=list(data.infer_scales),
+        images=len(dataset.ids), ground_truth=data.gt_dir,
+        scales=list(cfg.per_dataset.infer_seeds.scales),
         flip=cfg.infer_seeds.flip, resize=cfg.infer_seeds.resize, crf=False,
         cam_source=cfg.infer_seeds.source,
         threshold="swept", thresholds=[float(thresholds[0]), float(thresholds[-1]),
@@ -88,7 +89,7 @@ def write_overlays(cfg: Params, dataset: VocSegmentation, threshold: float, inpu
                    out: Path) -> None:
     """image | ground truth | seed CAM | seeds | class-token attention, for the first images."""
     model = load_cam_model(cfg, inputs.cam_checkpoint)
-    size = cfg.data.infer_scales[len(cfg.data.infer_scales) // 2]
+    size = cfg.per_dataset.infer_seeds.scales[len(cfg.per_dataset.infer_seeds.scales) // 2]
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for index in range(min(cfg.eval_seeds.overlays, len(dataset))):

@@ -70,11 +70,11 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     }
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=data.val_split, images=stats["images"],
-        ground_truth=data.gt_dir, scales=list(data.eval_scales), flip=ev.flip,
+        ground_truth=data.gt_dir, scales=list(cfg.per_dataset.evaluate.scales), flip=ev.flip,
         crf=opts["crf"] or False, crf_form=opts["crf_form"], average=opts["average"],
         align_corners=opts["align_corners"], resize=opts["resize"], method=cfg.method,
         noise_scale=cfg.noise_scale, seed=cfg.seed,
-        arch=cfg.train_segmenter.arch, backbone=data.segmenter_backbone,
+        arch=cfg.train_segmenter.arch, backbone=cfg.per_dataset.train_segmenter.backbone,
         metric="mIoU (%) over all classes from the accumulated confusion matrix",
         runtime=runtime.record(), server_archive=server,
         per_class=str(outputs.per_class),

@@ -35,7 +35,8 @@ def check(cfg: Params, inputs: Inputs) -> None:
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
-    """CAMs of every image of ``infer_split`` at ``infer_scales`` (and flipped)."""
+    """CAMs of every image of ``infer_split`` at the dataset's ``infer_seeds.scales`` (and
+    flipped)."""
     torch.manual_seed(cfg.seed)
     runtime = start_runtime(cfg.runtime)
     model = load_cam_model(cfg, inputs.cam_checkpoint)
@@ -46,7 +47,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     started = time.time()
     with torch.no_grad():
         n = infer_split_cams(
-            model, dataset, outputs.cams, cfg.data.infer_scales,
+            model, dataset, outputs.cams, cfg.per_dataset.infer_seeds.scales,
             flip=seeds.flip, resize=seeds.resize, batch_passes=seeds.batch_passes,
             patch_multiple=model.cfg.patch_size, source=seeds.source, resample=seeds.resample,
             runtime=runtime,
@@ -55,7 +56,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     numbers = {"images": n, "seconds": seconds}
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=cfg.data.infer_split,
-        scales=list(cfg.data.infer_scales), flip=seeds.flip, resize=seeds.resize,
+        scales=list(cfg.per_dataset.infer_seeds.scales), flip=seeds.flip, resize=seeds.resize,
         batch_passes=seeds.batch_passes, source=seeds.source, resample=seeds.resample,
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
         runtime=runtime.record(), images_per_second=round(n / max(seconds, 1e-9), 2),

@@ -43,6 +43,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         return {}
     last = summary["history"][-1] if summary["history"] else {}
     aff, data = cfg.train_affinity, cfg.data
+    sizes = cfg.per_dataset.train_affinity
     losses = {k: v for k, v in last.items() if k not in ("epoch", "step", "seconds")}
     numbers = {
         "final_epoch_loss": {k: v for k, v in losses.items() if not k.endswith("_count")},
@@ -53,8 +54,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         cfg, runtime={**runtime.record(), "processes": ctx.world_size},
         dataset=cfg.dataset, split=data.infer_split, cams=str(inputs.cams),
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        model=data.affinity_model, pretrained=aff.pretrained or None,
-        crop=data.affinity_crop, batch_size=data.affinity_batch_size, lr=data.affinity_lr,
+        model=sizes.model, pretrained=aff.pretrained or None,
+        crop=sizes.crop, batch_size=sizes.batch_size, lr=sizes.lr,
         low_bg=aff.low_bg, high_bg=aff.high_bg, radius=aff.radius, pad_label=aff.pad_label,
         label_crf={k: v for k, v in vars(aff.label_crf).items() if k != "workers"},
         epochs=summary["epochs"], steps=summary["steps"],

@@ -53,7 +53,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=cfg.data.train_split,
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        model=cfg.data.model, pretrained=cfg.train_cam.pretrained or None,
+        model=cfg.per_dataset.train_cam.model, pretrained=cfg.train_cam.pretrained or None,
         epochs=summary["epochs"], steps=summary["steps"],
         runtime={**runtime.record(), "processes": ctx.world_size},
     ))

@@ -44,6 +44,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     if not ctx.is_main:
         return {}
     seg, data = cfg.train_segmenter, cfg.data
+    sizes = cfg.per_dataset.train_segmenter
     meta = segmenter_meta(cfg)
     numbers = {
         "final_loss": summary["final_loss"],
@@ -55,14 +56,14 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         dataset=cfg.dataset, split=data.infer_split, labels=str(inputs.pseudo_labels),
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
         arch=seg.arch, backbone=meta["preset"] if seg.arch == "largefov" else "resnet101",
-        pretrained=seg.pretrained or None, crop=data.segmenter_crop,
-        batch_size=data.segmenter_batch_size, iterations=summary["iterations"],
+        pretrained=seg.pretrained or None, crop=sizes.crop,
+        batch_size=sizes.batch_size, iterations=summary["iterations"],
         resumed_from=summary["resumed_from"],
         seconds_per_iteration=summary["seconds_per_iteration"],
-        lr=data.segmenter_lr, lr_mult={"backbone": 1, "backbone_bias": 2, "head": 10,
+        lr=sizes.lr, lr_mult={"backbone": 1, "backbone_bias": 2, "head": 10,
                                        "head_bias": 20},
         momentum=seg.momentum, weight_decay=seg.weight_decay, poly_power=seg.poly_power,
-        resize_scale=list(data.segmenter_resize_scale), flip=True,
+        resize_scale=list(sizes.resize_scale), flip=True,
     ))
     print(f"train_segmenter: {summary['iterations']} iterations, final loss "
           f"{summary['final_loss']:.4f} ({summary['seconds_this_run']} s)")
