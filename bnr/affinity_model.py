@@ -1,13 +1,14 @@
-"""AffinityNet (PSA) on ResNet-38d: presets, checkpoint meta, build and strict load."""
+"""AffinityNet (PSA) on ResNet-38d as the stages build and load it: checkpoint meta, a fresh
+model, a trained one (strict load), through the model registry (bnr/models/registry.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import Params
 from bnr.errors import BnrError
-from bnr.models.resnet38 import PRESETS, AffinityNet, load_imagenet_weights
+from bnr.models.registry import create_model, model_from_checkpoint
+from bnr.models.resnet38 import AffinityNet  # (importing it registers "affinity")
 
 STRIDE = 8  # AffinityNet output stride
 
@@ -20,14 +21,7 @@ def affinity_model_meta(params: Params) -> dict:
 
 def build_affinity_model(preset: str, pretrained: str = "") -> AffinityNet:
     """A fresh AffinityNet on ResNet-38d ``preset`` (ImageNet weights if ``pretrained``)."""
-    if preset not in PRESETS:
-        raise BnrError(
-            f"unknown AffinityNet preset {preset!r} (known: {', '.join(sorted(PRESETS))})"
-        )
-    model = AffinityNet(PRESETS[preset]())
-    if pretrained:
-        load_imagenet_weights(model, pretrained)
-    return model
+    return create_model("affinity", preset, pretrained=pretrained)
 
 
 def load_affinity_model(params: Params, path: Path) -> AffinityNet:
@@ -35,7 +29,4 @@ def load_affinity_model(params: Params, path: Path) -> AffinityNet:
     path = Path(path)
     if not path.is_file():
         raise BnrError(f"{path}: affinity checkpoint not found (run the train_affinity stage)")
-    model = build_affinity_model(params.per_dataset.train_affinity.model)
-    load_state_strict(model, load_checkpoint(path, affinity_model_meta(params))["model"], path)
-    model.eval()
-    return model
+    return model_from_checkpoint(path, affinity_model_meta(params))[0]

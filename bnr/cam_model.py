@@ -1,5 +1,6 @@
 """The CAM network (Conformer with TransCAM's changes) as the stages build and load it: its
-checkpoint meta and a fresh model (ImageNet-initialised when ``train_cam.pretrained`` is set)."""
+checkpoint meta and a fresh model (ImageNet-initialised when ``train_cam.pretrained`` is set),
+through the model registry (bnr/models/registry.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 
 from torch import nn
 
-from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import Params
 from bnr.data.classes import class_names
-from bnr.models.conformer import create_conformer, load_pretrained
+from bnr.models import conformer  # noqa: F401 (registers its kind)
+from bnr.models.registry import create_model, model_from_checkpoint
 from bnr.pretrained import pretrained_path
 
 
@@ -26,20 +27,13 @@ def cam_model_meta(params: Params) -> dict:
 
 def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
     """A fresh Conformer for ``params`` (pretrained when train_cam.pretrained names weights;
-    ``auto``: see bnr/pretrained.py). ``pretrained=False``: random weights, for a caller that
-    loads a trained checkpoint next."""
-    model = create_conformer(params.per_dataset.train_cam.model,
-                             num_classes=len(class_names(params.dataset)))
+    ``auto``: see bnr/pretrained.py). ``pretrained=False``: random weights."""
     weights = (pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
                if pretrained else "")
-    if weights:
-        load_pretrained(model, weights)
-    return model
+    return create_model("cam", params.per_dataset.train_cam.model,
+                        num_classes=len(class_names(params.dataset)), pretrained=weights)
 
 
 def load_cam_model(params: Params, path: Path) -> nn.Module:
     """The trained CAM network of ``path`` in eval mode (strict, meta-checked)."""
-    model = build_cam_model(params, pretrained=False)
-    load_state_strict(model, load_checkpoint(path, cam_model_meta(params))["model"], path)
-    model.eval()
-    return model
+    return model_from_checkpoint(path, cam_model_meta(params))[0]

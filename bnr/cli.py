@@ -76,27 +76,15 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
 
 def load_any_checkpoint(path: Path) -> tuple[str, torch.nn.Module, dict]:
     """``(kind, model in eval mode, checkpoint)`` of a segmenter or CAM checkpoint."""
-    from bnr.checkpoints import load_checkpoint, load_state_strict
+    from bnr.models.registry import import_all_families, model_from_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise BnrError(f"{path}: checkpoint not found")
-    state = load_checkpoint(path, {})
+    import_all_families()
+    model, state = model_from_checkpoint(path)
     kind = state["meta"].get("kind")
-    if kind == "segmenter":
-        from bnr.segmenter_model import segmenter_from_checkpoint
-
-        return kind, segmenter_from_checkpoint(path), state
-    if kind == "cam":
-        from bnr.models.conformer import create_conformer
-
-        meta = state["meta"]
-        model = create_conformer(meta["preset"], num_classes=int(meta["num_classes"]))
-        load_state_strict(model, state["model"], path)
-        model.eval()
-        return kind, model, state
-    raise BnrError(f"{path}: checkpoint kind {kind!r} cannot predict (need a segmenter or CAM "
-                   "checkpoint)")
+    if kind not in ("segmenter", "cam"):
+        raise BnrError(f"{path}: checkpoint kind {kind!r} cannot predict (need a segmenter or "
+                       "CAM checkpoint)")
+    return kind, model, state
 
 
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The segmenter (DeepLab-LargeFOV on ResNet-38d, or torchvision's DeepLabV3) as the stages
-build and load it: its checkpoint meta, a fresh model, a trained one (strict load)."""
+build and load it: its checkpoint meta, a fresh model, a trained one (strict load), through the
+model registry (bnr/models/registry.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from pathlib import Path
 
 from torch import nn
 
-from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.errors import BnrError
-from bnr.models.deeplab import create_segmenter
+from bnr.models import deeplab  # noqa: F401 (registers its kind)
+from bnr.models.registry import create_model, model_from_checkpoint
 from bnr.pretrained import pretrained_path
 
 
@@ -31,8 +32,9 @@ def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
     meta = segmenter_meta(params)
     weights = (pretrained_path(params.train_segmenter.pretrained, params.dataset, "resnet38")
                if pretrained else "")
-    return create_segmenter(meta["arch"], meta["preset"], meta["num_classes"], weights,
-                            bn_momentum=params.per_dataset.train_segmenter.bn_momentum)
+    return create_model("segmenter", meta["preset"], num_classes=meta["num_classes"],
+                        pretrained=weights, arch=meta["arch"],
+                        bn_momentum=params.per_dataset.train_segmenter.bn_momentum)
 
 
 def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> nn.Module:
@@ -40,12 +42,7 @@ def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise BnrError(f"{path}: segmenter checkpoint not found (run the train_segmenter stage)")
-    state = load_checkpoint(path, expected_meta or {"kind": "segmenter"})
-    meta = state["meta"]
-    model = create_segmenter(meta["arch"], meta["preset"], int(meta["num_classes"]))
-    load_state_strict(model, state["model"], path)
-    model.eval()
-    return model
+    return model_from_checkpoint(path, expected_meta or {"kind": "segmenter"})[0]
 
 
 def load_segmenter(params: Params, path: Path) -> nn.Module:

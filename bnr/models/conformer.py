@@ -41,6 +41,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
+from bnr.models.registry import ModelKind, register_model
 
 __all__ = [
     "PRESETS",
@@ -709,3 +710,17 @@ def load_pretrained(model: Conformer, path: str | os.PathLike[str]) -> None:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:  # pragma: no cover - the checks above should catch everything
         raise BnrError(f"{path}: cannot load weights ({str(exc).splitlines()[0]})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry entry (bnr/models/registry.py)
+
+
+def _build_cam(preset: str, num_classes: int, pretrained: str, **overrides: Any) -> Conformer:
+    model = create_conformer(preset, num_classes=num_classes, **overrides)
+    if pretrained:
+        load_pretrained(model, pretrained)
+    return model
+
+
+register_model("cam", ModelKind("conformer", tuple(PRESETS), _build_cam, ("conformer_s",)))

@@ -32,7 +32,8 @@ from torch import nn
 
 from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
-from bnr.models.resnet38 import PRESETS, ResNet38d, load_imagenet_weights
+from bnr.models.registry import ModelKind, register_model
+from bnr.models.resnet38 import IMAGENET_SOURCES, PRESETS, ResNet38d, load_imagenet_weights
 
 __all__ = [
     "ARCHS",
@@ -182,3 +183,16 @@ def create_segmenter(
     if path is not None:
         load_imagenet_weights(backbone, path)
     return DeepLabLargeFOV(backbone, num_classes, bn_momentum=bn_momentum)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry entry (bnr/models/registry.py)
+
+
+def _build_segmenter(preset: str, num_classes: int, pretrained: str, arch: str = "largefov",
+                     bn_momentum: float = 0.1) -> nn.Module:
+    return create_segmenter(arch, preset, num_classes, pretrained, bn_momentum=bn_momentum)
+
+
+register_model("segmenter", ModelKind("deeplab", tuple(PRESETS), _build_segmenter,
+                                      IMAGENET_SOURCES))

@@ -30,6 +30,7 @@ from torch import nn
 from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
 from bnr.models.mxnet_params import LIST_MAGIC, read_mxnet_params
+from bnr.models.registry import ModelKind, register_model
 from bnr.pairs import feature_affinity
 
 __all__ = [
@@ -551,3 +552,20 @@ def load_imagenet_weights(model: nn.Module, path: str | os.PathLike[str]) -> Non
             f"({kind} layout): " + "; ".join(problems)
         )
     target.load_state_dict(state, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry entry (bnr/models/registry.py)
+
+IMAGENET_SOURCES = ("resnet38_mxnet", "resnet38_pytorch")  # names in bnr.data.sources.SOURCES
+
+
+def _build_affinity(preset: str, num_classes: int | None, pretrained: str) -> AffinityNet:
+    model = AffinityNet(PRESETS[preset]())
+    if pretrained:
+        load_imagenet_weights(model, pretrained)
+    return model
+
+
+register_model("affinity", ModelKind("resnet38", tuple(PRESETS), _build_affinity,
+                                     IMAGENET_SOURCES))
