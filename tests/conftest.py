@@ -81,6 +81,18 @@ def stage_argv(stage: str, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / words[script]), *extra, *words[script + 1:]]
 
 
+def write_weights_fingerprint(cwd: Path, stage: str, weights: str = "") -> None:
+    """What the weights stage writes for ``stage`` (a training stage) when its ``*.pretrained``
+    key is ``weights`` ("" = from scratch), at the ``--weights`` path of its cmd under ``cwd``
+    (its stage command checks it before training)."""
+    from bnr.stage import stage_command
+    from bnr.weights import fingerprint, write_fingerprint
+
+    words = stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})
+    out = Path(cwd) / words[words.index("--weights") + 1]
+    write_fingerprint(out, fingerprint(f"{stage}.pretrained", weights))
+
+
 def update_dataset(raw: dict, dataset: str, **blocks: dict) -> dict:
     """Update sub-blocks of ``raw["datasets"][dataset]``: ``update_dataset(raw, "synthetic",
     data={"root": ...}, train_cam={"epochs": 1})``; returns ``raw``."""

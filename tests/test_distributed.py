@@ -48,7 +48,7 @@ from bnr.distributed import (
 from bnr.engine import epoch_batches, training_session
 from bnr.errors import BnrError
 from bnr.training import train_cam
-from tests.conftest import REPO, stage_argv, update_dataset
+from tests.conftest import REPO, stage_argv, update_dataset, write_weights_fingerprint
 from tests.test_psa_pipeline import fake_cams
 
 # One process against two (half batches: other kernel blocking, gloo all-reduce of the
@@ -278,6 +278,7 @@ def test_train_cam_stage_with_two_processes_equals_one(work: Path) -> None:
     # two processes: the plain stage command, as DVC runs it (runtime.nproc: 2 -> torchrun)
     stage_dir = work / "stage"
     stage_dir.mkdir()
+    write_weights_fingerprint(stage_dir, "train_cam")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(stage_argv("train_cam", "--params", str(work / "params_2.yaml")),
                           cwd=stage_dir, env=env,

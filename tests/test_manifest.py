@@ -21,8 +21,8 @@ def test_manifest_follows_an_existing_copy_and_sees_an_edited_image(tmp_path: Pa
     assert "JPEGImages/a.jpg\t" in first and first.startswith("path\tsize\tsha256\n")
 
     reads = []
-    real_sha = manifest._sha256
-    monkeypatch.setattr(manifest, "_sha256", lambda p: reads.append(p.name) or real_sha(p))
+    real_sha = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: reads.append(p.name) or real_sha(p))
     assert build_manifest(root, cache) == first and reads == []  # unchanged: from the cache
 
     image = copy / "JPEGImages" / "a.jpg"

@@ -195,7 +195,36 @@ STATUS_CASES = [
                            "evaluate"}),
     ("file bnr/engine.py", {"pretrain", "train_cam", "train_affinity", "train_segmenter"}),
     ("file bnr/pseudo_labels.py", {"crf"}),
+    # pretrained weights (the weights stage's fingerprints; the weights stage itself runs on every
+    # repro and is not counted): with the keys "" an edited pretrain file marks only its stage ...
+    ("weights models/pretrain/conformer.pth", {"pretrain"}),
+    # ... and a user's weights file, once a key names it: its training stage onwards
+    ("weights train_cam.pretrained=models/mine/conformer.pth", {"train_cam"}),
 ]
+ALWAYS_CHANGED = {"manifest", "weights"}  # re-hash on every repro; their outputs say what changed
+
+
+def _edit_weights(clone: Path, env: dict, what: str) -> dict[Path, bytes]:
+    """Edit a pretrained weights file as a user would, then run the weights stage alone (as
+    ``dvc repro`` would first); ``key=path``: the key names a copy of the pretrain stage's file
+    and the pipeline is reproduced with it before the edit. Returns what to restore."""
+    restore = {}
+    if "=" in what:
+        key, what = what.split("=", 1)
+        params_file = clone / "params.yaml"
+        restore[params_file] = params_file.read_bytes()
+        (clone / what).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(clone / "models/pretrain/conformer.pth", clone / what)
+        params = yaml.safe_load(restore[params_file])
+        block, leaf = key.split(".")
+        params[block][leaf] = what
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        _run(["dvc", "repro"], clone, env)  # trains from the copy (the tiny configuration)
+    path = clone / what
+    restore[path] = path.read_bytes()
+    path.write_bytes(restore[path][:-1] + bytes([restore[path][-1] ^ 0xFF]))  # same size
+    _run(["dvc", "repro", "--single-item", "weights"], clone, env)
+    return restore
 
 
 @pytest.mark.parametrize(("edit", "expected"), STATUS_CASES)
@@ -204,8 +233,15 @@ def test_dvc_status_marks_exactly(clone, edit, expected):
     env = _env()
     _run(["git", "checkout", "--", "params.yaml"], clone, env)  # undo earlier tests' edits
     _run(["dvc", "repro"], clone, env)  # back to the baseline (DVC's run cache: no training)
-    assert set(json.loads(_run(["dvc", "status", "--json"], clone, env) or "{}")) <= {"manifest"}
+    assert set(json.loads(_run(["dvc", "status", "--json"], clone, env) or "{}")) <= ALWAYS_CHANGED
     kind, what = edit.split(" ", 1)
+    if kind == "weights":
+        restore = _edit_weights(clone, env, what)
+        status = json.loads(_run(["dvc", "status", "--json"], clone, env) or "{}")
+        for path, data in restore.items():
+            path.write_bytes(data)
+        assert {name.split(":")[-1] for name in status} - ALWAYS_CHANGED == expected
+        return
     path = clone / ("params.yaml" if kind == "param" else what)
     before = path.read_text()
     try:
@@ -224,5 +260,5 @@ def test_dvc_status_marks_exactly(clone, edit, expected):
         status = json.loads(_run(["dvc", "status", "--json"], clone, env) or "{}")
     finally:
         path.write_text(before)
-    # manifest is always_changed (it re-hashes the dataset on every repro); it is not counted
-    assert {name.split(":")[-1] for name in status} - {"manifest"} == expected
+    # manifest and weights are always_changed (they re-hash on every repro); not counted
+    assert {name.split(":")[-1] for name in status} - ALWAYS_CHANGED == expected

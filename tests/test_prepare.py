@@ -33,8 +33,6 @@ from bnr.steps.download import download_request
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"backoff": 0.0, "timeout": 5.0}
-WEIGHTS = b"not really conformer weights"
-CONFORMER = SOURCES["conformer_s"].filename
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,6 @@ def archives() -> dict[str, bytes]:
         "coco2014_train": image_zip("train"),
         "coco2014_val": image_zip("val"),
         "coco2014_annotations": annotation_zip(),
-        "conformer_s": WEIGHTS,
     }
 
 
@@ -82,10 +79,6 @@ def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     test_mirror = {"voc2012_test": mirrors["voc2012_test"]}
     mirrors = {k: v for k, v in mirrors.items() if k != "voc2012_test"}  # no test archive
     params = make_params("voc2012", mirrors=mirrors)
-    params = dataclasses.replace(
-        params,
-        train_cam=dataclasses.replace(params.train_cam, pretrained=f"models/pre/{CONFORMER}"),
-    )
     stats = prepare(params, sources=table, progress=False, download_kwargs=FAST)
     root = Path("data/voc2012/VOCdevkit/VOC2012")
     assert stats["root"] == str(root) and (root / "SegmentationClassAug").is_dir()
@@ -112,8 +105,6 @@ def test_voc2012_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert stats["matches_published"] is False and len(stats["warnings"]) == 5
     assert stats["test_images"] == 0  # the trainval archive has no test split
     assert "test.txt not found" in stats["warnings"][-1]
-    assert Path(f"models/pre/{CONFORMER}").read_bytes() == WEIGHTS
-    assert stats["pretrained_downloaded"] == {"train_cam.pretrained": f"models/pre/{CONFORMER}"}
     json.dumps(stats)  # dataset.json content
 
     ds = VocSegmentation(root, "train_aug", class_names("voc2012"), mask_dir="SegmentationClassAug")
@@ -151,7 +142,6 @@ def test_coco2014_end_to_end(served, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert stats["splits"]["train"]["multi_label_fraction"] == 0.5
     assert stats["published_counts"] == {"train2014_images": 82783, "val2014_images": 40504}
     assert not stats["matches_published"] and stats["warnings"]
-    assert stats["pretrained_downloaded"] == {}
     ds = VocSegmentation("data/coco2014", "val", class_names("coco2014"))
     assert ds[0]["id"] == "COCO_val2014_000000000042" and int(ds[0]["labels"][80]) == 1
 
@@ -205,26 +195,13 @@ def test_voc2012_existing_root_and_root_mismatch(
         prepare(params, sources=table, progress=False)
 
 
-def test_unknown_mirror_and_bad_weights(
+def test_unknown_mirror(
     served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     srv, mirrors, table = served
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BnrError, match=r"download\.mirrors\.nope: unknown source"):
         prepare(make_params("voc2012", mirrors={"nope": srv.url("x")}), sources=table)
-    # A weight file served with other content fails the built-in checksum.
-    params = make_params("synthetic", mirrors={"conformer_s": mirrors["conformer_s"]})
-    params = dataclasses.replace(
-        params,
-        download=dataclasses.replace(
-            params.download,
-            synthetic=dataclasses.replace(params.download.synthetic, num_train=2, num_val=1),
-        ),
-        train_cam=dataclasses.replace(params.train_cam, pretrained=f"w/{CONFORMER}"),
-    )
-    with pytest.raises(BnrError, match="checksum mismatch"):
-        prepare(params, progress=False, download_kwargs=FAST)
-    assert not Path(f"w/{CONFORMER}").exists()
 
 
 def test_synthetic_output_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,8 @@ def _walk_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -69,7 +70,7 @@ def build_manifest(root: str | os.PathLike[str], cache_path: Path | None = None)
             raise BnrError(f"{path}: file name with a tab or newline cannot be listed")
         st = path.stat()
         key = f"{rel}\t{st.st_size}\t{st.st_mtime_ns}"
-        digest = cache.get(key) or _sha256(path)
+        digest = cache.get(key) or sha256_file(path)
         fresh[key] = digest
         lines.append(f"{rel}\t{st.st_size}\t{digest}\n")
     if cache_path is not None and fresh != cache:

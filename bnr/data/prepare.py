@@ -16,12 +16,7 @@ names both paths.
 ``download.mirrors`` (source name -> URL, names from :data:`bnr.data.sources.SOURCES`) replaces
 a source's URL; the built-in checksum still applies, so a mirror must serve the same file.
 
-Pretrained weights: when ``train_cam.pretrained`` or ``train_affinity.pretrained`` names a file
-that does not exist and whose basename is the ``filename`` of a known weight source
-(``conformer_s``, ``resnet38_mxnet``, ``resnet38_pytorch``), it is downloaded to that path
-(mirrors apply) and verified against the source's checksum (``resnet38_pytorch`` has none
-published: it is downloaded unverified and its sha256 is logged). Other missing paths are left
-for the training stage to report.
+Pretrained weight files are fetched by the ``weights`` stage (:mod:`bnr.weights`), not here.
 """
 
 from __future__ import annotations
@@ -33,21 +28,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnr.data.sources import mirror_overrides
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.errors import BnrError
 
 log = logging.getLogger(__name__)
 
 DATA_DIR = Path("data")  # parent of the download stage's DVC out data/<dataset>
-WEIGHT_SOURCES = ("conformer_s", "resnet38_mxnet", "resnet38_pytorch")
 SPLITS = {"voc2012": ("train", "val", "train_aug"), "coco2014": ("train", "val")}
 
 
 @dataclass(frozen=True)
 class DownloadRequest:
     """What the download stage brings onto disk, as plain values (the stage fills it from
-    params: ``dataset``, ``datasets.<dataset>.root`` / ``test_split``, the ``download`` block and
-    the ``*.pretrained`` weight paths)."""
+    params: ``dataset``, ``datasets.<dataset>.root`` / ``test_split`` and the ``download``
+    block)."""
 
     dataset: str  # synthetic, voc2012 or coco2014
     root: str  # datasets.<dataset>.root
@@ -56,54 +51,6 @@ class DownloadRequest:
     mirrors: Mapping[str, str] = field(default_factory=dict)  # source name -> URL
     existing_root: str = ""  # data already on disk ("" = download)
     allow_unverified: bool = False
-    pretrained: Mapping[str, str] = field(default_factory=dict)  # params key -> weight path
-
-
-def mirror_overrides(mirrors: Mapping[str, str], table: Mapping[str, Any] | None = None) -> dict:
-    """``download.mirrors`` (name -> URL) as :func:`~bnr.data.sources.resolve_source`
-    overrides; an unknown source name is a BnrError listing the known ones."""
-    from bnr.data.sources import SOURCES
-
-    table = SOURCES if table is None else table
-    unknown = sorted(set(mirrors) - set(table))
-    if unknown:
-        raise BnrError(
-            f"download.mirrors.{unknown[0]}: unknown source (known: {', '.join(sorted(table))})"
-        )
-    return {name: {"url": url} for name, url in mirrors.items()}
-
-
-def fetch_pretrained(
-    pretrained: Mapping[str, str],
-    mirrors: Mapping[str, str],
-    *,
-    sources: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    download_kwargs: Mapping[str, Any] | None = None,
-) -> dict[str, str]:
-    """Download missing pretrained weights (``pretrained``: params key -> path) named by a known
-    source's file name (see module docstring); return {params key: path} of the files
-    downloaded. ``mirrors``: ``download.mirrors``."""
-    from bnr.data.download import fetch_source
-    from bnr.data.sources import SOURCES, resolve_source
-
-    table = SOURCES if sources is None else sources
-    overrides = mirror_overrides(mirrors, table)
-    by_filename = {table[n].filename: n for n in WEIGHT_SOURCES if n in table}
-    fetched = {}
-    for key, value in pretrained.items():
-        if not value or Path(value).exists():
-            continue
-        path = Path(value)
-        name = by_filename.get(path.name)
-        if name is None:
-            log.warning("%s: %s does not exist and is no known download", key, value)
-            continue
-        src = resolve_source(name, overrides, table=table)
-        fetch_source(src, path.parent, progress=progress, **dict(download_kwargs or {}))
-        log.info("%s: downloaded %s from %s", key, path, src.url)
-        fetched[key] = str(path)
-    return fetched
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -177,8 +124,7 @@ def prepare_dataset(
     taken from ``download.existing_root`` after a layout check (a VOC folder is completed in
     place, with ``datasets.<dataset>.root`` symlinked to it when that path does not exist yet).
     ``sources`` replaces the source table (tests); ``download_kwargs`` go to
-    :func:`~bnr.data.download.download_file`. Missing pretrained weights are fetched too
-    (:func:`fetch_pretrained`).
+    :func:`~bnr.data.download.download_file`.
     """
     root = Path(request.root)
     download_kwargs = {"allow_unverified": request.allow_unverified,
@@ -186,8 +132,6 @@ def prepare_dataset(
     if request.dataset == "synthetic":
         spec = request.synthetic
         stats = generate_synthetic(root, spec)
-        fetch_pretrained(request.pretrained, request.mirrors, sources=sources,
-                         progress=progress, download_kwargs=download_kwargs)
         return {
             "dataset": "synthetic",
             "root": str(root),
@@ -226,8 +170,6 @@ def prepare_dataset(
                 f"datasets.{request.dataset}.root={prepared}"
             )
         _link_existing_root(prepared, root, request.dataset)
-    weights = fetch_pretrained(request.pretrained, request.mirrors, sources=sources,
-                               progress=progress, download_kwargs=download_kwargs)
     check = counts_check(root)
     test = test_split_record(request.dataset, root, request.test_split)
     if test["note"]:
@@ -242,6 +184,5 @@ def prepare_dataset(
         "published_counts": check["published_counts"],
         "matches_published": check["matches_published"],
         "warnings": check["warnings"],
-        "pretrained_downloaded": weights,
         "test_images": test["images"],
     }

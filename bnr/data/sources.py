@@ -208,3 +208,15 @@ def compare_with_published(
                 for key, expected in published.items() if counts.get(key) != expected]
     return {"counts": counts, "published_counts": dict(published),
             "matches_published": not warnings, "warnings": warnings}
+
+
+def mirror_overrides(mirrors: Mapping[str, str], table: Mapping[str, Any] | None = None) -> dict:
+    """``download.mirrors`` (name -> URL) as :func:`~bnr.data.sources.resolve_source`
+    overrides; an unknown source name is a BnrError listing the known ones."""
+    table = SOURCES if table is None else table
+    unknown = sorted(set(mirrors) - set(table))
+    if unknown:
+        raise BnrError(
+            f"download.mirrors.{unknown[0]}: unknown source (known: {', '.join(sorted(table))})"
+        )
+    return {name: {"url": url} for name, url in mirrors.items()}

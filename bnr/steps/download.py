@@ -35,10 +35,6 @@ def download_request(cfg: Params) -> DownloadRequest:
         mirrors=dict(cfg.download.mirrors),
         existing_root=cfg.download.existing_root,
         allow_unverified=cfg.download.allow_unverified,
-        pretrained={
-            "train_cam.pretrained": cfg.train_cam.pretrained,
-            "train_affinity.pretrained": cfg.train_affinity.pretrained,
-        },
     )
 
 

@@ -12,6 +12,7 @@ from bnr.engine import training_session
 from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
 from bnr.stage import seed_everything
+from bnr.weights import verify_fingerprint
 
 DISTRIBUTED = True
 
@@ -19,6 +20,8 @@ DISTRIBUTED = True
 @dataclass(frozen=True)
 class Inputs:
     cams: Path = field(metadata={"help": "CAMs per image (infer_seeds)"})
+    weights: Path = field(metadata={"help": "fingerprint of the train_affinity.pretrained file "
+                                            "(weights stage)"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
+    verify_fingerprint(inputs.weights, "train_affinity.pretrained", cfg.train_affinity.pretrained)
     check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)], (inputs.cams, ".npz"))
 
 

@@ -15,13 +15,17 @@ from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
 from bnr.stage import seed_everything
 from bnr.training import train_cam
+from bnr.weights import verify_fingerprint
 
 DISTRIBUTED = True
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """The images of ``train_split`` (params) and, if set, the ``train_cam.pretrained`` file."""
+    """Also the images of ``train_split`` (params)."""
+
+    weights: Path = field(metadata={"help": "fingerprint of the train_cam.pretrained file "
+                                            "(weights stage)"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
+    verify_fingerprint(inputs.weights, "train_cam.pretrained", cfg.train_cam.pretrained)
     check_stage_inputs(cfg.data.root, [(cfg.data.train_split, None)])
 
 

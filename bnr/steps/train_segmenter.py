@@ -13,6 +13,7 @@ from bnr.protocol import protocol_record
 from bnr.segmenter_model import segmenter_meta
 from bnr.segmenter_training import train_segmenter
 from bnr.stage import seed_everything
+from bnr.weights import verify_fingerprint
 
 DISTRIBUTED = True
 
@@ -20,6 +21,8 @@ DISTRIBUTED = True
 @dataclass(frozen=True)
 class Inputs:
     pseudo_labels: Path = field(metadata={"help": "CRF pseudo labels (crf)"})
+    weights: Path = field(metadata={"help": "fingerprint of the train_segmenter.pretrained file "
+                                            "(weights stage)"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
+    verify_fingerprint(inputs.weights, "train_segmenter.pretrained",
+                       cfg.train_segmenter.pretrained)
     check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)],
                        (inputs.pseudo_labels, ".png"))
 

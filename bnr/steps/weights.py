@@ -1,0 +1,54 @@
+"""Stage weights: fingerprint (and download, when a known source's) the pretrained weight files
+the training stages load; one small JSON per training stage, its dependency (bnr/weights.py)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnr.config import Params
+from bnr.data.weights_download import download_known_weights
+from bnr.pretrained import AUTO_KEYS, pretrained_path
+from bnr.weights import CACHE_NAME, fingerprint, write_fingerprint
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Nothing but params (the ``*.pretrained`` keys; ``auto`` for dataset synthetic means the
+    pretrain stage's files, deps of this stage)."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    cam_weights: Path = field(metadata={"help": "fingerprint of train_cam.pretrained (JSON)"})
+    affinity_weights: Path = field(metadata={"help": "fingerprint of train_affinity.pretrained"})
+    segmenter_weights: Path = field(metadata={"help": "fingerprint of "
+                                                      "train_segmenter.pretrained"})
+
+
+def fingerprint_files(outputs: Outputs) -> dict[str, Path]:
+    """params block -> its fingerprint file."""
+    return {"train_cam": outputs.cam_weights, "train_affinity": outputs.affinity_weights,
+            "train_segmenter": outputs.segmenter_weights}
+
+
+def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    """Write each training stage's fingerprint (unchanged content: file untouched); sha256s
+    come from a cache beside them (``.sha256-cache.json``, not an output)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    mirrors = dict(cfg.download.mirrors)
+    download_kwargs = {"allow_unverified": cfg.download.allow_unverified}
+
+    def fetch(key: str, path: str) -> bool:
+        return download_known_weights(key, path, mirrors, download_kwargs=download_kwargs)
+
+    files = 0
+    for block, out in fingerprint_files(outputs).items():
+        key = f"{block}.pretrained"
+        path = pretrained_path(getattr(cfg, block).pretrained, cfg.dataset, AUTO_KEYS[block])
+        record = fingerprint(key, path, cache_path=Path(out).parent / CACHE_NAME, fetch=fetch)
+        changed = write_fingerprint(Path(out), record)
+        print(f"{out}: {key} = {path or 'from scratch'}{' (changed)' if changed else ''}")
+        files += record["file"] is not None
+    return {"weight_files": files}
