@@ -7,6 +7,7 @@ interrupted or failed stage never leaves a partial file (or directory) that DVC 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -136,3 +137,12 @@ def write_label_png(path: str | os.PathLike[str], label: np.ndarray) -> None:
         raise BnrError(f"{path}: {exc}") from None
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -31,9 +31,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bnr.data.manifest import sha256_file
 from bnr.errors import BnrError
-from bnr.io import write_json, write_text
+from bnr.io import sha256_file, write_json, write_text
 
 CACHE_NAME = ".sha256-cache.json"  # beside the fingerprint files; not a DVC output
 

@@ -175,6 +175,8 @@ def test_stage_bad_input_is_one_line(work: Path, monkeypatch: pytest.MonkeyPatch
     raw = tiny_raw(work / "voc")
     change(work, raw)
     (work / "p.yaml").write_text(yaml.safe_dump(raw))
+    if stage.startswith("train_"):  # what the weights stage wrote: from scratch
+        write_weights_fingerprint(work, stage)
     before = files_under(work)
     old_handler = signal.getsignal(signal.SIGTERM)
     try:

@@ -13,14 +13,13 @@ Hashing is cached by ``(path, size, mtime_ns)`` in ``data/.manifest-cache/<datas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from bnr.errors import BnrError
-from bnr.io import write_json, write_text
+from bnr.io import sha256_file, write_json, write_text
 
 HEADER = "path\tsize\tsha256\n"
 
@@ -39,15 +38,6 @@ def _walk_files(root: Path) -> Iterator[Path]:
             path = Path(folder) / name
             if path.is_file():
                 yield path
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_manifest(root: str | os.PathLike[str], cache_path: Path | None = None) -> str:
