@@ -8,7 +8,8 @@ from pathlib import Path
 from bnr.config import Params
 from bnr.errors import BnrError
 from bnr.models.registry import create_model, model_from_checkpoint
-from bnr.models.resnet38 import AffinityNet  # (importing it registers "affinity")
+from bnr.models.resnet38 import AffinityNet
+from bnr.pretrained import pretrained_path  # (importing it registers "affinity")
 
 STRIDE = 8  # AffinityNet output stride
 
@@ -17,6 +18,11 @@ def affinity_model_meta(params: Params) -> dict:
     """What an affinity checkpoint must agree on to be loaded."""
     return {"kind": "affinity", "preset": params.per_dataset.train_affinity.model,
             "dataset": params.dataset}
+
+
+def affinity_weights(params: Params) -> str:
+    """The file ``train_affinity.pretrained`` means for the dataset ("" = from scratch)."""
+    return pretrained_path(params.train_affinity.pretrained, params.dataset, "resnet38")
 
 
 def build_affinity_model(preset: str, pretrained: str = "") -> AffinityNet:

@@ -25,11 +25,15 @@ def cam_model_meta(params: Params) -> dict:
     }
 
 
+def cam_weights(params: Params) -> str:
+    """The weights file ``train_cam.pretrained`` means for the dataset ("" = from scratch)."""
+    return pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
+
+
 def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
-    """A fresh Conformer for ``params`` (pretrained when train_cam.pretrained names weights;
-    ``auto``: see bnr/pretrained.py). ``pretrained=False``: random weights."""
-    weights = (pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
-               if pretrained else "")
+    """A fresh Conformer for ``params`` (from :func:`cam_weights` when ``pretrained``, else
+    random weights)."""
+    weights = cam_weights(params) if pretrained else ""
     return create_model("cam", params.per_dataset.train_cam.model,
                         num_classes=len(class_names(params.dataset)), pretrained=weights)
 

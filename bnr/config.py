@@ -156,7 +156,7 @@ class DownloadConfig:
 
 @dataclass(frozen=True)
 class TrainCamConfig:
-    pretrained: str = spec(string(), "")  # ImageNet Conformer weights; "" = from scratch
+    pretrained: str = spec(string(), "auto")  # Conformer weights (bnr/pretrained.py)
     color_jitter: tuple = spec(number_list(number(0), 4, 4), (0.3, 0.3, 0.3, 0.1))
     adam_eps: float = spec(number(0, lo_open=True), 1e-8)
     num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
@@ -194,7 +194,7 @@ class CrfConfig:
 
 @dataclass(frozen=True)
 class TrainAffinityConfig:
-    pretrained: str = spec(string(), "")  # ImageNet ResNet-38 (.params or .pth); "" = scratch
+    pretrained: str = spec(string(), "auto")  # ResNet-38 weights (bnr/pretrained.py)
     low_bg: float = spec(number(0, 1), 0.60)  # fixed background score of la (confident fg)
     high_bg: float = spec(number(0, 1), 0.25)  # fixed background score of ha (confident bg)
     radius: int = spec(integer(1, 16), 5)  # pair radius on the 1/8 feature map
@@ -216,7 +216,7 @@ class RandomWalkConfig:
 @dataclass(frozen=True)
 class TrainSegmenterConfig:
     arch: str = spec(choice("largefov", "deeplabv3_resnet101"), "largefov")
-    pretrained: str = spec(string(), "")  # ImageNet backbone weights; "" = from scratch
+    pretrained: str = spec(string(), "auto")  # backbone weights (bnr/pretrained.py)
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0), 5e-4)
     poly_power: float = spec(number(0), 0.9)

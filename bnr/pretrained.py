@@ -1,43 +1,52 @@
-"""Where the ``*.pretrained`` keys point: ``auto`` is a per-dataset default.
+"""Where the ``*.pretrained`` keys point.
 
-``train_cam.pretrained``, ``train_affinity.pretrained`` and ``train_segmenter.pretrained`` are
-global keys, but the weights that make sense depend on the dataset. ``auto`` (the default)
-resolves when a stage starts (``bnr.stage.run_stage``):
+``train_cam.pretrained``, ``train_affinity.pretrained`` and ``train_segmenter.pretrained`` take
 
-* ``synthetic``: the pretrain stage's files (:data:`PRETRAINED_FILES`), trained on the
-  generated world of ``bnr.data.pretrain_world`` and written in the ImageNet files' layouts;
-* ``voc2012`` / ``coco2014``: ``""`` (from scratch, as before): set the key to the ImageNet
-  file (``-S train_cam.pretrained=models/pretrained/Conformer_small_patch16.pth``).
+* ``auto`` (the default): the paper's choice for the dataset. ``voc2012`` / ``coco2014``: the
+  ImageNet files (``imagenet`` below), so ``-S dataset=voc2012`` alone is the paper's
+  configuration; ``synthetic``: from scratch (the demo's pretrained backbone left M* where it
+  was, README "With the pretrained backbone");
+* ``imagenet``: the ImageNet file of the paper for that network (:data:`IMAGENET_FILES`: the
+  OpenMMLab Conformer-S, the MXNet ResNet-38 of PSA); the ``weights`` stage downloads a missing
+  one and verifies it (bnr/weights.py);
+* ``pretrain``: the pretrain stage's file (:data:`PRETRAINED_FILES`, the synthetic world's
+  "ImageNet", bnr/pretrain.py);
+* ``""``: from scratch; anything else: a weights file path.
 
-Any other value is a path used as given ("" = from scratch).
+The torchvision segmenter (``train_segmenter.arch: deeplabv3_resnet101``) has no ImageNet file
+here: ``auto`` / ``imagenet`` mean from scratch for it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
-from bnr.config import Params
-
-AUTO = "auto"
+AUTO, IMAGENET, PRETRAIN = "auto", "imagenet", "pretrain"
+# The pretrain stage's outputs (its cmd in dvc.yaml writes them here; a test keeps them equal).
 PRETRAINED_FILES = {"conformer": "models/pretrain/conformer.pth",
                     "resnet38": "models/pretrain/resnet38d.pth"}
-# params block -> which pretrain output its ``auto`` means for the synthetic dataset
+# The paper's ImageNet weights; the file names are the download sources' (bnr/data/sources.py,
+# conformer_s and resnet38_mxnet; a test keeps them equal), so the weights stage fetches them.
+IMAGENET_FILES = {
+    "conformer": "models/pretrained/conformer-small-p16_3rdparty_8xb128_in1k_20211206-3065dcf5.pth",
+    "resnet38": "models/pretrained/ilsvrc-cls_rna-a1_cls1000_ep-0001.params",
+}
+# params block -> the network family its weights are for
 AUTO_KEYS = {"train_cam": "conformer", "train_affinity": "resnet38", "train_segmenter": "resnet38"}
+PAPER_DATASETS = ("voc2012", "coco2014")
 
 
 def pretrained_path(value: str, dataset: str, kind: str) -> str:
-    """The weights file that ``value`` of a ``*.pretrained`` key means ("" = none)."""
-    if value != AUTO:
-        return value
-    return PRETRAINED_FILES[kind] if dataset == "synthetic" else ""
+    """The weights file that ``value`` of a ``*.pretrained`` key means for ``dataset`` and the
+    network family ``kind`` (``conformer``, ``resnet38``, or another family, which has no
+    ImageNet or pretrain file here); "" = from scratch."""
+    if value == AUTO:
+        value = IMAGENET if dataset in PAPER_DATASETS else ""
+    if value == IMAGENET:
+        return IMAGENET_FILES.get(kind, "")
+    if value == PRETRAIN:
+        return PRETRAINED_FILES.get(kind, "")
+    return value
 
 
-def resolve_pretrained(params: Params) -> Params:
-    """``params`` with every ``auto`` ``*.pretrained`` key replaced by its file (or "")."""
-    changes = {}
-    for block, kind in AUTO_KEYS.items():
-        cfg = getattr(params, block)
-        path = pretrained_path(cfg.pretrained, params.dataset, kind)
-        if path != cfg.pretrained:
-            changes[block] = dataclasses.replace(cfg, pretrained=path)
-    return dataclasses.replace(params, **changes) if changes else params
+def segmenter_family(arch: str) -> str:
+    """The weights family of a ``train_segmenter.arch``."""
+    return "resnet38" if arch == "largefov" else "resnet101"

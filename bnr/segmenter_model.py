@@ -13,7 +13,7 @@ from bnr.data.classes import class_names
 from bnr.errors import BnrError
 from bnr.models import deeplab  # noqa: F401 (registers its kind)
 from bnr.models.registry import create_model, model_from_checkpoint
-from bnr.pretrained import pretrained_path
+from bnr.pretrained import pretrained_path, segmenter_family
 
 
 def segmenter_meta(params: Params) -> dict:
@@ -27,11 +27,17 @@ def segmenter_meta(params: Params) -> dict:
     }
 
 
+def segmenter_weights(params: Params) -> str:
+    """The backbone file ``train_segmenter.pretrained`` means for the dataset and arch."""
+    return pretrained_path(params.train_segmenter.pretrained, params.dataset,
+                           segmenter_family(params.train_segmenter.arch))
+
+
 def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
-    """A fresh segmenter for ``params`` (ImageNet backbone if train_segmenter.pretrained)."""
+    """A fresh segmenter for ``params`` (backbone from :func:`segmenter_weights` when
+    ``pretrained``)."""
     meta = segmenter_meta(params)
-    weights = (pretrained_path(params.train_segmenter.pretrained, params.dataset, "resnet38")
-               if pretrained else "")
+    weights = segmenter_weights(params) if pretrained else ""
     return create_model("segmenter", meta["preset"], num_classes=meta["num_classes"],
                         pretrained=weights, arch=meta["arch"],
                         bn_momentum=params.per_dataset.train_segmenter.bn_momentum)

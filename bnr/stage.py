@@ -35,7 +35,6 @@ from bnr.declared import declared_params, declared_view
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
 from bnr.metrics_files import protocol_path
-from bnr.pretrained import resolve_pretrained
 
 
 def seed_everything(seed: int) -> None:
@@ -117,7 +116,6 @@ def stage_main(step: ModuleType, argv: Sequence[str] | None = None) -> None:
 
     When ``dvc.yaml`` in the working directory has this stage, the step sees only the params
     the stage declares there (:mod:`bnr.declared`): reading any other key stops with one line.
-    ``auto`` ``*.pretrained`` keys are resolved for the dataset first (bnr/pretrained.py).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     params_file, inputs, outputs = parse_stage_args(step, argv)
@@ -126,7 +124,7 @@ def stage_main(step: ModuleType, argv: Sequence[str] | None = None) -> None:
     name = stage_name(step)
     try:
         keys = declared_params(name)
-        params = resolve_pretrained(load_params(params_file))
+        params = load_params(params_file)
         if int(os.environ.get("RANK", "0")) == 0:  # hygiene: a killed run's temporaries
             for tmp in remove_stale_temporaries(output_paths(outputs)):
                 print(f"removed {tmp} (left by an interrupted run)")

@@ -30,7 +30,7 @@ from bnr.models.conformer import create_conformer, detect_checkpoint_layout, loa
 from bnr.models.deeplab import create_segmenter
 from bnr.models.resnet38 import AffinityNet, load_imagenet_weights, resnet38d_tiny
 from bnr.pretrain import average_precision, classification_scores, lr_at, run_pretrain
-from bnr.pretrained import PRETRAINED_FILES, pretrained_path, resolve_pretrained
+from bnr.pretrained import IMAGENET_FILES, PRETRAINED_FILES, pretrained_path
 from tests.conftest import stage_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,22 +164,36 @@ def test_resnet_file_is_converted_layout_and_loads_strictly(written):
         load_imagenet_weights(resnet38d_tiny(), out / "conformer.pth")
 
 
-def test_auto_pretrained_is_per_dataset():
+def test_pretrained_values_resolve_per_dataset_and_network():
+    from bnr.data.sources import SOURCES
+    from bnr.segmenter_model import segmenter_weights
+
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert parse_params(raw).train_cam.pretrained == ""  # the default: from scratch
-    for block in ("train_cam", "train_affinity", "train_segmenter"):
-        raw[block]["pretrained"] = "auto"
     params = parse_params(raw)
-    resolved = resolve_pretrained(params)
-    assert resolved.train_cam.pretrained == PRETRAINED_FILES["conformer"]
-    assert resolved.train_affinity.pretrained == PRETRAINED_FILES["resnet38"]
-    assert resolved.train_segmenter.pretrained == PRETRAINED_FILES["resnet38"]
-    raw["dataset"] = "voc2012"
-    voc = resolve_pretrained(parse_params(raw))
-    assert (voc.train_cam.pretrained, voc.train_affinity.pretrained,
-            voc.train_segmenter.pretrained) == ("", "", "")
+    assert params.train_cam.pretrained == "auto"  # the default
+    assert pretrained_path("auto", "synthetic", "conformer") == ""  # the demo: from scratch
+    for dataset in ("voc2012", "coco2014"):  # the paper: ImageNet, downloadable by name
+        assert pretrained_path("auto", dataset, "conformer") == IMAGENET_FILES["conformer"]
+        assert pretrained_path("auto", dataset, "resnet38") == IMAGENET_FILES["resnet38"]
+    assert Path(IMAGENET_FILES["conformer"]).name == SOURCES["conformer_s"].filename
+    assert Path(IMAGENET_FILES["resnet38"]).name == SOURCES["resnet38_mxnet"].filename
+    assert pretrained_path("pretrain", "voc2012", "resnet38") == PRETRAINED_FILES["resnet38"]
+    assert pretrained_path("imagenet", "synthetic", "conformer") == IMAGENET_FILES["conformer"]
     assert pretrained_path("w/x.pth", "synthetic", "conformer") == "w/x.pth"
-    assert pretrained_path("", "synthetic", "conformer") == ""
+    assert pretrained_path("", "voc2012", "conformer") == ""
+    raw["dataset"] = "voc2012"
+    raw["train_segmenter"]["arch"] = "deeplabv3_resnet101"  # no ResNet-101 ImageNet file here
+    assert segmenter_weights(parse_params(raw)) == ""
+
+
+def test_pretrain_outputs_are_where_pretrain_points() -> None:
+    from bnr.stage import stage_paths
+    from bnr.steps import pretrain
+
+    _, outputs = stage_paths(pretrain, REPO / "dvc.yaml")
+    assert {str(outputs.conformer), str(outputs.resnet38)} == set(PRETRAINED_FILES.values())
+    assert PRETRAINED_FILES == {"conformer": str(outputs.conformer),
+                                "resnet38": str(outputs.resnet38)}
 
 
 def test_pretrain_stage_on_a_tiny_configuration(tmp_path):

@@ -20,7 +20,7 @@ from bnr.config import parse_params
 from bnr.data.sources import SOURCES
 from bnr.data.weights_download import download_known_weights
 from bnr.errors import BnrError
-from bnr.pretrained import PRETRAINED_FILES
+from bnr.pretrained import IMAGENET_FILES, PRETRAINED_FILES
 from bnr.stage import stage_paths
 from bnr.weights import CACHE_NAME, fingerprint, verify_fingerprint, write_fingerprint
 from tests.conftest import REPO, run_step
@@ -100,11 +100,11 @@ def _read_outputs(root: Path) -> dict:
             for f in dataclasses.fields(outputs)}
 
 
-def test_stage_resolves_auto_and_empty(tmp_path, monkeypatch):
+def test_stage_resolves_pretrain_auto_and_empty(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _fake_pretrain_files(tmp_path)
-    run_step("weights", make_params("synthetic", train_cam="auto", train_affinity="auto",
-                                    train_segmenter=""))
+    run_step("weights", make_params("synthetic", train_cam="pretrain", train_affinity="pretrain",
+                                    train_segmenter="auto"))
     got = _read_outputs(tmp_path)
     conformer = Path(PRETRAINED_FILES["conformer"]).read_bytes()
     assert got["cam_weights"] == {
@@ -112,10 +112,16 @@ def test_stage_resolves_auto_and_empty(tmp_path, monkeypatch):
         "sha256": hashlib.sha256(conformer).hexdigest()}
     assert got["affinity_weights"]["file"] == PRETRAINED_FILES["resnet38"]
     assert got["segmenter_weights"] == {"file": None, "key": "train_segmenter.pretrained"}
-    # auto means "" for the real datasets
+    # auto means "" for synthetic, the ImageNet files for the real datasets
+    run_step("weights", make_params("synthetic", train_cam="auto", train_affinity=""))
+    assert [r["file"] for r in _read_outputs(tmp_path).values()] == [None, None, None]
+    for name, rel in IMAGENET_FILES.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(name.encode())
     run_step("weights", make_params("voc2012", train_cam="auto", train_affinity="auto",
                                     train_segmenter="auto"))
-    assert [r["file"] for r in _read_outputs(tmp_path).values()] == [None, None, None]
+    assert [r["file"] for r in _read_outputs(tmp_path).values()] == [
+        IMAGENET_FILES["conformer"], IMAGENET_FILES["resnet38"], IMAGENET_FILES["resnet38"]]
 
 
 def test_stable_content_and_cached_digests(tmp_path, monkeypatch):
@@ -124,8 +130,8 @@ def test_stable_content_and_cached_digests(tmp_path, monkeypatch):
     reads = []
     real = weights.sha256_file
     monkeypatch.setattr(weights, "sha256_file", lambda p: reads.append(str(p)) or real(p))
-    params = make_params("synthetic", train_cam="auto", train_affinity="auto",
-                         train_segmenter="auto")
+    params = make_params("synthetic", train_cam="pretrain", train_affinity="pretrain",
+                         train_segmenter="pretrain")
     run_step("weights", params)
     assert sorted(reads) == sorted(PRETRAINED_FILES.values())  # each file read once
     out = tmp_path / "models/weights/train_cam.json"

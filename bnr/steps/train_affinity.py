@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bnr.affinity_model import affinity_weights
 from bnr.affinity_training import train_affinity
 from bnr.config import Params
 from bnr.data.checks import check_stage_inputs
@@ -33,7 +34,7 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
-    verify_fingerprint(inputs.weights, "train_affinity.pretrained", cfg.train_affinity.pretrained)
+    verify_fingerprint(inputs.weights, "train_affinity.pretrained", affinity_weights(cfg))
     check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)], (inputs.cams, ".npz"))
 
 
@@ -58,7 +59,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         cfg, runtime={**runtime.record(), "processes": ctx.world_size},
         dataset=cfg.dataset, split=data.infer_split, cams=str(inputs.cams),
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        model=sizes.model, pretrained=aff.pretrained or None,
+        model=sizes.model, pretrained=affinity_weights(cfg) or None,
         crop=sizes.crop, batch_size=sizes.batch_size, lr=sizes.lr,
         low_bg=aff.low_bg, high_bg=aff.high_bg, radius=aff.radius, pad_label=aff.pad_label,
         label_crf={k: v for k, v in vars(aff.label_crf).items() if k != "workers"},

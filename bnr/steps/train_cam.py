@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bnr.cam_model import cam_weights
 from bnr.config import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
@@ -37,7 +38,7 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
-    verify_fingerprint(inputs.weights, "train_cam.pretrained", cfg.train_cam.pretrained)
+    verify_fingerprint(inputs.weights, "train_cam.pretrained", cam_weights(cfg))
     check_stage_inputs(cfg.data.root, [(cfg.data.train_split, None)])
 
 
@@ -58,7 +59,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=cfg.data.train_split,
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        model=cfg.per_dataset.train_cam.model, pretrained=cfg.train_cam.pretrained or None,
+        model=cfg.per_dataset.train_cam.model, pretrained=cam_weights(cfg) or None,
         epochs=summary["epochs"], steps=summary["steps"],
         runtime={**runtime.record(), "processes": ctx.world_size},
     ))

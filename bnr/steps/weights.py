@@ -9,14 +9,14 @@ from pathlib import Path
 
 from bnr.config import Params
 from bnr.data.weights_download import download_known_weights
-from bnr.pretrained import AUTO_KEYS, pretrained_path
+from bnr.pretrained import AUTO_KEYS, pretrained_path, segmenter_family
 from bnr.weights import CACHE_NAME, fingerprint, write_fingerprint
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """Nothing but params (the ``*.pretrained`` keys; ``auto`` for dataset synthetic means the
-    pretrain stage's files, deps of this stage)."""
+    """Nothing but params (the ``*.pretrained`` keys; ``pretrain`` means the pretrain stage's
+    files, deps of this stage)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     files = 0
     for block, out in fingerprint_files(outputs).items():
         key = f"{block}.pretrained"
-        path = pretrained_path(getattr(cfg, block).pretrained, cfg.dataset, AUTO_KEYS[block])
+        family = (segmenter_family(cfg.train_segmenter.arch) if block == "train_segmenter"
+                  else AUTO_KEYS[block])
+        path = pretrained_path(getattr(cfg, block).pretrained, cfg.dataset, family)
         record = fingerprint(key, path, cache_path=Path(out).parent / CACHE_NAME, fetch=fetch)
         changed = write_fingerprint(Path(out), record)
         print(f"{out}: {key} = {path or 'from scratch'}{' (changed)' if changed else ''}")
