@@ -222,3 +222,17 @@ def test_synthetic_output_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "generator": dataclasses.asdict(spec),
         "splits": generate_synthetic(tmp_path / "again", spec),
     }
+
+
+def test_download_output_must_hold_the_root(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnr.steps import download
+
+    monkeypatch.chdir(tmp_path)
+    params = make_params("synthetic")
+    for out, words in ((Path("data/other"), "must be a folder named synthetic"),
+                       (Path("elsewhere/synthetic"), "is not inside the download stage's output")):
+        with pytest.raises(BnrError, match=words):
+            download.run(params, download.Inputs(), download.Outputs(dataset=out,
+                                                                     stats=Path("d.json")))
+    assert list(tmp_path.iterdir()) == []  # checked before any work

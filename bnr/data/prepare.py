@@ -34,7 +34,6 @@ from bnr.errors import BnrError
 
 log = logging.getLogger(__name__)
 
-DATA_DIR = Path("data")  # parent of the download stage's DVC out data/<dataset>
 SPLITS = {"voc2012": ("train", "val", "train_aug"), "coco2014": ("train", "val")}
 
 
@@ -51,15 +50,16 @@ class DownloadRequest:
     mirrors: Mapping[str, str] = field(default_factory=dict)  # source name -> URL
     existing_root: str = ""  # data already on disk ("" = download)
     allow_unverified: bool = False
+    data_dir: str = "data"  # parent of the stage's output <data_dir>/<dataset> (its cmd)
 
 
 def _same_path(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _link_existing_root(prepared: Path, root: Path, dataset: str) -> None:
+def _link_existing_root(prepared: Path, root: Path, dataset: str, data_dir: Path) -> None:
     """Make ``root`` (params) a symlink to the existing ``prepared`` folder, or fail."""
-    out = DATA_DIR / dataset
+    out = data_dir / dataset
     if root.exists() or root.is_symlink() or _same_path(root, out):
         raise BnrError(
             f"download: the prepared {dataset} root {prepared} is not datasets.{dataset}.root "
@@ -154,13 +154,14 @@ def prepare_dataset(
     if request.dataset == "voc2012":
         from bnr.data.voc_prepare import prepare_voc2012, voc_counts_check
 
-        prepared = prepare_voc2012(DATA_DIR, **common,
+        prepared = prepare_voc2012(Path(request.data_dir), **common,
                                    with_test="voc2012_test" in request.mirrors)
         counts_check = voc_counts_check
     else:
         from bnr.data.coco import coco_counts_check, prepare_coco2014
 
-        prepared = prepare_coco2014(DATA_DIR, workers=min(8, os.cpu_count() or 1), **common)
+        prepared = prepare_coco2014(Path(request.data_dir), workers=min(8, os.cpu_count() or 1),
+                                    **common)
         counts_check = coco_counts_check
     if not _same_path(prepared, root):
         if existing is None:
@@ -169,7 +170,7 @@ def prepare_dataset(
                 f"datasets.{request.dataset}.root is {root}; set "
                 f"datasets.{request.dataset}.root={prepared}"
             )
-        _link_existing_root(prepared, root, request.dataset)
+        _link_existing_root(prepared, root, request.dataset, Path(request.data_dir))
     check = counts_check(root)
     test = test_split_record(request.dataset, root, request.test_split)
     if test["note"]:

@@ -25,9 +25,11 @@ class Outputs:
     stats: Path = field(metadata={"help": "dataset statistics (JSON; not compared metrics)"})
 
 
-def download_request(cfg: Params) -> DownloadRequest:
-    """The values of ``cfg`` the download reads (the data layer takes no config)."""
+def download_request(cfg: Params, out: Path | None = None) -> DownloadRequest:
+    """The values of ``cfg`` the download reads (the data layer takes no config); ``out`` is
+    the stage's output folder ``<data dir>/<dataset>`` (None: ``data/<dataset>``)."""
     return DownloadRequest(
+        data_dir=str(Path(out).parent) if out is not None else "data",
         dataset=cfg.dataset,
         root=cfg.data.root,
         test_split=cfg.data.test_split,
@@ -41,11 +43,14 @@ def download_request(cfg: Params) -> DownloadRequest:
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Prepare the dataset at its root; write its statistics."""
     root, out = Path(cfg.data.root), Path(outputs.dataset)
+    if out.name != cfg.dataset:
+        raise BnrError(f"dvc.yaml: the download stage's --dataset {out} must be a folder named "
+                       f"{cfg.dataset} (the dataset's preparation writes <data dir>/{cfg.dataset})")
     if root != out and out not in root.parents:
         raise BnrError(f"params.yaml: datasets.{cfg.dataset}.root {root} is not inside the "
                        f"download stage's output {out} (DVC would not track the dataset)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    stats = prepare_dataset(download_request(cfg))
+    stats = prepare_dataset(download_request(cfg, out))
     write_json(outputs.stats, stats)
     for warning in stats.get("warnings", []):
         print(f"warning: {warning}")
