@@ -196,7 +196,8 @@ STATUS_CASES = [
     ("file bnr/engine.py", {"pretrain", "train_cam", "train_affinity", "train_segmenter"}),
     ("file bnr/pseudo_labels.py", {"crf"}),
     # pretrained weights (the weights stage's fingerprints; the weights stage itself runs on every
-    # repro and is not counted): with the keys "" an edited pretrain file marks only its stage ...
+    # repro and is not counted): with the default keys (auto: from scratch on synthetic) an
+    # edited pretrain file marks only its stage ...
     ("weights models/pretrain/conformer.pth", {"pretrain"}),
     # ... and a user's weights file, once a key names it: its training stage onwards
     ("weights train_cam.pretrained=models/mine/conformer.pth", {"train_cam"}),
