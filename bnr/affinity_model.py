@@ -6,10 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnr.config import Params
-from bnr.errors import BnrError
 from bnr.models.registry import create_model, model_from_checkpoint
-from bnr.models.resnet38 import AffinityNet
-from bnr.pretrained import pretrained_path  # (importing it registers "affinity")
+from bnr.models.resnet38 import AffinityNet  # (importing it registers "affinity")
 
 STRIDE = 8  # AffinityNet output stride
 
@@ -20,11 +18,6 @@ def affinity_model_meta(params: Params) -> dict:
             "dataset": params.dataset}
 
 
-def affinity_weights(params: Params) -> str:
-    """The file ``train_affinity.pretrained`` means for the dataset ("" = from scratch)."""
-    return pretrained_path(params.train_affinity.pretrained, params.dataset, "resnet38")
-
-
 def build_affinity_model(preset: str, pretrained: str = "") -> AffinityNet:
     """A fresh AffinityNet on ResNet-38d ``preset`` (ImageNet weights if ``pretrained``)."""
     return create_model("affinity", preset, pretrained=pretrained)
@@ -32,7 +25,4 @@ def build_affinity_model(preset: str, pretrained: str = "") -> AffinityNet:
 
 def load_affinity_model(params: Params, path: Path) -> AffinityNet:
     """The trained AffinityNet of ``path`` (strict, meta-checked); one line if it is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise BnrError(f"{path}: affinity checkpoint not found (run the train_affinity stage)")
-    return model_from_checkpoint(path, affinity_model_meta(params))[0]
+    return model_from_checkpoint(path, affinity_model_meta(params), "train_affinity")[0]

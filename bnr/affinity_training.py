@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from bnr.affinity_model import STRIDE, affinity_model_meta, affinity_weights, build_affinity_model
+from bnr.affinity_model import STRIDE, affinity_model_meta, build_affinity_model
 from bnr.config import CrfConfig, Params
 from bnr.crf_settings import crf_kwargs, crf_workers
 from bnr.data.classes import class_names
@@ -47,6 +47,7 @@ from bnr.models.resnet38 import param_groups
 from bnr.pairs import feature_affinity
 from bnr.postprocessing.affinity import affinity_labels_from_cam, affinity_loss, pair_labels
 from bnr.postprocessing.crf import crf_map, dense_crf_labels
+from bnr.pretrained import stage_weights
 from bnr.runtime import CPU, Runtime
 from bnr.seeds import checked_cams
 
@@ -184,7 +185,7 @@ def train_affinity(
     dataset = AffinityDataset(root, ids, label_dir, sizes.crop, PAD_LABELS[cfg.pad_label])
 
     torch.manual_seed(params.seed)
-    model = build_affinity_model(sizes.model, affinity_weights(params))
+    model = build_affinity_model(sizes.model, stage_weights(params, "train_affinity"))
     batch = sizes.batch_size
     per_epoch = len(epoch_batches(len(dataset), batch, params.seed, 0))
     max_step = per_epoch * sizes.epochs

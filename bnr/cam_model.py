@@ -12,7 +12,7 @@ from bnr.config import Params
 from bnr.data.classes import class_names
 from bnr.models import conformer  # noqa: F401 (registers its kind)
 from bnr.models.registry import create_model, model_from_checkpoint
-from bnr.pretrained import pretrained_path
+from bnr.pretrained import stage_weights
 
 
 def cam_model_meta(params: Params) -> dict:
@@ -25,19 +25,14 @@ def cam_model_meta(params: Params) -> dict:
     }
 
 
-def cam_weights(params: Params) -> str:
-    """The weights file ``train_cam.pretrained`` means for the dataset ("" = from scratch)."""
-    return pretrained_path(params.train_cam.pretrained, params.dataset, "conformer")
-
-
 def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
-    """A fresh Conformer for ``params`` (from :func:`cam_weights` when ``pretrained``, else
-    random weights)."""
-    weights = cam_weights(params) if pretrained else ""
+    """A fresh Conformer for ``params`` (``train_cam.pretrained``'s weights when ``pretrained``,
+    else random weights)."""
+    weights = stage_weights(params, "train_cam") if pretrained else ""
     return create_model("cam", params.per_dataset.train_cam.model,
                         num_classes=len(class_names(params.dataset)), pretrained=weights)
 
 
 def load_cam_model(params: Params, path: Path) -> nn.Module:
     """The trained CAM network of ``path`` in eval mode (strict, meta-checked)."""
-    return model_from_checkpoint(path, cam_model_meta(params))[0]
+    return model_from_checkpoint(path, cam_model_meta(params), "train_cam")[0]

@@ -32,24 +32,6 @@ def trim_curves(live_dir: Path, last_step: int) -> int:
     return dropped
 
 
-def stage_outputs(dvc_yaml: Path, stage: str, variables: dict[str, str]) -> list[Path]:
-    """The outs, metrics and plots paths of ``stage`` in ``dvc_yaml`` (``${name}`` replaced
-    from ``variables``); [] when the file or the stage is absent."""
-    import yaml
-
-    if not dvc_yaml.is_file():
-        return []
-    spec = ((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}).get(stage) or {}
-    paths = []
-    for section in ("outs", "metrics", "plots"):
-        for entry in spec.get(section) or []:
-            name = next(iter(entry)) if isinstance(entry, dict) else str(entry)
-            for key, value in variables.items():
-                name = name.replace("${" + key + "}", value)
-            paths.append(Path(name))
-    return paths
-
-
 def remove_stale_temporaries(outputs: Iterable[Path]) -> list[Path]:
     """Remove the ``.<name>.*.tmp`` leftovers of killed writes next to each output; returns
     what was removed."""

@@ -19,6 +19,8 @@ here: ``auto`` / ``imagenet`` mean from scratch for it.
 
 from __future__ import annotations
 
+from typing import Any
+
 AUTO, IMAGENET, PRETRAIN = "auto", "imagenet", "pretrain"
 # The pretrain stage's outputs (its cmd in dvc.yaml writes them here; a test keeps them equal).
 PRETRAINED_FILES = {"conformer": "models/pretrain/conformer.pth",
@@ -29,8 +31,7 @@ IMAGENET_FILES = {
     "conformer": "models/pretrained/conformer-small-p16_3rdparty_8xb128_in1k_20211206-3065dcf5.pth",
     "resnet38": "models/pretrained/ilsvrc-cls_rna-a1_cls1000_ep-0001.params",
 }
-# params block -> the network family its weights are for
-AUTO_KEYS = {"train_cam": "conformer", "train_affinity": "resnet38", "train_segmenter": "resnet38"}
+TRAINING_BLOCKS = ("train_cam", "train_affinity", "train_segmenter")  # with a pretrained key
 PAPER_DATASETS = ("voc2012", "coco2014")
 
 
@@ -47,6 +48,14 @@ def pretrained_path(value: str, dataset: str, kind: str) -> str:
     return value
 
 
-def segmenter_family(arch: str) -> str:
-    """The weights family of a ``train_segmenter.arch``."""
-    return "resnet38" if arch == "largefov" else "resnet101"
+def stage_weights(params: Any, block: str) -> str:
+    """The weights file ``<block>.pretrained`` means for the training stage ``block`` (one of
+    :data:`TRAINING_BLOCKS`): the dataset decides ``auto``, the stage's network family decides
+    the file (the segmenter's family follows ``train_segmenter.arch``). "" = from scratch."""
+    if block == "train_cam":
+        family = "conformer"
+    elif block == "train_affinity" or params.train_segmenter.arch == "largefov":
+        family = "resnet38"
+    else:
+        family = "resnet101"  # torchvision's DeepLabV3: no file here
+    return pretrained_path(getattr(params, block).pretrained, params.dataset, family)

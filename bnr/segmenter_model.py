@@ -10,10 +10,9 @@ from torch import nn
 
 from bnr.config import Params
 from bnr.data.classes import class_names
-from bnr.errors import BnrError
 from bnr.models import deeplab  # noqa: F401 (registers its kind)
 from bnr.models.registry import create_model, model_from_checkpoint
-from bnr.pretrained import pretrained_path, segmenter_family
+from bnr.pretrained import stage_weights
 
 
 def segmenter_meta(params: Params) -> dict:
@@ -27,17 +26,11 @@ def segmenter_meta(params: Params) -> dict:
     }
 
 
-def segmenter_weights(params: Params) -> str:
-    """The backbone file ``train_segmenter.pretrained`` means for the dataset and arch."""
-    return pretrained_path(params.train_segmenter.pretrained, params.dataset,
-                           segmenter_family(params.train_segmenter.arch))
-
-
 def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
-    """A fresh segmenter for ``params`` (backbone from :func:`segmenter_weights` when
+    """A fresh segmenter for ``params`` (backbone from ``train_segmenter.pretrained`` when
     ``pretrained``)."""
     meta = segmenter_meta(params)
-    weights = segmenter_weights(params) if pretrained else ""
+    weights = stage_weights(params, "train_segmenter") if pretrained else ""
     return create_model("segmenter", meta["preset"], num_classes=meta["num_classes"],
                         pretrained=weights, arch=meta["arch"],
                         bn_momentum=params.per_dataset.train_segmenter.bn_momentum)
@@ -45,10 +38,8 @@ def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
 
 def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> nn.Module:
     """The trained segmenter of ``path`` in eval mode, rebuilt from its ``meta`` (strict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BnrError(f"{path}: segmenter checkpoint not found (run the train_segmenter stage)")
-    return model_from_checkpoint(path, expected_meta or {"kind": "segmenter"})[0]
+    return model_from_checkpoint(path, expected_meta or {"kind": "segmenter"},
+                                 "train_segmenter")[0]
 
 
 def load_segmenter(params: Params, path: Path) -> nn.Module:

@@ -83,23 +83,24 @@ def parse_stage_args(step: ModuleType, argv: Sequence[str]) -> tuple[str, Any, A
 
 
 def stage_command(stage: str, dvc_yaml: Path = Path("dvc.yaml"),
-                  variables: dict[str, str] | None = None) -> list[str]:
-    """The ``cmd`` of ``stage`` in ``dvc_yaml`` as words, ``${name}`` replaced from
-    ``variables`` (the stage's own paths; tests run steps with them)."""
+                  variables: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """``(script, its arguments)`` of ``stage``'s ``cmd`` in ``dvc_yaml``, ``${name}``
+    replaced from ``variables`` (the stage's own paths; tests run steps with them)."""
     import yaml
 
     cmd = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]["cmd"]
     for key, value in (variables or {}).items():
         cmd = cmd.replace("${" + key + "}", value)
-    return shlex.split(cmd)
+    words = shlex.split(cmd)
+    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    return words[script], words[script + 1:]
 
 
 def stage_paths(step: ModuleType, dvc_yaml: Path = Path("dvc.yaml"),
                 variables: dict[str, str] | None = None) -> tuple[Any, Any]:
     """``(Inputs, Outputs)`` of ``step`` as its ``cmd`` in ``dvc_yaml`` gives them."""
-    words = stage_command(stage_name(step), dvc_yaml, variables)
-    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
-    _, inputs, outputs = parse_stage_args(step, words[script + 1:])
+    _, args = stage_command(stage_name(step), dvc_yaml, variables)
+    _, inputs, outputs = parse_stage_args(step, args)
     return inputs, outputs
 
 

@@ -76,21 +76,21 @@ def stage_argv(stage: str, *extra: str) -> list[str]:
 
     from bnr.stage import stage_command
 
-    words = stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})
-    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
-    return [sys.executable, str(REPO / words[script]), *extra, *words[script + 1:]]
+    script, args = stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})
+    return [sys.executable, str(REPO / script), *extra, *args]
 
 
 def write_weights_fingerprint(cwd: Path, stage: str, weights: str = "") -> None:
     """What the weights stage writes for ``stage`` (a training stage) when its ``*.pretrained``
     key is ``weights`` ("" = from scratch), at the ``--weights`` path of its cmd under ``cwd``
     (its stage command checks it before training)."""
-    from bnr.stage import stage_command
+    import importlib
+
+    from bnr.stage import stage_paths
     from bnr.weights import fingerprint, write_fingerprint
 
-    words = stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})
-    out = Path(cwd) / words[words.index("--weights") + 1]
-    write_fingerprint(out, fingerprint(f"{stage}.pretrained", weights))
+    inputs, _ = stage_paths(importlib.import_module(f"bnr.steps.{stage}"), REPO / "dvc.yaml")
+    write_fingerprint(Path(cwd) / inputs.weights, fingerprint(f"{stage}.pretrained", weights))
 
 
 def update_dataset(raw: dict, dataset: str, **blocks: dict) -> dict:

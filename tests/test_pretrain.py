@@ -30,7 +30,7 @@ from bnr.models.conformer import create_conformer, detect_checkpoint_layout, loa
 from bnr.models.deeplab import create_segmenter
 from bnr.models.resnet38 import AffinityNet, load_imagenet_weights, resnet38d_tiny
 from bnr.pretrain import average_precision, classification_scores, lr_at, run_pretrain
-from bnr.pretrained import IMAGENET_FILES, PRETRAINED_FILES, pretrained_path
+from bnr.pretrained import IMAGENET_FILES, PRETRAINED_FILES, pretrained_path, stage_weights
 from tests.conftest import stage_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +166,6 @@ def test_resnet_file_is_converted_layout_and_loads_strictly(written):
 
 def test_pretrained_values_resolve_per_dataset_and_network():
     from bnr.data.sources import SOURCES
-    from bnr.segmenter_model import segmenter_weights
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     params = parse_params(raw)
@@ -183,7 +182,8 @@ def test_pretrained_values_resolve_per_dataset_and_network():
     assert pretrained_path("", "voc2012", "conformer") == ""
     raw["dataset"] = "voc2012"
     raw["train_segmenter"]["arch"] = "deeplabv3_resnet101"  # no ResNet-101 ImageNet file here
-    assert segmenter_weights(parse_params(raw)) == ""
+    assert stage_weights(parse_params(raw), "train_segmenter") == ""
+    assert stage_weights(parse_params(raw), "train_cam") == IMAGENET_FILES["conformer"]
 
 
 def test_pretrain_outputs_are_where_pretrain_points() -> None:

@@ -158,7 +158,8 @@ def test_crf_worker_failure_names_image(work: Path, tmp_path: Path, fn, words) -
 
 def test_missing_checkpoint_is_one_line(work: Path, tmp_path: Path) -> None:
     params = tiny_params(work / "data" / "synthetic")
-    with pytest.raises(BnrError, match="affinity checkpoint not found") as info:
+    missing = r"affinity.pt: checkpoint not found \(run the train_affinity stage\)"
+    with pytest.raises(BnrError, match=missing) as info:
         load_affinity_model(params, tmp_path / "affinity.pt")
     assert "\n" not in str(info.value)
 

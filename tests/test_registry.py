@@ -8,6 +8,7 @@ import torch
 
 from bnr.checkpoints import save_checkpoint
 from bnr.data.sources import SOURCES
+from bnr.data.weights_download import WEIGHT_SOURCES
 from bnr.errors import BnrError
 from bnr.models.registry import (
     FAMILIES,
@@ -28,6 +29,8 @@ def test_every_kind_is_registered_by_its_family() -> None:
         assert entry.family == FAMILIES[kind] and TINY[kind] in entry.presets
         assert (REPO / "bnr" / "models" / f"{entry.family}.py").is_file()
         assert entry.weight_sources and set(entry.weight_sources) <= set(SOURCES), kind
+    # the weights stage downloads exactly the registry's weight sources
+    assert {s for e in MODELS.values() for s in e.weight_sources} == set(WEIGHT_SOURCES)
 
 
 @pytest.mark.parametrize("kind", sorted(TINY))
@@ -49,5 +52,7 @@ def test_unknown_names_are_one_line(tmp_path: Path) -> None:
         create_model("vit", "x")
     with pytest.raises(BnrError, match=r"^unknown cam preset 'conformer_b' \(known: "):
         create_model("cam", "conformer_b", num_classes=3)
-    with pytest.raises(BnrError, match="checkpoint not found"):
+    with pytest.raises(BnrError, match=r"absent.pt: checkpoint not found$"):
         model_from_checkpoint(tmp_path / "absent.pt")
+    with pytest.raises(BnrError, match=r"checkpoint not found \(run the train_cam stage\)$"):
+        model_from_checkpoint(tmp_path / "absent.pt", made_by="train_cam")

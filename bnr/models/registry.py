@@ -75,13 +75,15 @@ def create_model(kind: str, preset: str, *, num_classes: int | None = None,
     return entry.build(preset, num_classes, str(pretrained or ""), **options)
 
 
-def model_from_checkpoint(path: str | os.PathLike[str], expected_meta: dict | None = None
-                          ) -> tuple[nn.Module, dict]:
+def model_from_checkpoint(path: str | os.PathLike[str], expected_meta: dict | None = None,
+                          made_by: str = "") -> tuple[nn.Module, dict]:
     """``(network in eval mode, checkpoint)`` of the bnr checkpoint ``path``, rebuilt from its
-    ``meta`` and loaded strictly; ``expected_meta`` must match (one line otherwise)."""
+    ``meta`` and loaded strictly; ``expected_meta`` must match (one line otherwise).
+    ``made_by``: the stage that writes it, named when the file is missing."""
     path = Path(path)
     if not path.is_file():
-        raise BnrError(f"{path}: checkpoint not found")
+        hint = f" (run the {made_by} stage)" if made_by else ""
+        raise BnrError(f"{path}: checkpoint not found{hint}")
     state = load_checkpoint(path, expected_meta or {})
     meta = state["meta"]
     options = {"arch": meta["arch"]} if "arch" in meta else {}

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.affinity_model import affinity_weights
 from bnr.affinity_training import train_affinity
 from bnr.config import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
 from bnr.metrics_files import write_metrics
+from bnr.pretrained import stage_weights
 from bnr.protocol import protocol_record
 from bnr.stage import seed_everything
 from bnr.weights import verify_fingerprint
@@ -34,7 +34,8 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
-    verify_fingerprint(inputs.weights, "train_affinity.pretrained", affinity_weights(cfg))
+    verify_fingerprint(inputs.weights, "train_affinity.pretrained",
+                       stage_weights(cfg, "train_affinity"))
     check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)], (inputs.cams, ".npz"))
 
 
@@ -59,7 +60,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         cfg, runtime={**runtime.record(), "processes": ctx.world_size},
         dataset=cfg.dataset, split=data.infer_split, cams=str(inputs.cams),
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        model=sizes.model, pretrained=affinity_weights(cfg) or None,
+        model=sizes.model, pretrained=stage_weights(cfg, "train_affinity") or None,
         crop=sizes.crop, batch_size=sizes.batch_size, lr=sizes.lr,
         low_bg=aff.low_bg, high_bg=aff.high_bg, radius=aff.radius, pad_label=aff.pad_label,
         label_crf={k: v for k, v in vars(aff.label_crf).items() if k != "workers"},

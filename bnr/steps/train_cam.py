@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.cam_model import cam_weights
 from bnr.config import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
 from bnr.metrics_files import write_metrics
+from bnr.pretrained import stage_weights
 from bnr.protocol import protocol_record
 from bnr.stage import seed_everything
 from bnr.training import train_cam
@@ -38,7 +38,8 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
-    verify_fingerprint(inputs.weights, "train_cam.pretrained", cam_weights(cfg))
+    verify_fingerprint(inputs.weights, "train_cam.pretrained",
+                       stage_weights(cfg, "train_cam"))
     check_stage_inputs(cfg.data.root, [(cfg.data.train_split, None)])
 
 
@@ -59,7 +60,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=cfg.data.train_split,
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        model=cfg.per_dataset.train_cam.model, pretrained=cam_weights(cfg) or None,
+        model=cfg.per_dataset.train_cam.model, pretrained=stage_weights(cfg, "train_cam") or None,
         epochs=summary["epochs"], steps=summary["steps"],
         runtime={**runtime.record(), "processes": ctx.world_size},
     ))

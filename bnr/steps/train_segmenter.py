@@ -9,8 +9,9 @@ from bnr.config import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
 from bnr.metrics_files import write_metrics
+from bnr.pretrained import stage_weights
 from bnr.protocol import protocol_record
-from bnr.segmenter_model import segmenter_meta, segmenter_weights
+from bnr.segmenter_model import segmenter_meta
 from bnr.segmenter_training import train_segmenter
 from bnr.stage import seed_everything
 from bnr.weights import verify_fingerprint
@@ -34,7 +35,8 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
-    verify_fingerprint(inputs.weights, "train_segmenter.pretrained", segmenter_weights(cfg))
+    verify_fingerprint(inputs.weights, "train_segmenter.pretrained",
+                       stage_weights(cfg, "train_segmenter"))
     check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)],
                        (inputs.pseudo_labels, ".png"))
 
@@ -60,7 +62,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         dataset=cfg.dataset, split=data.infer_split, labels=str(inputs.pseudo_labels),
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
         arch=seg.arch, backbone=meta["preset"] if seg.arch == "largefov" else "resnet101",
-        pretrained=segmenter_weights(cfg) or None, crop=sizes.crop,
+        pretrained=stage_weights(cfg, "train_segmenter") or None, crop=sizes.crop,
         batch_size=sizes.batch_size, iterations=summary["iterations"],
         resumed_from=summary["resumed_from"],
         seconds_per_iteration=summary["seconds_per_iteration"],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bnr.config import Params
 from bnr.data.weights_download import download_known_weights
-from bnr.pretrained import AUTO_KEYS, pretrained_path, segmenter_family
+from bnr.pretrained import stage_weights
 from bnr.weights import CACHE_NAME, fingerprint, write_fingerprint
 
 
@@ -46,9 +46,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     files = 0
     for block, out in fingerprint_files(outputs).items():
         key = f"{block}.pretrained"
-        family = (segmenter_family(cfg.train_segmenter.arch) if block == "train_segmenter"
-                  else AUTO_KEYS[block])
-        path = pretrained_path(getattr(cfg, block).pretrained, cfg.dataset, family)
+        path = stage_weights(cfg, block)
         record = fingerprint(key, path, cache_path=Path(out).parent / CACHE_NAME, fetch=fetch)
         changed = write_fingerprint(Path(out), record)
         print(f"{out}: {key} = {path or 'from scratch'}{' (changed)' if changed else ''}")
