@@ -39,6 +39,21 @@ def write_voc_tree(root: Path, ids_by_split: dict, num_classes: int = 4, size=(2
     return root
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``-n``, as pyproject's addopts ask) the workers share the cores: each
+    gets its share of torch threads, so they do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+def numerics_threads() -> int:
+    """The torch thread count of the numerics tests (``BNR_TEST_THREADS``, default 1)."""
+    return int(os.environ.get("BNR_TEST_THREADS", "1"))
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread: small convolutions on shared cores thrash with more (20x slower).
@@ -47,7 +62,7 @@ def one_torch_thread():
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("BNR_TEST_THREADS", "1")))
+    torch.set_num_threads(numerics_threads())
     yield
     torch.set_num_threads(before)
 

@@ -14,6 +14,8 @@ from bnr.cam import (
 )
 from bnr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
+pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
+
 
 def _attn(blocks, b, heads, n, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -10,6 +10,8 @@ import pytest
 from bnr.errors import BnrError
 from bnr.postprocessing.crf import crf_map, dense_crf_labels, dense_crf_probs
 
+pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
+
 
 def _two_regions(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A 40 x 48 image, dark left / bright right, with pixel noise; its clean labels 1 / 2."""

@@ -18,6 +18,8 @@ import torch
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
+
 
 @functools.cache
 def _load() -> ModuleType:

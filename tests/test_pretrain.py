@@ -31,10 +31,10 @@ from bnr.models.deeplab import create_segmenter
 from bnr.models.resnet38 import AffinityNet, load_imagenet_weights, resnet38d_tiny
 from bnr.pretrain import average_precision, classification_scores, lr_at, run_pretrain
 from bnr.pretrained import IMAGENET_FILES, PRETRAINED_FILES, pretrained_path, stage_weights
-from tests.conftest import stage_argv
+from tests.conftest import numerics_threads, stage_argv
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = PretrainConfig(image_size=32, num_val=12, batch_size=4, conformer_steps=2,
                       resnet_steps=2, log_every=1, clutter=2)
@@ -123,7 +123,7 @@ def test_scores_and_schedule():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    torch.set_num_threads(1)
+    torch.set_num_threads(numerics_threads())  # as the tests that rebuild it (bit-identical)
     Recorder.logged.clear()
     summary = pretrain(TINY, out, out / "runs")
     return out, summary, list(Recorder.logged)

@@ -20,6 +20,8 @@ from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
 from bnr.walk import random_walk_split
 from tests.conftest import REPO, run_step, update_dataset, with_dataset
 
+pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
+
 SIZE = 96  # 12 x 12 AffinityNet grid: the radius-5 pairs need at least 5 x 9
 
 

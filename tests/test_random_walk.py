@@ -23,7 +23,7 @@ from bnr.postprocessing.random_walk import (
     transition_dense,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from bnr.models.resnet38 import (
     torch_filter_fn,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]
 
 
 # Independently written from the ademxapp A1 symbol names (bn<stage><block>_<branch>_*,

@@ -26,7 +26,7 @@ FP32 = Runtime(torch.device("cpu"), precision="float32")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only resolution")
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _cam_model() -> torch.nn.Module:

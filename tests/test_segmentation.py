@@ -30,7 +30,7 @@ from tests.conftest import REPO, run_step, update_dataset, with_dataset, write_v
 SIZE = 64
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def tiny_params(root: Path, **data):

@@ -16,7 +16,7 @@ from bnr.models.deeplab import create_segmenter
 from bnr.segmentation import SERVER_DIR
 from tests.conftest import REPO, run_step, update_dataset, write_voc_tree
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def voc_params(root: Path):

@@ -19,6 +19,8 @@ from bnr.postprocessing.test_time import (
     upsample_logits,
 )
 
+pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
+
 REPO = Path(__file__).resolve().parents[1]
 
 

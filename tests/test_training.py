@@ -15,6 +15,8 @@ from bnr.seeds import infer_split_cams, load_cams, seed_miou_sweep, threshold_gr
 from bnr.training import train_cam
 from tests.conftest import REPO, update_dataset
 
+pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
+
 
 class NullLive:
     """dvclive stand-in (dvclive itself is exercised by the end-to-end test)."""

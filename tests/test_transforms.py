@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from bnr.data.transforms import (
@@ -10,6 +11,8 @@ from bnr.data.transforms import (
 )
 from bnr.pairs import pair_indices
 from bnr.postprocessing.affinity import pair_labels
+
+pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
 
 
 def _pattern(h, w):
