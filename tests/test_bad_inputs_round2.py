@@ -1,0 +1,132 @@
+"""Issue 22, the second round of bad inputs: whole classes of mistakes, each refused with a
+non-zero exit and exactly one ``error:`` line naming the file or key, no traceback, no partial
+output. One table per class; the instances go beyond the issue's own examples.
+
+Stage cases run :func:`bnr.stage.stage_main` in this process, as ``tests/test_bad_inputs.py``
+does; they fail before any work, so each costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import write_voc_tree
+
+try:
+    from tests.test_bad_inputs import files_under, one_error_line, repo_stage_args, tiny_raw
+except ImportError:  # tests/ is not a package
+    from test_bad_inputs import files_under, one_error_line, repo_stage_args, tiny_raw
+
+SPLITS = Path("ImageSets/Segmentation")
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_voc_tree(tmp_path / "voc", {"train": ["a", "b", "c", "d"], "val": ["e"]},
+                   num_classes=7)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_stage(work: Path, capsys, stage: str, params_text: str) -> tuple[int, str]:
+    """Run ``stage`` on ``params_text`` (as p.yaml); (exit code, stderr). Asserts that no file
+    appeared or vanished."""
+    from bnr.stage import stage_main
+
+    (work / "p.yaml").write_text(params_text)
+    before = files_under(work)
+    old_handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            stage_main(importlib.import_module(f"bnr.steps.{stage}"),
+                       ["--params", "p.yaml", *repo_stage_args(stage)])
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+    assert files_under(work) == before  # no partial output
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def dumped(change: Callable[[dict], object]) -> Callable[[Path], str]:
+    """A case's params text: the tiny configuration, changed, written by PyYAML."""
+    def text(work: Path) -> str:
+        raw = tiny_raw(work / "voc")
+        change(raw)
+        return yaml.safe_dump(raw)
+    return text
+
+
+def _set(path: str, value: object) -> Callable[[Path], str]:
+    def change(raw: dict) -> None:
+        *parents, last = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return dumped(change)
+
+
+# --- 1. numbers that are not sane numbers ------------------------------------------------------
+
+SANE_NUMBER_CASES = [  # (id, key, value, text of the line)
+    ("inf-noise-scale", "noise_scale", float("inf"),
+     "noise_scale must be a finite number >= 0 and <= 100, got inf"),
+    ("minus-inf-lr", "datasets.synthetic.train_cam.lr", float("-inf"),
+     "datasets.synthetic.train_cam.lr must be a finite number"),
+    ("nan-weight-decay", "datasets.synthetic.train_cam.weight_decay", float("nan"),
+     "datasets.synthetic.train_cam.weight_decay must be a finite number >= 0 and <= 10, got nan"),
+    ("inf-threshold-step", "eval_seeds.threshold_step", float("inf"),
+     "eval_seeds.threshold_step must be a finite number"),
+    ("huge-int-as-float", "random_walk.beta", 10**400,
+     "random_walk.beta must be a finite number"),
+    ("absurd-noise-scale", "noise_scale", 1e300, "noise_scale must be a number >= 0 and <= 100"),
+    ("absurd-lr", "datasets.synthetic.train_affinity.lr", 1e6,
+     "datasets.synthetic.train_affinity.lr must be a number > 0 and <= 10, got 1000000.0"),
+    ("seed-beyond-torch", "seed", 2**64, "seed must be an integer >= 0 and < 2**63, got "),
+    ("seed-negative", "seed", -1, "seed must be an integer >= 0 and < 2**63, got -1"),
+    ("synthetic-seed-beyond-int64", "download.synthetic.seed", 2**63,
+     "download.synthetic.seed must be an integer >= 0 and < 2**63"),
+    ("absurd-epochs", "datasets.synthetic.train_cam.epochs", 10**12,
+     "datasets.synthetic.train_cam.epochs must be an integer >= 1 and <= 10000"),
+    ("absurd-iterations", "datasets.synthetic.train_segmenter.iterations", 10**18,
+     "datasets.synthetic.train_segmenter.iterations must be an integer >= 1 and <= 100000000"),
+    ("absurd-eval-scale", "datasets.synthetic.evaluate.scales", [1.0, 1e9],
+     "datasets.synthetic.evaluate.scales[1] must be a number > 0 and <= 8"),
+    ("inf-resize-scale", "datasets.synthetic.train_segmenter.resize_scale", [0.5, float("inf")],
+     "datasets.synthetic.train_segmenter.resize_scale[1] must be a finite number"),
+    ("absurd-workers", "train_cam.num_workers", 10**6,
+     "train_cam.num_workers must be auto or an integer >= 0 and <= 1024"),
+    ("hue-beyond-half", "train_cam.color_jitter", [0.3, 0.3, 0.3, 0.9],
+     "train_cam.color_jitter[3] (hue) must be <= 0.5, got 0.9"),
+    ("inf-crf-sxy", "crf.bilateral_sxy", float("inf"), "crf.bilateral_sxy must be a finite"),
+]
+
+
+@pytest.mark.parametrize("key, value, needle", [c[1:] for c in SANE_NUMBER_CASES],
+                         ids=[c[0] for c in SANE_NUMBER_CASES])
+def test_numbers_are_finite_and_fit_their_use(work: Path, capsys, key: str, value: object,
+                                              needle: str) -> None:
+    code, err = run_stage(work, capsys, "eval_seeds", _set(key, value)(work))
+    assert code == 1
+    one_error_line(err, needle)
+
+
+def test_dvc_writes_1e400_as_inf_and_it_is_refused(work: Path, capsys) -> None:
+    text = yaml.safe_dump(tiny_raw(work / "voc")).replace("noise_scale: 1.0", "noise_scale: .inf")
+    assert "noise_scale: .inf" in text
+    code, err = run_stage(work, capsys, "train_cam", text)
+    assert code == 1
+    one_error_line(err, "p.yaml: noise_scale must be a finite number")
+
+
+def test_long_values_are_cut_in_the_error_line(work: Path, capsys) -> None:
+    code, err = run_stage(work, capsys, "eval_seeds", _set("seed", "x" * 50_000)(work))
+    assert code == 1
+    line = one_error_line(err, "p.yaml: seed must be an integer")
+    assert "(50002 chars)" in line and len(line) < 200
+
