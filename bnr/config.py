@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bnr.errors import BnrError
 from bnr.param_spec import (
     Check,
     ParamsError,
@@ -39,6 +38,7 @@ from bnr.param_spec import (
     spec,
     string,
 )
+from bnr.yaml_load import load_yaml
 
 DATASETS = ("synthetic", "voc2012", "coco2014")
 METHODS = ("bnr", "transcam")
@@ -350,10 +350,10 @@ def parse_params(raw: Any) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: must be a mapping at top level, got {type(raw).__name__}")
     known = set(TOP_LEVEL) | {"datasets"} | set(STAGE_BLOCKS)
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(str(k) for k in set(raw) - known)
     if unknown:
         known_list = ", ".join(sorted(known))
-        raise ParamsError(f"params.yaml: unknown key {unknown[0]} (known: {known_list})")
+        raise ParamsError(f"params.yaml: unknown key {unknown[0][:60]} (known: {known_list})")
     values: dict[str, Any] = {}
     for key, check in TOP_LEVEL.items():
         if key not in raw:
@@ -367,7 +367,7 @@ def parse_params(raw: Any) -> Params:
         )
     for name, block in datasets.items():
         if name not in DATASETS:
-            raise ParamsError(f"params.yaml: unknown dataset block datasets.{name}")
+            raise ParamsError(f"params.yaml: unknown dataset block datasets.{str(name)[:60]}")
         parsed = build(DatasetConfig, block, f"datasets.{name}")
         if name == values["dataset"]:
             values["per_dataset"] = dataclasses.replace(
@@ -384,12 +384,10 @@ def parse_params(raw: Any) -> Params:
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     """Read and validate ``path``; a one-line ParamsError for any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = load_yaml(path, "params file")  # DVC's loader (bnr.yaml_load)
+    except BnrError as exc:
+        raise ParamsError(str(exc)) from None
     try:
         return parse_params(raw)
     except ParamsError as exc:

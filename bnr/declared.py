@@ -20,9 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bnr.errors import BnrError
+from bnr.yaml_load import load_yaml
 
 UNDECLARED_BY_DESIGN = ("runtime",)  # how a stage runs (device, threads, processes)
 RECORD_ENV = "BNR_PARAMS_RECORD"  # a file: log every key read, allow undeclared ones (dev aid)
@@ -33,7 +32,7 @@ def declared_params(stage: str, dvc_yaml: str | os.PathLike[str] = "dvc.yaml") -
     path = Path(dvc_yaml)
     if not path.is_file():
         return None
-    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    stages = (load_yaml(path) or {}).get("stages") or {}
     if stage not in stages:
         return None
     keys: list[str] = []

@@ -186,11 +186,10 @@ def build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ParamsError(f"params.yaml: {prefix} must be a mapping, got {shown(data)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in set(data) - names)
     if unknown:
-        raise ParamsError(
-            f"params.yaml: unknown key {prefix}.{unknown[0]} (known: {', '.join(sorted(names))})"
-        )
+        raise ParamsError(f"params.yaml: unknown key {prefix}.{unknown[0][:SHOWN_CHARS]} "
+                          f"(known: {', '.join(sorted(names))})")
     values = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}"

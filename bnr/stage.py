@@ -86,9 +86,9 @@ def stage_command(stage: str, dvc_yaml: Path = Path("dvc.yaml"),
                   variables: dict[str, str] | None = None) -> tuple[str, list[str]]:
     """``(script, its arguments)`` of ``stage``'s ``cmd`` in ``dvc_yaml``, ``${name}``
     replaced from ``variables`` (the stage's own paths; tests run steps with them)."""
-    import yaml
+    from bnr.yaml_load import load_yaml
 
-    cmd = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]["cmd"]
+    cmd = load_yaml(dvc_yaml)["stages"][stage]["cmd"]
     for key, value in (variables or {}).items():
         cmd = cmd.replace("${" + key + "}", value)
     words = shlex.split(cmd)

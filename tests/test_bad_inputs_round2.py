@@ -34,12 +34,13 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run_stage(work: Path, capsys, stage: str, params_text: str) -> tuple[int, str]:
+def run_stage(work: Path, capsys, stage: str, params_text: str | bytes) -> tuple[int, str]:
     """Run ``stage`` on ``params_text`` (as p.yaml); (exit code, stderr). Asserts that no file
     appeared or vanished."""
     from bnr.stage import stage_main
 
-    (work / "p.yaml").write_text(params_text)
+    data = params_text if isinstance(params_text, bytes) else params_text.encode()
+    (work / "p.yaml").write_bytes(data)
     before = files_under(work)
     old_handler = signal.getsignal(signal.SIGTERM)
     try:
@@ -130,3 +131,77 @@ def test_long_values_are_cut_in_the_error_line(work: Path, capsys) -> None:
     line = one_error_line(err, "p.yaml: seed must be an integer")
     assert "(50002 chars)" in line and len(line) < 200
 
+
+
+# --- 2. YAML traps -------------------------------------------------------------------------
+
+
+def _text_edit(old: str, new: str) -> Callable[[Path], str]:
+    def text(work: Path) -> str:
+        base = yaml.safe_dump(tiny_raw(work / "voc"), sort_keys=False)
+        assert old in base, old
+        return base.replace(old, new, 1)
+    return text
+
+
+def _alias_bomb(levels: int) -> Callable[[Path], str]:
+    """``download.mirrors`` of ``levels`` anchors, each listing the previous one 9 times."""
+    def text(work: Path) -> str:
+        lines = ["download:", "  mirrors:", "    l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+        lines += [f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]"
+                  for i in range(1, levels)]
+        raw = tiny_raw(work / "voc")
+        del raw["download"]
+        return yaml.safe_dump(raw) + "\n".join(lines) + "\n"
+    return text
+
+
+YAML_CASES = [  # (id, params text, text of the line)
+    ("duplicate-top-level-key", _text_edit("seed: 0\n", "seed: 0\nseed: 1\n"),
+     "p.yaml: key 'seed' is given twice in one mapping at line"),
+    ("duplicate-nested-key", _text_edit("  log_every: 1\n", "  log_every: 1\n  log_every: 5\n"),
+     "p.yaml: key 'log_every' is given twice"),
+    ("duplicate-dataset-block-key", _text_edit("      epochs: 1\n",
+                                               "      epochs: 1\n      epochs: 40\n"),
+     "p.yaml: key 'epochs' is given twice"),
+    ("alias-bomb-in-mirrors", _alias_bomb(9),
+     "p.yaml: its aliases (*name) expand to more than 100000 values"),
+    ("small-alias-bomb", _alias_bomb(5), "download.mirrors must be a mapping of names to"),
+    ("recursive-alias", _text_edit("seed: 0\n", "seed: &s [*s]\n"),
+     "p.yaml: a recursive alias at line"),
+    ("tab-indentation", _text_edit("  log_every: 1\n", "\tlog_every: 1\n"),
+     "p.yaml: not valid YAML at line"),
+    ("unclosed-bracket", _text_edit("seed: 0\n", "seed: [0\n"), "p.yaml: not valid YAML"),
+    ("not-utf8", lambda work: b"seed: \xff\n", "p.yaml: params file is not UTF-8 text (byte"),
+    ("yaml-1.1-yes-is-a-string", _text_edit("flip: true", "flip: yes"),
+     "infer_seeds.flip must be true or false, got 'yes'"),
+    ("empty-file", lambda work: "", "p.yaml: must be a mapping at top level, got NoneType"),
+    ("top-level-list", lambda work: "- seed\n- 0\n", "p.yaml: must be a mapping at top level"),
+    ("integer-key", _text_edit("seed: 0\n", "seed: 0\n7: x\n"), "p.yaml: unknown key 7"),
+    ("huge-unknown-key", _text_edit("seed: 0\n", "seed: 0\n" + "k" * 1000 + ": 1\n"),
+     "p.yaml: unknown key kkkk"),
+]
+
+
+@pytest.mark.parametrize("text, needle", [c[1:] for c in YAML_CASES],
+                         ids=[c[0] for c in YAML_CASES])
+def test_yaml_traps_are_one_short_line(work: Path, capsys, text: Callable[[Path], str],
+                                       needle: str) -> None:
+    code, err = run_stage(work, capsys, "eval_seeds", text(work))
+    assert code == 1
+    one_error_line(err, needle)
+    assert max(len(line) for line in err.splitlines()) < 300
+
+
+def test_params_read_as_dvc_reads_them(work: Path) -> None:
+    """``lr: 1e-3`` (YAML 1.2, DVC's ruamel loader) is 0.001; other scalars agree with DVC."""
+    from dvc.utils.serialize import parse_yaml
+
+    from bnr.config import load_params
+    from bnr.yaml_load import parse_yaml_text
+
+    scalars = "a: 1e-3\nb: 5E-5\nc: .5\nd: yes\ne: 012\nf: 0o12\ng: 1_000\nh: ~\ni: .inf\nj: on\n"
+    assert parse_yaml_text(scalars, "x") == parse_yaml(scalars, "x")
+    text = _text_edit("      lr: 0.001\n", "      lr: 1e-3\n")(work)
+    (work / "params.yaml").write_text(text)
+    assert load_params(work / "params.yaml").per_dataset.train_cam.lr == 0.001
