@@ -247,6 +247,7 @@ class EvaluateConfig:
     align_corners: bool = spec(boolean(), True)  # logit upsampling (TransCAM: true)
     resize: str = spec(choice("bicubic", "bilinear"), "bicubic")  # test image rescaling
     overlays: int = spec(integer(0, 64), 6)
+    allow_train_overlap: bool = spec(boolean(), False)  # val ids also in a training split
 
 
 @dataclass(frozen=True)

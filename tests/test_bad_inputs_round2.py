@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_voc_tree
+from tests.conftest import update_dataset, write_voc_tree
 
 try:
     from tests.test_bad_inputs import files_under, one_error_line, repo_stage_args, tiny_raw
@@ -205,3 +205,82 @@ def test_params_read_as_dvc_reads_them(work: Path) -> None:
     text = _text_edit("      lr: 0.001\n", "      lr: 1e-3\n")(work)
     (work / "params.yaml").write_text(text)
     assert load_params(work / "params.yaml").per_dataset.train_cam.lr == 0.001
+
+
+# --- 3. split files that mean something other than they say ------------------------------------
+
+SPLIT_CASES = [  # (id, bytes of train.txt, text of the line)
+    ("id-with-space", b"a\nb c\nd\n", "train.txt: line 2: one image id per line, got 'b c'"),
+    ("id-with-tab", b"a\nb\tc\nd\n", "train.txt: line 2: one image id per line"),
+    ("id-after-blank-lines", b"a\n\n\nb extra words\n", "train.txt: line 4: one image id"),
+    ("bell-character", b"a\nb\x07\n", "train.txt: line 2: image id 'b\\x07' is not a file name"),
+    ("zero-width-space", "a\nb\u200b\n".encode(), "train.txt: line 2: image id"),
+    ("path-in-id", b"a\n../b\n", "train.txt: line 2: image id '../b' is not a file name"),
+    ("dot-dot", b"a\n..\n", "train.txt: line 2: image id '..' is not a file name"),
+    ("duplicate-with-lines", b"a\nb\n\nb\n", "train.txt: image id 'b' is listed twice (line 4, "
+     "first at line 2)"),
+    ("duplicate-crlf", b"a\r\nb\r\na\r\n", "train.txt: image id 'a' is listed twice (line 3"),
+    ("only-blank-lines", b"\n  \n\t\n", "train.txt: split is empty"),
+]
+
+
+@pytest.mark.parametrize("content, needle", [c[1:] for c in SPLIT_CASES],
+                         ids=[c[0] for c in SPLIT_CASES])
+def test_split_ids_are_one_printable_token_each(work: Path, capsys, content: bytes,
+                                                needle: str) -> None:
+    (work / "voc" / SPLITS / "train.txt").write_bytes(content)
+    code, err = run_stage(work, capsys, "infer_seeds", yaml.safe_dump(tiny_raw(work / "voc")))
+    assert code == 1
+    one_error_line(err, needle)
+
+
+def test_split_bom_and_crlf_are_read(work: Path) -> None:
+    from bnr.data.voc import read_split
+
+    (work / "voc" / SPLITS / "train.txt").write_bytes("\ufeffa\r\nb\r\n\r\nc \r\n".encode())
+    assert read_split(work / "voc", "train") == ["a", "b", "c"]
+
+
+def _val_and_aff(work: Path, val: str, aff: str | None = None) -> None:
+    (work / "voc" / SPLITS / "val.txt").write_text(val)
+    if aff is not None:
+        (work / "voc" / SPLITS / "aff.txt").write_text(aff)
+
+
+OVERLAP_CASES = [  # (id, val.txt, aff.txt or None, data block changes, text of the line)
+    ("val-id-in-train", "e\na\n", None, {},
+     "val.txt: image id 'a' is also in the training split 'train' (1 shared ids"),
+    ("val-is-train", "a\nb\nc\nd\n", None, {}, "(4 shared ids; the val mIoU would score"),
+    ("val-id-in-infer-split", "e\n", "a\ne\n", {"infer_split": "aff"},
+     "val.txt: image id 'e' is also in the training split 'aff'"),
+    ("val-split-named-train", "e\n", None, {"val_split": "train"},
+     "train.txt: image id 'a' is also in the training split 'train'"),
+]
+
+
+@pytest.mark.parametrize("val, aff, data, needle", [c[1:] for c in OVERLAP_CASES],
+                         ids=[c[0] for c in OVERLAP_CASES])
+def test_val_overlapping_training_is_an_error(work: Path, capsys, val: str, aff: str | None,
+                                              data: dict, needle: str) -> None:
+    _val_and_aff(work, val, aff)
+    raw = update_dataset(tiny_raw(work / "voc"), "synthetic", data=data)
+    code, err = run_stage(work, capsys, "evaluate", yaml.safe_dump(raw))
+    assert code == 1
+    line = one_error_line(err, needle)
+    assert "set evaluate.allow_train_overlap: true to accept" in line
+
+
+def test_allowed_overlap_is_counted_for_the_protocol(work: Path) -> None:
+    from bnr.config import parse_params
+    from bnr.steps.evaluate import train_overlap
+
+    _val_and_aff(work, "e\na\nb\n")
+    raw = tiny_raw(work / "voc")
+    raw["evaluate"]["allow_train_overlap"] = True
+    assert train_overlap(parse_params(raw)) == {"images": 2, "allowed": True,
+                                                "splits": ["train"], "absent": []}
+    _val_and_aff(work, "e\n")
+    raw["evaluate"]["allow_train_overlap"] = False
+    assert train_overlap(parse_params(raw))["images"] == 0
+    raw["datasets"]["synthetic"]["data"]["infer_split"] = "elsewhere"  # trained elsewhere
+    assert train_overlap(parse_params(raw))["absent"] == ["elsewhere"]

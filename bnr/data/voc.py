@@ -40,22 +40,33 @@ def read_utf8(path: Path, what: str) -> str:
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
-    """Image ids listed in ``ImageSets/Segmentation/<split>.txt``; error if missing, empty, not
-    UTF-8 or listing an id twice."""
+    """Image ids listed in ``ImageSets/Segmentation/<split>.txt``, one per line; error (naming
+    the file and line) if missing, empty, not UTF-8, a line holding more than one word (an id
+    with a space), an id that is not printable or not a file name, or an id listed twice."""
     path = Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not path.is_file():
         raise BnrError(f"{path}: split file not found")
-    text = read_utf8(path, "split file")
-    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
-    if not ids:
+    text = read_utf8(path, "split file").removeprefix("\ufeff")  # a BOM of Windows editors
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), 1):  # the line numbers of an editor
+        words = line.split()
+        if not words:
+            continue
+        shown = line.strip() if len(line.strip()) <= 60 else line.strip()[:60] + "..."
+        if len(words) > 1:
+            raise BnrError(f"{path}: line {number}: one image id per line, got {shown!r} "
+                           f"({len(words)} words; an id may not contain spaces)")
+        img_id = words[0]
+        if not img_id.isprintable() or "/" in img_id or "\\" in img_id or img_id in (".", ".."):
+            raise BnrError(f"{path}: line {number}: image id {shown!r} is not a file name "
+                           "(printable characters, no / or \\)")
+        if img_id in first_line:
+            raise BnrError(f"{path}: image id {img_id!r} is listed twice (line {number}, first "
+                           f"at line {first_line[img_id]})")
+        first_line[img_id] = number
+    if not first_line:
         raise BnrError(f"{path}: split is empty")
-    seen: set[str] = set()
-    for number, img_id in enumerate(ids, 1):
-        if img_id in seen:
-            raise BnrError(f"{path}: image id {img_id!r} is listed twice (again at entry "
-                           f"{number})")
-        seen.add(img_id)
-    return ids
+    return list(first_line)
 
 
 def check_split_images(root: str | Path, ids: Sequence[str]) -> None:
