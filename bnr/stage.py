@@ -34,6 +34,7 @@ from bnr.curves import remove_stale_temporaries
 from bnr.declared import declared_params, declared_view
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
+from bnr.io import check_writable
 from bnr.metrics_files import protocol_path
 
 
@@ -126,6 +127,7 @@ def stage_main(step: ModuleType, argv: Sequence[str] | None = None) -> None:
     try:
         keys = declared_params(name)
         params = load_params(params_file)
+        check_writable(output_paths(outputs))  # before the temporaries are cleaned
         if int(os.environ.get("RANK", "0")) == 0:  # hygiene: a killed run's temporaries
             for tmp in remove_stale_temporaries(output_paths(outputs)):
                 print(f"removed {tmp} (left by an interrupted run)")

@@ -9,6 +9,8 @@ does; they fail before any work, so each costs milliseconds.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import update_dataset, write_voc_tree
+from tests.conftest import update_dataset, write_voc_tree, write_weights_fingerprint
 
 try:
     from tests.test_bad_inputs import files_under, one_error_line, repo_stage_args, tiny_raw
@@ -284,3 +286,96 @@ def test_allowed_overlap_is_counted_for_the_protocol(work: Path) -> None:
     assert train_overlap(parse_params(raw))["images"] == 0
     raw["datasets"]["synthetic"]["data"]["infer_split"] = "elsewhere"  # trained elsewhere
     assert train_overlap(parse_params(raw))["absent"] == ["elsewhere"]
+
+
+# --- 4. structure errors: label table, output folders -----------------------------------------
+
+def _labels(**changes: object) -> bytes:
+    table: dict = {k: [i + 1] for i, k in enumerate("abcde")}
+    table.update(changes)
+    return json.dumps(table).encode()
+
+
+LABEL_CASES = [  # (id, stage, cls_labels.json bytes, text of the line)
+    ("bool-index", "infer_seeds", _labels(a=[True]),
+     "cls_labels.json: a has invalid class index True (class indices are integers 1..6)"),
+    ("top-level-list-of-bool", "infer_seeds", b"[true]", "cls_labels.json: must be a JSON object"),
+    ("nested-list", "infer_seeds", _labels(b=[[1]]), "cls_labels.json: b has invalid class index"),
+    ("float-index", "infer_seeds", _labels(c=[1.0]), "cls_labels.json: c has invalid class index"),
+    ("string-entry", "infer_seeds", _labels(a="1"), "cls_labels.json: a must map to a list"),
+    ("null-entry", "infer_seeds", _labels(a=None), "cls_labels.json: a must map to a list"),
+    ("index-out-of-range", "infer_seeds", _labels(d=[99]), "d has invalid class index 99"),
+    ("background-index", "infer_seeds", _labels(d=[0]), "d has invalid class index 0"),
+    ("long-entry-cut", "infer_seeds", _labels(a="x" * 10_000), "cls_labels.json: a must map"),
+    ("missing-id", "infer_seeds", json.dumps({"b": [1]}).encode(),
+     "cls_labels.json: no image-level label for a"),
+    ("empty-file", "infer_seeds", b"", "cls_labels.json: not valid JSON"),
+    ("bool-index-seed-eval", "eval_seeds", _labels(b=[False]), "b has invalid class index False"),
+]
+
+
+@pytest.mark.parametrize("stage, content, needle", [c[1:] for c in LABEL_CASES],
+                         ids=[c[0] for c in LABEL_CASES])
+def test_label_table_structure_is_checked_before_work(work: Path, capsys, stage: str,
+                                                      content: bytes, needle: str) -> None:
+    (work / "voc" / "cls_labels.json").write_bytes(content)
+    code, err = run_stage(work, capsys, stage, yaml.safe_dump(tiny_raw(work / "voc")))
+    assert code == 1
+    one_error_line(err, needle)
+
+
+def test_label_table_checked_by_train_cam(work: Path, capsys) -> None:
+    (work / "voc" / "cls_labels.json").write_bytes(_labels(a=[True]))
+    write_weights_fingerprint(work, "train_cam")
+    code, err = run_stage(work, capsys, "train_cam", yaml.safe_dump(tiny_raw(work / "voc")))
+    assert code == 1
+    one_error_line(err, "cls_labels.json: a has invalid class index True")
+
+
+def _file_at(name: str) -> Callable[[Path, pytest.MonkeyPatch], None]:
+    return lambda work, mp: (work / name).write_text("not a folder")
+
+
+def _not_writable(name: str) -> Callable[[Path, pytest.MonkeyPatch], None]:
+    """``name`` made read-only as root cannot (root ignores permission bits): os.access says
+    what a non-root user would be told."""
+    def change(work: Path, mp: pytest.MonkeyPatch) -> None:
+        (work / name).mkdir(parents=True, exist_ok=True)
+        real = os.access
+        mp.setattr(os, "access", lambda p, mode, **kw: (
+            False if Path(p).resolve() == (work / name).resolve() else real(p, mode, **kw)))
+    return change
+
+
+OUTPUT_CASES = [  # (id, stage, change of the work folder, text of the line)
+    ("data-is-a-file", "infer_seeds", _file_at("data"), "data: not a folder, so data/cams"),
+    ("metrics-is-a-file", "eval_seeds", _file_at("metrics"), "metrics: not a folder, so"),
+    ("data-read-only", "infer_seeds", _not_writable("data"),
+     "data: folder is not writable, so data/cams cannot be written"),
+    ("existing-output-read-only", "infer_seeds", _not_writable("data/cams"),
+     "data/cams: folder is not writable, so data/cams cannot be written"),
+    ("metrics-read-only", "eval_seeds", _not_writable("metrics"), "metrics: folder is not"),
+]
+
+
+@pytest.mark.parametrize("stage, change, needle", [c[1:] for c in OUTPUT_CASES],
+                         ids=[c[0] for c in OUTPUT_CASES])
+def test_output_folders_are_checked_writable_before_work(
+        work: Path, capsys, monkeypatch: pytest.MonkeyPatch, stage: str,
+        change: Callable, needle: str) -> None:
+    change(work, monkeypatch)
+    code, err = run_stage(work, capsys, stage, yaml.safe_dump(tiny_raw(work / "voc")))
+    assert code == 1
+    one_error_line(err, needle)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_read_only_data_folder_for_real(work: Path, capsys) -> None:
+    (work / "data").mkdir()
+    (work / "data").chmod(0o555)
+    try:
+        code, err = run_stage(work, capsys, "infer_seeds", yaml.safe_dump(tiny_raw(work / "voc")))
+    finally:
+        (work / "data").chmod(0o755)
+    assert code == 1
+    one_error_line(err, "data: folder is not writable")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bnr.data.voc import check_split_images, read_split
+from bnr.data.voc import check_split_images, read_image_labels, read_split
 from bnr.errors import BnrError
 
 
@@ -52,14 +52,18 @@ def server_archive_skip(dataset: str, root: str | Path, test_split: str) -> str:
 
 
 def check_stage_inputs(root: str | Path, splits: Sequence[tuple[str, str | None]],
-                       per_image: tuple[Path, str] | None = None) -> None:
+                       per_image: tuple[Path, str] | None = None,
+                       labels_of: Sequence[str] | None = None) -> None:
     """Before a stage's work: each ``(split, mask_dir or None)`` lists only present, non-empty
     images (and masks), and ``per_image = (folder, suffix)``, the files an earlier stage wrote
     for each image of the first split, are all there. A folder absent altogether passes: the
-    stage names it (DVC runs the stage that writes it first)."""
+    stage names it (DVC runs the stage that writes it first). ``labels_of``: the class names,
+    for a stage that reads the image-level labels (cls_labels.json checked for each split)."""
     first_ids: list[str] = []
     for split, mask_dir in splits:
         ids = check_split_files(root, split, mask_dir)
+        if labels_of is not None:
+            read_image_labels(root, ids, labels_of)
         first_ids = first_ids or ids
     if per_image is None or not Path(per_image[0]).is_dir():
         return

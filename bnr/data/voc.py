@@ -102,11 +102,15 @@ def read_image_labels(root: str | Path, ids: Sequence[str], class_names: Sequenc
                 raise BnrError(f"{json_path}: no image-level label for {img_id}")
             classes = table[img_id]
             if not isinstance(classes, list):
+                shown = repr(classes) if len(repr(classes)) <= 60 else repr(classes)[:60] + "..."
                 raise BnrError(f"{json_path}: {img_id} must map to a list of class indices "
-                               f"(e.g. [{classes!r}]), got {classes!r}")
-            bad = [c for c in classes if not (isinstance(c, int) and 0 < c < len(class_names))]
+                               f"(e.g. [{shown}]), got {shown}")
+            bad = [c for c in classes if isinstance(c, bool)
+                   or not (isinstance(c, int) and 0 < c < len(class_names))]
             if bad:
-                raise BnrError(f"{json_path}: {img_id} has invalid class index {bad[0]!r}")
+                shown = repr(bad[0]) if len(repr(bad[0])) <= 60 else repr(bad[0])[:60] + "..."
+                raise BnrError(f"{json_path}: {img_id} has invalid class index {shown} (class "
+                               f"indices are integers 1..{len(class_names) - 1})")
             out[img_id] = sorted(set(classes))
         return out
     index = {name: i for i, name in enumerate(class_names)}
