@@ -379,3 +379,56 @@ def test_read_only_data_folder_for_real(work: Path, capsys) -> None:
         (work / "data").chmod(0o755)
     assert code == 1
     one_error_line(err, "data: folder is not writable")
+
+
+# --- 5. settings that are silently ignored -------------------------------------------------
+
+def _dl(dataset: str = "synthetic", **download: object) -> Callable[[Path], str]:
+    def change(raw: dict) -> None:
+        raw["dataset"] = dataset
+        raw["download"].update(download)
+    return dumped(change)
+
+
+def _pretrained(block: str, value: str, **extra: object) -> Callable[[Path], str]:
+    def change(raw: dict) -> None:
+        raw[block]["pretrained"] = value
+        raw["train_segmenter"].update(extra)
+    return dumped(change)
+
+
+IGNORED_CASES = [  # (id, stage, params text, text of the line)
+    ("existing-root-nonexistent-synthetic", "download", _dl(existing_root="/nonexistent"),
+     "download.existing_root=/nonexistent does not apply to the synthetic dataset"),
+    ("existing-root-present-synthetic", "download", _dl(existing_root="voc"),
+     "download.existing_root=voc does not apply to the synthetic dataset"),
+    ("existing-root-nonexistent-voc", "download", _dl("voc2012", existing_root="/nonexistent"),
+     "download.existing_root=/nonexistent: no such folder"),
+    ("existing-root-is-a-file-coco", "download", _dl("coco2014", existing_root="p.yaml"),
+     "download.existing_root=p.yaml: no such folder"),
+    ("unknown-mirror-synthetic", "download", _dl(mirrors={"voc2021": "http://x/y.tar"}),
+     "download.mirrors.voc2021: unknown source"),
+    ("unknown-mirror-weights", "weights", _dl(mirrors={"imagenet22k": "http://x/y.pth"}),
+     "download.mirrors.imagenet22k: unknown source"),
+    ("imagenet-for-deeplabv3", "weights",
+     _pretrained("train_segmenter", "imagenet", arch="deeplabv3_resnet101"),
+     "train_segmenter.pretrained: imagenet names no file for the resnet101 network"),
+    ("pretrain-for-deeplabv3", "weights",
+     _pretrained("train_segmenter", "pretrain", arch="deeplabv3_resnet101"),
+     "train_segmenter.pretrained: pretrain names no file for the resnet101 network"),
+]
+
+
+@pytest.mark.parametrize("stage, text, needle", [c[1:] for c in IGNORED_CASES],
+                         ids=[c[0] for c in IGNORED_CASES])
+def test_settings_that_do_not_apply_are_errors(work: Path, capsys, stage: str,
+                                               text: Callable[[Path], str], needle: str) -> None:
+    code, err = run_stage(work, capsys, stage, text(work))
+    assert code == 1
+    one_error_line(err, needle)
+
+
+def test_auto_for_deeplabv3_is_still_from_scratch() -> None:
+    from bnr.pretrained import pretrained_path
+
+    assert pretrained_path("auto", "voc2012", "resnet101") == ""
