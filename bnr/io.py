@@ -98,6 +98,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return np.array(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise BnrError(f"{path}: image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BnrError(f"{path}: unreadable or truncated image ({exc})") from None
 

@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import signal
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -432,3 +433,86 @@ def test_auto_for_deeplabv3_is_still_from_scratch() -> None:
     from bnr.pretrained import pretrained_path
 
     assert pretrained_path("auto", "voc2012", "resnet101") == ""
+
+
+# --- 6. bnr predict: every good image written, every bad one listed ----------------------------
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (no pixel data: a decompression bomb's
+    header as PIL sees it on open)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def segmenter_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bnr.checkpoints import save_checkpoint
+    from bnr.models.deeplab import create_segmenter
+
+    model = create_segmenter("largefov", "resnet38d_tiny", 7)
+    path = tmp_path_factory.mktemp("ckpt") / "segmenter.pt"
+    meta = {"kind": "segmenter", "arch": "largefov", "preset": "resnet38d_tiny",
+            "num_classes": 7, "dataset": "synthetic"}
+    save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
+    return path
+
+
+PREDICT_CASES = [  # (id, bad files {name: bytes}, extra options, text of each line by name)
+    ("text-named-jpg-sorts-first", {"0_notes.jpg": b"just some text\n"}, [],
+     {"0_notes.jpg": "0_notes.jpg: unreadable or truncated image"}),
+    ("zero-byte-png-in-the-middle", {"m.png": b""}, [], {"m.png": "m.png: unreadable"}),
+    ("truncated-jpeg-last", {"z.jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF"}, [],
+     {"z.jpg": "z.jpg: unreadable or truncated image"}),
+    ("two-bad-files", {"0.jpg": b"x", "y.bmp": b"BM"}, [],
+     {"0.jpg": "0.jpg: unreadable", "y.bmp": "y.bmp: unreadable"}),
+    ("decompression-bomb-header", {"bomb.png": _png_header(30_000, 30_000)}, [],
+     {"bomb.png": "bomb.png: image too large"}),
+    ("over-max-pixels", {"big.png": _png_header(5000, 4000)}, [],
+     {"big.png": "big.png: image is 5000x4000 (20.0 megapixels), more than --max-pixels"}),
+    ("over-max-pixels-at-scale", {"big.png": _png_header(1500, 1500)},
+     ["--scales", "1", "2", "--max-pixels", "5000000"],
+     {"big.png": "big.png: image is 1500x1500 (9.0 megapixels at the largest --scales)"}),
+]
+
+
+@pytest.mark.parametrize("bad, extra, needles", [c[1:] for c in PREDICT_CASES],
+                         ids=[c[0] for c in PREDICT_CASES])
+def test_predict_writes_good_images_and_lists_bad_ones(
+        tmp_path: Path, capsys, segmenter_ckpt: Path, bad: dict, extra: list[str],
+        needles: dict) -> None:
+    from PIL import Image
+
+    from bnr.cli import main as bnr_main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("b", "n"):
+        Image.new("RGB", (24, 16), (30, 90, 200)).save(folder / f"{name}.jpg")
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    code = bnr_main(["predict", "--checkpoint", str(segmenter_ckpt), str(folder),
+                     "--out", str(tmp_path / "out"), *extra])
+    captured = capsys.readouterr()
+    assert code == 2
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in captured.err and len(errors) == len(bad), captured.err
+    for line, (_name, needle) in zip(errors, sorted(needles.items()), strict=True):
+        assert needle in line and len(line) < 300, line
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["b.png", "b_overlay.png", "n.png", "n_overlay.png"]
+    assert f"predicted 2 of {2 + len(bad)} images; {len(bad)} failed" in captured.out
+
+
+def test_predict_with_only_bad_images_writes_nothing(tmp_path: Path, capsys,
+                                                     segmenter_ckpt: Path) -> None:
+    from bnr.cli import main as bnr_main
+
+    (tmp_path / "x.jpg").write_bytes(b"text")
+    code = bnr_main(["predict", "--checkpoint", str(segmenter_ckpt), str(tmp_path / "x.jpg"),
+                     "--out", str(tmp_path / "out")])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, "x.jpg: unreadable")
+    assert not (tmp_path / "out").exists()
