@@ -35,6 +35,7 @@ from bnr.declared import declared_params, declared_view
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
 from bnr.io import check_writable
+from bnr.memory import check_memory
 from bnr.metrics_files import protocol_path
 
 
@@ -133,6 +134,7 @@ def stage_main(step: ModuleType, argv: Sequence[str] | None = None) -> None:
                 print(f"removed {tmp} (left by an interrupted run)")
         if keys is not None:
             params = declared_view(params, name, keys)
+        check_memory(params, name)  # a crop, scale or sweep step this machine cannot hold
         if hasattr(step, "check"):
             step.check(params, inputs)  # splits, images, masks: before any long work
         if getattr(step, "DISTRIBUTED", False):

@@ -516,3 +516,61 @@ def test_predict_with_only_bad_images_writes_nothing(tmp_path: Path, capsys,
     assert code == 2
     one_error_line(capsys.readouterr().err, "x.jpg: unreadable")
     assert not (tmp_path / "out").exists()
+
+
+# --- 7. values whose cost explodes ------------------------------------------------------------
+
+def _sizes(block: str, **values: object) -> Callable[[Path], str]:
+    return dumped(lambda raw: update_dataset(raw, "synthetic", **{block: values}))
+
+
+MEMORY_CASES = [  # (id, stage, params text, machine GB, text of the line)
+    ("crop-2048", "train_cam", _sizes("train_cam", crop_size=2048), 16,
+     "datasets.synthetic.train_cam.crop_size=2048 needs at least 206.2 GB (attention maps of "
+     "batch_size 2), more than the 16.0 GB of this machine's memory"),
+    ("crop-512-batch-16-small-machine", "train_cam", _sizes("train_cam", crop_size=512,
+                                                            batch_size=16), 4,
+     "datasets.synthetic.train_cam.crop_size=512 needs at least 6.4 GB"),
+    ("infer-scale-4096", "infer_seeds", _sizes("infer_seeds", scales=[64, 4096]), 16,
+     "datasets.synthetic.infer_seeds.scales=4096 needs at least"),
+    ("sweep-step-1e-9", "eval_seeds", _set("eval_seeds.threshold_step", 1e-9), 16,
+     "eval_seeds.threshold_step=1e-09 needs at least 693.8 GB (5.9e+08 sweep steps' confusion"),
+    ("segmenter-crop-4096", "train_segmenter",
+     _sizes("train_segmenter", crop=4096, batch_size=64), 16,
+     "datasets.synthetic.train_segmenter.crop=4096 needs at least 274.9 GB"),
+    ("affinity-crop-4096", "train_affinity", _sizes("train_affinity", crop=4096), 16,
+     "datasets.synthetic.train_affinity.crop=4096 needs at least"),
+]
+
+
+@pytest.mark.parametrize("stage, text, machine_gb, needle", [c[1:] for c in MEMORY_CASES],
+                         ids=[c[0] for c in MEMORY_CASES])
+def test_memory_cost_is_bounded_before_work(work: Path, capsys, monkeypatch: pytest.MonkeyPatch,
+                                            stage: str, text: Callable[[Path], str],
+                                            machine_gb: int, needle: str) -> None:
+    import bnr.memory
+
+    monkeypatch.setattr(bnr.memory, "machine_memory",
+                        lambda device="cpu": (machine_gb * 10**9, "this machine's memory"))
+    raw_text = text(work).replace("device: auto", "device: cpu")
+    code, err = run_stage(work, capsys, stage, raw_text)
+    assert code == 1
+    one_error_line(err, needle)
+
+
+def test_memory_estimates_of_the_shipped_params_fit_a_small_machine() -> None:
+    """Every stage of every dataset's shipped configuration is below 8 GB (the estimates are
+    lower bounds; the paper's own settings must pass on a laptop-sized check)."""
+    from bnr.config import parse_params
+    from bnr.memory import CONFORMER_ATTENTION, estimates
+    from bnr.models.conformer import PRESETS
+    from tests.conftest import REPO
+
+    assert CONFORMER_ATTENTION == {n: (c.num_heads, c.depth) for n, c in PRESETS.items()}
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["runtime"]["device"] = "cpu"
+    for dataset in ("synthetic", "voc2012", "coco2014"):
+        params = parse_params({**raw, "dataset": dataset})
+        for stage in ("train_cam", "infer_seeds", "train_affinity", "train_segmenter",
+                      "eval_seeds"):
+            assert all(need < 8e9 for _, need, _ in estimates(params, stage)), (dataset, stage)
