@@ -9,8 +9,10 @@ started from a directory whose ``dvc.yaml`` has the stage (so ``dvc repro`` alwa
 Keys are dvc.yaml's: ``datasets.${dataset}.train_cam.crop_size`` is
 ``params.per_dataset.train_cam.crop_size`` and ``datasets.${dataset}.data.root`` is
 ``params.data.root``; a declared block (``train_cam``) allows all of it. ``runtime`` keys other
-than ``precision`` say how a stage runs, not what it computes, and are deliberately not
-declared (see README "Devices").
+than ``precision`` and ``device`` (with ``precision: auto`` the device decides the precision)
+say how a stage runs, not what it computes, and are deliberately not declared (see README
+"Devices"); ``tests/test_params_declared.py`` checks that a stage that reads ``runtime``
+declares those two.
 """
 
 from __future__ import annotations

@@ -63,10 +63,10 @@ def _attention(model: str, side: int, images: int, blocks_kept: bool, size: int)
 
 def estimates(cfg: Any, stage: str) -> list[tuple[str, float, str]]:
     """``(key, bytes, what)`` lower bounds of ``stage``'s largest tensors under ``cfg``."""
-    name = f"datasets.{cfg.dataset}"
     out: list[tuple[str, float, str]] = []
-    if stage not in ESTIMATED:
+    if stage not in ESTIMATED:  # (reads no key: the stage may not declare them)
         return out
+    name = f"datasets.{cfg.dataset}"
     size = resolved(cfg)[1] if stage != "eval_seeds" else 8
     if stage == "train_cam":
         cam = cfg.per_dataset.train_cam
