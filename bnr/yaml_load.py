@@ -70,10 +70,12 @@ def parse_yaml_text(text: str, name: str) -> Any:
     yaml = YAML(typ="safe")
     try:
         node = yaml.compose(text)
-        if node is not None and expanded_size(node, name=name) > MAX_VALUES:
+        if node is None:
+            return None
+        if expanded_size(node, name=name) > MAX_VALUES:
             raise BnrError(f"{name}: its aliases (*name) expand to more than {MAX_VALUES} "
                            "values; write the values out instead")
-        return YAML(typ="safe").load(text)
+        return yaml.constructor.construct_document(node)  # what YAML.load builds from it
     except DuplicateKeyError as exc:
         key = _short(str(exc.problem).split('"')[1] if '"' in str(exc.problem) else exc.problem)
         raise BnrError(f"{name}: key {key!r} is given twice in one mapping{_line(exc)} "
