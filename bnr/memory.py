@@ -27,11 +27,12 @@ ESTIMATED = ("train_cam", "infer_seeds", "train_affinity", "train_segmenter", "e
 
 def machine_memory(device: str = "cpu") -> tuple[int, str]:
     """(bytes, what) of the memory the stage's tensors live in: the GPU's on CUDA, else this
-    machine's physical memory."""
+    machine's physical memory (also for ``cuda`` without one: bnr.runtime names that)."""
     if device == "cuda":
         import torch
 
-        return torch.cuda.get_device_properties(0).total_memory, "the GPU's memory"
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory, "the GPU's memory"
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
 
 

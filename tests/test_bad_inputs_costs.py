@@ -162,3 +162,23 @@ def test_memory_estimates_of_the_shipped_params_fit_a_small_machine() -> None:
         for stage in ("train_cam", "infer_seeds", "train_affinity", "train_segmenter",
                       "eval_seeds"):
             assert all(need < 8e9 for _, need, _ in estimates(params, stage)), (dataset, stage)
+
+
+def test_memory_budget_follows_the_resolved_device() -> None:
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from bnr.memory import machine_memory, resolved
+
+    def cfg(device: str, precision: str) -> SimpleNamespace:
+        return SimpleNamespace(runtime=SimpleNamespace(device=device, precision=precision))
+
+    assert resolved(cfg("cuda", "auto")) == ("cuda", 2)  # bfloat16 autocast
+    assert resolved(cfg("cpu", "auto")) == ("cpu", 4)
+    assert resolved(cfg("cpu", "bfloat16")) == ("cpu", 2)
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert machine_memory("cpu") == (host, "this machine's memory")
+    if not torch.cuda.is_available():  # runtime.device: cuda without one: bnr.runtime says so
+        assert machine_memory("cuda") == (host, "this machine's memory")
