@@ -22,7 +22,8 @@ CONFORMER_ATTENTION: dict[str, tuple[int, int]] = {"conformer_s": (6, 12),
                                                    "conformer_tiny": (2, 3)}
 RESNET38_STEM_CHANNELS = 64  # ResNet-38d's first convolution, at the input resolution
 GB = 1e9
-ESTIMATED = ("train_cam", "infer_seeds", "train_affinity", "train_segmenter", "eval_seeds")
+ESTIMATED = ("train_cam", "infer_seeds", "train_affinity", "train_segmenter", "eval_seeds",
+             "pretrain")
 
 
 def machine_memory(device: str = "cpu") -> tuple[int, str]:
@@ -67,8 +68,14 @@ def estimates(cfg: Any, stage: str) -> list[tuple[str, float, str]]:
     out: list[tuple[str, float, str]] = []
     if stage not in ESTIMATED:  # (reads no key: the stage may not declare them)
         return out
-    name = f"datasets.{cfg.dataset}"
     size = resolved(cfg)[1] if stage != "eval_seeds" else 8
+    if stage == "pretrain":  # (declares no dataset key)
+        pre = cfg.pretrain
+        return [(f"pretrain.batch_size={pre.batch_size}",
+                 max(_attention(pre.conformer_model, pre.image_size, pre.batch_size, True, size),
+                     float(pre.batch_size) * RESNET38_STEM_CHANNELS * pre.image_size**2 * size),
+                 f"attention / first feature maps of {pre.image_size} px images")]
+    name = f"datasets.{cfg.dataset}"
     if stage == "train_cam":
         cam = cfg.per_dataset.train_cam
         out.append((f"{name}.train_cam.crop_size={cam.crop_size}",

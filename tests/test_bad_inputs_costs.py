@@ -128,6 +128,10 @@ MEMORY_CASES = [  # (id, stage, params text, machine GB, text of the line)
      "datasets.synthetic.train_segmenter.crop=4096 needs at least 274.9 GB"),
     ("affinity-crop-4096", "train_affinity", _sizes("train_affinity", crop=4096), 16,
      "datasets.synthetic.train_affinity.crop=4096 needs at least"),
+    ("pretrain-batch-4096-at-512", "pretrain",
+     dumped(lambda raw: raw["pretrain"].update(batch_size=4096, image_size=512)), 16,
+     "pretrain.batch_size=4096 needs at least 1650.1 GB (attention / first feature maps of "
+     "512 px images)"),
 ]
 
 
@@ -160,7 +164,7 @@ def test_memory_estimates_of_the_shipped_params_fit_a_small_machine() -> None:
     for dataset in ("synthetic", "voc2012", "coco2014"):
         params = parse_params({**raw, "dataset": dataset})
         for stage in ("train_cam", "infer_seeds", "train_affinity", "train_segmenter",
-                      "eval_seeds"):
+                      "eval_seeds", "pretrain"):
             assert all(need < 8e9 for _, need, _ in estimates(params, stage)), (dataset, stage)
 
 
