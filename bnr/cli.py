@@ -16,7 +16,9 @@ gives a segmentation; a CAM network (train_cam) gives seed labels from the Trans
 CAMs of the given image-level ``--classes`` (1-based), background below ``--threshold``.
 The network runs on ``--device`` (auto: CUDA when present) in ``--precision`` (auto: bfloat16
 autocast on CUDA, float32 on CPU), as the ``runtime`` block of params.yaml does for the stages.
-A user error (unreadable image, bad checkpoint, missing option) is one line and exit code 2.
+A user error (bad checkpoint, missing option) is one line and exit code 2. A bad image
+(unreadable, or larger than ``--max-pixels``) is one ``error:`` line naming it; every other
+image is still written, and the exit code is 2 at the end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,12 +36,13 @@ from PIL import Image
 
 from bnr.config import RuntimeConfig
 from bnr.errors import BnrError
-from bnr.io import read_image, write_label_png
+from bnr.io import atomic_path, read_image, write_label_png
 from bnr.runtime import Runtime, start_runtime
 from bnr.visualize import colorize_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 EXIT_USER_ERROR = 2
+MAX_PIXELS = 16_000_000  # 4000 x 4000 at scale 1: larger inputs need more memory than most hosts
 
 
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -111,6 +115,8 @@ def check_predict_args(args: argparse.Namespace) -> None:
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise BnrError(f"--threshold must be a background threshold in [0, 1], "
                        f"got {args.threshold:g}")
+    if args.max_pixels < 1:
+        raise BnrError(f"--max-pixels must be a positive pixel count, got {args.max_pixels}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise BnrError(f"{out}: --out must be a folder, but it is an existing file")
@@ -136,26 +142,59 @@ def predict(args: argparse.Namespace) -> int:
         recorded = (state.get("protocol") or {}).get("per_dataset", {})
         sizes = args.sizes or list(recorded.get("infer_seeds", {}).get("scales") or [256])
         multiple = getattr(getattr(model, "cfg", None), "patch_size", 16)
-    out.mkdir(parents=True, exist_ok=True)
+    zoom = max(args.scales) ** 2 if kind == "segmenter" else 1.0  # pixels the network sees
+    failed = 0
     for path in images:
-        image = read_image(path)  # unreadable -> BnrError naming the file
-        x, _ = EvalTransform()(image, None)  # (3, H, W)
-        with torch.no_grad():
-            if kind == "segmenter":
-                from bnr.segmentation import multiscale_predict
+        try:  # a bad image is one line; the others are still written
+            check_image_size(path, args.max_pixels, zoom)
+            image = read_image(path)  # unreadable -> BnrError naming the file
+            x, _ = EvalTransform()(image, None)  # (3, H, W)
+            with torch.no_grad():
+                if kind == "segmenter":
+                    from bnr.segmentation import multiscale_predict
 
-                probs = multiscale_predict(model, x, args.scales, args.flip,
-                                           runtime=runtime)  # (S, H, W) CPU float32
-                label = probs.argmax(0).numpy().astype(np.uint8)
-            else:
-                cams = multiscale_cam(model, image, classes, sizes, flip=args.flip,
-                                      patch_multiple=multiple, resample="pil_bicubic",
-                                      runtime=runtime)  # (K, H, W) CPU float32
-                label = cams_to_seeds(cams, classes, args.threshold)
+                    probs = multiscale_predict(model, x, args.scales, args.flip,
+                                               runtime=runtime)  # (S, H, W) CPU float32
+                    label = probs.argmax(0).numpy().astype(np.uint8)
+                else:
+                    cams = multiscale_cam(model, image, classes, sizes, flip=args.flip,
+                                          patch_multiple=multiple, resample="pil_bicubic",
+                                          runtime=runtime)  # (K, H, W) CPU float32
+                    label = cams_to_seeds(cams, classes, args.threshold)
+        except (BnrError, MemoryError, torch.cuda.OutOfMemoryError) as exc:
+            failed += 1
+            what = str(exc) if isinstance(exc, BnrError) else f"{path}: out of memory"
+            print(f"error: {' '.join(what.split())[:300]}", file=sys.stderr)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
         write_label_png(out / f"{path.stem}.png", label)
-        Image.fromarray(overlay(image, label)).save(out / f"{path.stem}_overlay.png")
+        with atomic_path(out / f"{path.stem}_overlay.png") as tmp:
+            Image.fromarray(overlay(image, label)).save(tmp, format="PNG")
         print(f"{path} -> {out / (path.stem + '.png')}")
+    if failed:
+        print(f"predicted {len(images) - failed} of {len(images)} images; {failed} failed "
+              "(each named above)")
+        return EXIT_USER_ERROR
     return 0
+
+
+def check_image_size(path: Path, max_pixels: int, zoom: float = 1.0) -> None:
+    """Refuse an image whose pixels (times ``zoom``, the largest scale squared) exceed
+    ``max_pixels``, from its header, before it is decoded (one line naming the file)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise BnrError(f"{path}: image too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError):
+        return  # read_image names the problem
+    if width * height * zoom > max_pixels:
+        scaled = " at the largest --scales" if zoom != 1.0 else ""
+        raise BnrError(f"{path}: image is {width}x{height} ({width * height * zoom / 1e6:.1f} "
+                       f"megapixels{scaled}), more than --max-pixels {max_pixels} (raise it "
+                       "if the machine has the memory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the network runs (auto: cuda when present, else cpu)")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="autocast precision (auto: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse larger images (pixels x largest scale squared; default "
+                        f"{MAX_PIXELS})")
     p.set_defaults(func=predict)
     add_compare_parser(sub)
     add_experiments_parser(sub)

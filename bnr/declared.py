@@ -9,8 +9,10 @@ started from a directory whose ``dvc.yaml`` has the stage (so ``dvc repro`` alwa
 Keys are dvc.yaml's: ``datasets.${dataset}.train_cam.crop_size`` is
 ``params.per_dataset.train_cam.crop_size`` and ``datasets.${dataset}.data.root`` is
 ``params.data.root``; a declared block (``train_cam``) allows all of it. ``runtime`` keys other
-than ``precision`` say how a stage runs, not what it computes, and are deliberately not
-declared (see README "Devices").
+than ``precision`` and ``device`` (with ``precision: auto`` the device decides the precision)
+say how a stage runs, not what it computes, and are deliberately not declared (see README
+"Devices"); ``tests/test_params_declared.py`` checks that a stage that reads ``runtime``
+declares those two.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bnr.errors import BnrError
+from bnr.yaml_load import load_yaml
 
 UNDECLARED_BY_DESIGN = ("runtime",)  # how a stage runs (device, threads, processes)
 RECORD_ENV = "BNR_PARAMS_RECORD"  # a file: log every key read, allow undeclared ones (dev aid)
@@ -33,7 +34,7 @@ def declared_params(stage: str, dvc_yaml: str | os.PathLike[str] = "dvc.yaml") -
     path = Path(dvc_yaml)
     if not path.is_file():
         return None
-    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    stages = (load_yaml(path) or {}).get("stages") or {}
     if stage not in stages:
         return None
     keys: list[str] = []

@@ -45,6 +45,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_writable(paths: list[Path]) -> None:
+    """Before any work: each output's folder (its nearest existing ancestor) is a writable
+    folder, and an output that is an existing folder is writable (it is replaced); a one-line
+    BnrError naming the folder otherwise."""
+    for path in map(Path, paths):
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise BnrError(f"{folder}: not a folder, so {path} cannot be written (remove or "
+                           "rename the file)")
+        for place in (folder, path) if path.is_dir() and not path.is_symlink() else (folder,):
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise BnrError(f"{place}: folder is not writable, so {path} cannot be written "
+                               "(check its permissions, or a read-only file system)")
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
@@ -81,6 +98,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return np.array(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise BnrError(f"{path}: image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BnrError(f"{path}: unreadable or truncated image ({exc})") from None
 

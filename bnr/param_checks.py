@@ -32,6 +32,10 @@ def check_constraints(params: Params) -> None:
             raise ParamsError(f"params.yaml: {name}.infer_seeds.scales must be multiples of the "
                               f"patch size {patch} of {name}.train_cam.model={cam.model}, "
                               f"got {bad[0]}")
+    hue = params.train_cam.color_jitter[3]
+    if hue > 0.5:  # torchvision's ColorJitter: a hue shift is at most half the colour wheel
+        raise ParamsError(f"params.yaml: train_cam.color_jitter[3] (hue) must be <= 0.5, "
+                          f"got {hue:g}")
     nproc = params.runtime.nproc
     for stage in ("train_cam", "train_affinity", "train_segmenter"):
         batch = getattr(sizes, stage).batch_size

@@ -24,12 +24,30 @@ class ParamsError(BnrError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 
+INT64_MAX = 2**63 - 1  # every integer param ends up in a torch / numpy int64 (seeds included)
+SHOWN_CHARS = 60  # a value longer than this is cut in error lines (an error is one short line)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to :data:`SHOWN_CHARS` characters (with its length)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} chars)"
+
+
 def _fail(key: str, must: str, value: Any) -> None:
-    raise ParamsError(f"params.yaml: {key} must be {must}, got {value!r}")
+    raise ParamsError(f"params.yaml: {key} must be {must}, got {shown(value)}")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Check:
-    """A real number, optionally bounded: ``lo <= x`` (or ``lo < x``) and ``x <= hi``."""
+    """A finite real number, optionally bounded: ``lo <= x`` (or ``lo < x``) and ``x <= hi``
+    (DVC writes ``-S key=1e400`` as ``.inf``: refused, as NaN is)."""
     parts = []
     if lo is not None:
         parts.append(f"{'>' if lo_open else '>='} {lo:g}")
@@ -38,8 +56,10 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
     must = "a number" + (" " + " and ".join(parts) if parts else "")
 
     def check(key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(key, must, value)
+        if not _finite(value):
+            _fail(key, "a finite" + must[1:], value)
         if lo is not None and (value <= lo if lo_open else value < lo):
             _fail(key, must, value)
         if hi is not None and value > hi:
@@ -50,15 +70,16 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
 
 
 def integer(lo: int | None = None, hi: int | None = None) -> Check:
-    """A whole number, optionally bounded (inclusive)."""
-    must = "an integer" + (f" >= {lo}" if lo is not None else "") + (
-        f" and <= {hi}" if hi is not None else ""
-    )
+    """A whole number, optionally bounded (inclusive); always within int64 (torch's seeds and
+    sizes), so ``hi`` defaults to 2**63 - 1."""
+    parts = ([f">= {lo}"] if lo is not None else []) + (
+        [f"<= {hi}"] if hi is not None else ["< 2**63"])
+    must = "an integer " + " and ".join(parts)
+    lo = -INT64_MAX - 1 if lo is None else lo
+    hi = INT64_MAX if hi is None else hi
 
     def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, must, value)
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             _fail(key, must, value)
         return int(value)
 
@@ -86,12 +107,12 @@ def boolean() -> Check:
     return check
 
 
-def auto_or_integer(lo: int = 0) -> Check:
+def auto_or_integer(lo: int = 0, hi: int = 1024) -> Check:
     def check(key: str, value: Any) -> str | int:
         if value == "auto":
             return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            _fail(key, f"auto or an integer >= {lo}", value)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            _fail(key, f"auto or an integer >= {lo} and <= {hi}", value)
         return int(value)
 
     return check
@@ -163,13 +184,12 @@ def spec(check: Check, default: Any = dataclasses.MISSING) -> Any:
 def build(cls: type, data: Any, prefix: str) -> Any:
     """Build dataclass ``cls`` from mapping ``data``; ``prefix`` names the block in messages."""
     if not isinstance(data, dict):
-        raise ParamsError(f"params.yaml: {prefix} must be a mapping, got {data!r}")
+        raise ParamsError(f"params.yaml: {prefix} must be a mapping, got {shown(data)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in set(data) - names)
     if unknown:
-        raise ParamsError(
-            f"params.yaml: unknown key {prefix}.{unknown[0]} (known: {', '.join(sorted(names))})"
-        )
+        raise ParamsError(f"params.yaml: unknown key {prefix}.{unknown[0][:SHOWN_CHARS]} "
+                          f"(known: {', '.join(sorted(names))})")
     values = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}"

@@ -13,13 +13,16 @@
   "ImageNet", bnr/pretrain.py);
 * ``""``: from scratch; anything else: a weights file path.
 
-The torchvision segmenter (``train_segmenter.arch: deeplabv3_resnet101``) has no ImageNet file
-here: ``auto`` / ``imagenet`` mean from scratch for it.
+The torchvision segmenter (``train_segmenter.arch: deeplabv3_resnet101``) has no ImageNet or
+pretrain file here: ``auto`` means from scratch for it, and ``imagenet`` / ``pretrain``, which
+would be silently ignored, are an error.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from bnr.errors import BnrError
 
 AUTO, IMAGENET, PRETRAIN = "auto", "imagenet", "pretrain"
 # The pretrain stage's outputs (its cmd in dvc.yaml writes them here; a test keeps them equal).
@@ -35,17 +38,20 @@ TRAINING_BLOCKS = ("train_cam", "train_affinity", "train_segmenter")  # with a p
 PAPER_DATASETS = ("voc2012", "coco2014")
 
 
-def pretrained_path(value: str, dataset: str, kind: str) -> str:
+def pretrained_path(value: str, dataset: str, kind: str, key: str = "pretrained") -> str:
     """The weights file that ``value`` of a ``*.pretrained`` key means for ``dataset`` and the
     network family ``kind`` (``conformer``, ``resnet38``, or another family, which has no
     ImageNet or pretrain file here); "" = from scratch."""
+    given = value
     if value == AUTO:
         value = IMAGENET if dataset in PAPER_DATASETS else ""
-    if value == IMAGENET:
-        return IMAGENET_FILES.get(kind, "")
-    if value == PRETRAIN:
-        return PRETRAINED_FILES.get(kind, "")
-    return value
+    files = {IMAGENET: IMAGENET_FILES, PRETRAIN: PRETRAINED_FILES}.get(value)
+    if files is not None and kind not in files:
+        if given == AUTO:
+            return ""
+        raise BnrError(f"params.yaml: {key}: {value} names no file for the {kind} network "
+                       "(there is none here); use \"\" (from scratch) or a weights file")
+    return value if files is None else files[kind]
 
 
 def stage_weights(params: Any, block: str) -> str:
@@ -58,4 +64,5 @@ def stage_weights(params: Any, block: str) -> str:
         family = "resnet38"
     else:
         family = "resnet101"  # torchvision's DeepLabV3: no file here
-    return pretrained_path(getattr(params, block).pretrained, params.dataset, family)
+    return pretrained_path(getattr(params, block).pretrained, params.dataset, family,
+                           f"{block}.pretrained")

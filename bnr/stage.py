@@ -34,6 +34,8 @@ from bnr.curves import remove_stale_temporaries
 from bnr.declared import declared_params, declared_view
 from bnr.distributed import relaunch_under_torchrun
 from bnr.errors import BnrError
+from bnr.io import check_writable
+from bnr.memory import check_memory
 from bnr.metrics_files import protocol_path
 
 
@@ -86,9 +88,9 @@ def stage_command(stage: str, dvc_yaml: Path = Path("dvc.yaml"),
                   variables: dict[str, str] | None = None) -> tuple[str, list[str]]:
     """``(script, its arguments)`` of ``stage``'s ``cmd`` in ``dvc_yaml``, ``${name}``
     replaced from ``variables`` (the stage's own paths; tests run steps with them)."""
-    import yaml
+    from bnr.yaml_load import load_yaml
 
-    cmd = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]["cmd"]
+    cmd = load_yaml(dvc_yaml)["stages"][stage]["cmd"]
     for key, value in (variables or {}).items():
         cmd = cmd.replace("${" + key + "}", value)
     words = shlex.split(cmd)
@@ -126,11 +128,13 @@ def stage_main(step: ModuleType, argv: Sequence[str] | None = None) -> None:
     try:
         keys = declared_params(name)
         params = load_params(params_file)
+        check_writable(output_paths(outputs))  # before the temporaries are cleaned
         if int(os.environ.get("RANK", "0")) == 0:  # hygiene: a killed run's temporaries
             for tmp in remove_stale_temporaries(output_paths(outputs)):
                 print(f"removed {tmp} (left by an interrupted run)")
         if keys is not None:
             params = declared_view(params, name, keys)
+        check_memory(params, name)  # a crop, scale or sweep step this machine cannot hold
         if hasattr(step, "check"):
             step.check(params, inputs)  # splits, images, masks: before any long work
         if getattr(step, "DISTRIBUTED", False):

@@ -34,18 +34,22 @@ def test_switching_dataset_switches_the_whole_block(raw):
 @pytest.mark.parametrize(
     "path, value, message",
     [
-        (["noise_scale"], "abc", "params.yaml: noise_scale must be a number >= 0, got 'abc'"),
-        (["noise_scale"], -1, "params.yaml: noise_scale must be a number >= 0, got -1"),
+        (["noise_scale"], "abc", "params.yaml: noise_scale must be a number >= 0 and <= 100, "
+         "got 'abc'"),
+        (["noise_scale"], -1, "params.yaml: noise_scale must be a number >= 0 and <= 100, "
+         "got -1"),
         (["method"], "cam", "params.yaml: method must be one of bnr, transcam, got 'cam'"),
         (["dataset"], "imagenet", "params.yaml: dataset must be one of synthetic, voc2012, "
          "coco2014, got 'imagenet'"),
-        (["seed"], 1.5, "params.yaml: seed must be an integer >= 0, got 1.5"),
+        (["seed"], 1.5, "params.yaml: seed must be an integer >= 0 and < 2**63, got 1.5"),
         (["datasets", "synthetic", "train_cam", "epochs"], 0,
-         "params.yaml: datasets.synthetic.train_cam.epochs must be an integer >= 1, got 0"),
+         "params.yaml: datasets.synthetic.train_cam.epochs must be an integer >= 1 and <= "
+         "10000, got 0"),
         (["infer_seeds", "flip"], "yes", "params.yaml: infer_seeds.flip must be true or false, "
          "got 'yes'"),
         (["train_cam", "num_workers"], -1,
-         "params.yaml: train_cam.num_workers must be auto or an integer >= 0, got -1"),
+         "params.yaml: train_cam.num_workers must be auto or an integer >= 0 and "
+         "<= 1024, got -1"),
         (["runtime", "channels_last"], "yes",
          "params.yaml: runtime.channels_last must be auto, true or false, got 'yes'"),
         (["runtime", "nproc"], 0, "params.yaml: runtime.nproc must be an integer >= 1 and "

@@ -21,6 +21,9 @@ from tests.test_metrics_files import (
     declared_metrics,
 )
 
+sys.path.insert(0, str(REPO / "scripts"))
+from params_reads import reads_from_record  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 
@@ -78,7 +81,11 @@ def test_dvc_repro_end_to_end(clone):
     env = _env()
     out = _run(["dvc", "stage", "list"], clone, env)
     assert "download" in out
-    _run(["dvc", "repro"], clone, env)
+    record = clone.parent / "params_reads.txt"  # every key each stage reads (bnr/declared.py)
+    _run(["dvc", "repro"], clone, {**env, "BNR_PARAMS_RECORD": str(record)})
+    recorded = json.loads((REPO / "tests" / "params_reads.json").read_text())
+    assert reads_from_record(record) == recorded, (  # tests/test_params_declared.py's input
+        "the keys the stages read changed: python scripts/params_reads.py --write")
     dataset = json.loads((clone / "metrics" / "dataset.json").read_text())
     assert dataset["splits"]["train"]["images"] == 12
     assert (clone / "data" / "synthetic" / "JPEGImages").is_dir()
@@ -169,6 +176,9 @@ STATUS_CASES = [
     ("param noise_scale", {"train_cam", "infer_seeds", "eval_seeds", "train_affinity", "crf",
                            "train_segmenter", "evaluate"}),
     ("param crf.iterations", {"crf", "evaluate"}),
+    # the device decides the real precision under `precision: auto`: every network stage
+    ("param runtime.device", {"pretrain", "train_cam", "infer_seeds", "train_affinity",
+                              "random_walk", "train_segmenter", "evaluate"}),
     ("param random_walk.beta", {"random_walk", "crf"}),
     ("param eval_seeds.overlays", {"eval_seeds"}),
     # the split / image / ground-truth reader: every stage that reads or checks (bnr/data/checks.py,

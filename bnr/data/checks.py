@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bnr.data.voc import check_split_images, read_split
+from bnr.data.voc import check_split_images, read_image_labels, read_split
 from bnr.errors import BnrError
 
 
@@ -52,14 +52,18 @@ def server_archive_skip(dataset: str, root: str | Path, test_split: str) -> str:
 
 
 def check_stage_inputs(root: str | Path, splits: Sequence[tuple[str, str | None]],
-                       per_image: tuple[Path, str] | None = None) -> None:
+                       per_image: tuple[Path, str] | None = None,
+                       labels_of: Sequence[str] | None = None) -> None:
     """Before a stage's work: each ``(split, mask_dir or None)`` lists only present, non-empty
     images (and masks), and ``per_image = (folder, suffix)``, the files an earlier stage wrote
     for each image of the first split, are all there. A folder absent altogether passes: the
-    stage names it (DVC runs the stage that writes it first)."""
+    stage names it (DVC runs the stage that writes it first). ``labels_of``: the class names,
+    for a stage that reads the image-level labels (cls_labels.json checked for each split)."""
     first_ids: list[str] = []
     for split, mask_dir in splits:
         ids = check_split_files(root, split, mask_dir)
+        if labels_of is not None:
+            read_image_labels(root, ids, labels_of)
         first_ids = first_ids or ids
     if per_image is None or not Path(per_image[0]).is_dir():
         return
@@ -69,3 +73,31 @@ def check_stage_inputs(root: str | Path, splits: Sequence[tuple[str, str | None]
         if not path.is_file():
             raise BnrError(f"{path}: missing (is {folder} from another split or an older run? "
                            "re-run the stage that writes it)")
+
+
+def split_overlap(root: str | Path, eval_split: str, train_splits: Sequence[str],
+                  allow: bool, allow_key: str) -> dict:
+    """The ids ``eval_split`` shares with the ``train_splits`` (what a model learned from):
+    an error naming the first shared id unless ``allow`` (``allow_key``, recorded in the
+    protocol with the count); returns ``{"images": n, "allowed": allow, "splits": [...]}``.
+    A training split whose file is absent (a model trained elsewhere) is listed under
+    ``"absent"``, not compared."""
+    eval_ids = read_split(root, eval_split)
+    shared: dict[str, str] = {}
+    checked, absent = [], []
+    for split in dict.fromkeys(train_splits):  # each once, in order
+        if not (Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt").is_file():
+            absent.append(split)
+            continue
+        checked.append(split)
+        ids = set(read_split(root, split))
+        for img_id in eval_ids:
+            if img_id in ids:
+                shared.setdefault(img_id, split)
+    if shared and not allow:
+        img_id, split = next(iter(shared.items()))
+        path = Path(root) / "ImageSets" / "Segmentation" / f"{eval_split}.txt"
+        raise BnrError(f"{path}: image id {img_id!r} is also in the training split {split!r} "
+                       f"({len(shared)} shared ids; the {eval_split} mIoU would score training "
+                       f"images; set {allow_key}: true to accept, recorded in the protocol)")
+    return {"images": len(shared), "allowed": allow, "splits": checked, "absent": absent}

@@ -40,22 +40,33 @@ def read_utf8(path: Path, what: str) -> str:
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
-    """Image ids listed in ``ImageSets/Segmentation/<split>.txt``; error if missing, empty, not
-    UTF-8 or listing an id twice."""
+    """Image ids listed in ``ImageSets/Segmentation/<split>.txt``, one per line; error (naming
+    the file and line) if missing, empty, not UTF-8, a line holding more than one word (an id
+    with a space), an id that is not printable or not a file name, or an id listed twice."""
     path = Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not path.is_file():
         raise BnrError(f"{path}: split file not found")
-    text = read_utf8(path, "split file")
-    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
-    if not ids:
+    text = read_utf8(path, "split file").removeprefix("\ufeff")  # a BOM of Windows editors
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), 1):  # the line numbers of an editor
+        words = line.split()
+        if not words:
+            continue
+        shown = line.strip() if len(line.strip()) <= 60 else line.strip()[:60] + "..."
+        if len(words) > 1:
+            raise BnrError(f"{path}: line {number}: one image id per line, got {shown!r} "
+                           f"({len(words)} words; an id may not contain spaces)")
+        img_id = words[0]
+        if not img_id.isprintable() or "/" in img_id or "\\" in img_id or img_id in (".", ".."):
+            raise BnrError(f"{path}: line {number}: image id {shown!r} is not a file name "
+                           "(printable characters, no / or \\)")
+        if img_id in first_line:
+            raise BnrError(f"{path}: image id {img_id!r} is listed twice (line {number}, first "
+                           f"at line {first_line[img_id]})")
+        first_line[img_id] = number
+    if not first_line:
         raise BnrError(f"{path}: split is empty")
-    seen: set[str] = set()
-    for number, img_id in enumerate(ids, 1):
-        if img_id in seen:
-            raise BnrError(f"{path}: image id {img_id!r} is listed twice (again at entry "
-                           f"{number})")
-        seen.add(img_id)
-    return ids
+    return list(first_line)
 
 
 def check_split_images(root: str | Path, ids: Sequence[str]) -> None:
@@ -91,11 +102,15 @@ def read_image_labels(root: str | Path, ids: Sequence[str], class_names: Sequenc
                 raise BnrError(f"{json_path}: no image-level label for {img_id}")
             classes = table[img_id]
             if not isinstance(classes, list):
+                shown = repr(classes) if len(repr(classes)) <= 60 else repr(classes)[:60] + "..."
                 raise BnrError(f"{json_path}: {img_id} must map to a list of class indices "
-                               f"(e.g. [{classes!r}]), got {classes!r}")
-            bad = [c for c in classes if not (isinstance(c, int) and 0 < c < len(class_names))]
+                               f"(e.g. [{shown}]), got {shown}")
+            bad = [c for c in classes if isinstance(c, bool)
+                   or not (isinstance(c, int) and 0 < c < len(class_names))]
             if bad:
-                raise BnrError(f"{json_path}: {img_id} has invalid class index {bad[0]!r}")
+                shown = repr(bad[0]) if len(repr(bad[0])) <= 60 else repr(bad[0])[:60] + "..."
+                raise BnrError(f"{json_path}: {img_id} has invalid class index {shown} (class "
+                               f"indices are integers 1..{len(class_names) - 1})")
             out[img_id] = sorted(set(classes))
         return out
     index = {name: i for i, name in enumerate(class_names)}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bnr.config import Params
 from bnr.data.prepare import DownloadRequest, prepare_dataset
+from bnr.data.sources import mirror_overrides
 from bnr.data.synthetic import SyntheticSpec
 from bnr.errors import BnrError
 from bnr.io import write_json
@@ -38,6 +39,18 @@ def download_request(cfg: Params, out: Path | None = None) -> DownloadRequest:
         existing_root=cfg.download.existing_root,
         allow_unverified=cfg.download.allow_unverified,
     )
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    """A download setting that does not apply, or names what does not exist, is an error."""
+    existing = cfg.download.existing_root
+    shown = existing if len(existing) <= 60 else existing[:60] + "..."
+    if existing and cfg.dataset == "synthetic":
+        raise BnrError(f"params.yaml: download.existing_root={shown} does not apply to the "
+                       "synthetic dataset (it is generated); set it to \"\"")
+    if existing and not Path(existing).is_dir():
+        raise BnrError(f"params.yaml: download.existing_root={shown}: no such folder")
+    mirror_overrides(cfg.download.mirrors)  # an unknown source name, whatever the dataset
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:

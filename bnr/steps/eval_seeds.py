@@ -43,7 +43,7 @@ class Outputs:
 
 def check(cfg: Params, inputs: Inputs) -> None:
     check_stage_inputs(cfg.data.root, [(cfg.data.seed_eval_split, cfg.data.gt_dir)],
-                       (inputs.cams, ".npz"))
+                       (inputs.cams, ".npz"), labels_of=class_names(cfg.dataset))
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:

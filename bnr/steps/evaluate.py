@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bnr.config import Params
-from bnr.data.checks import check_stage_inputs, server_archive_skip
+from bnr.data.checks import check_stage_inputs, server_archive_skip, split_overlap
 from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
 from bnr.io import atomic_path, read_image, read_label_png
@@ -41,7 +41,17 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
+    """The val split's files, and no val image among the training images (unless allowed)."""
     check_stage_inputs(cfg.data.root, [(cfg.data.val_split, cfg.data.gt_dir)])
+    train_overlap(cfg)
+
+
+def train_overlap(cfg: Params) -> dict:
+    """The val ids also in ``train_split`` / ``infer_split`` (the protocol's record); an error
+    unless ``evaluate.allow_train_overlap``."""
+    data = cfg.data
+    return split_overlap(data.root, data.val_split, [data.train_split, data.infer_split],
+                         cfg.evaluate.allow_train_overlap, "evaluate.allow_train_overlap")
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
@@ -76,7 +86,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         noise_scale=cfg.noise_scale, seed=cfg.seed,
         arch=cfg.train_segmenter.arch, backbone=cfg.per_dataset.train_segmenter.backbone,
         metric="mIoU (%) over all classes from the accumulated confusion matrix",
-        runtime=runtime.record(), server_archive=server,
+        runtime=runtime.record(), server_archive=server, train_overlap=train_overlap(cfg),
         per_class=str(outputs.per_class),
     ))
     print(f"segmentation mIoU {miou:.2f} on {data.val_split} ({stats['images']} images, "

@@ -31,7 +31,8 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
-    check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)])
+    check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)],
+                       labels_of=class_names(cfg.dataset))
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bnr.config import Params
 from bnr.data.checks import check_stage_inputs
+from bnr.data.classes import class_names
 from bnr.engine import training_session
 from bnr.metrics_files import write_metrics
 from bnr.pretrained import stage_weights
@@ -40,7 +41,8 @@ class Outputs:
 def check(cfg: Params, inputs: Inputs) -> None:
     verify_fingerprint(inputs.weights, "train_cam.pretrained",
                        stage_weights(cfg, "train_cam"))
-    check_stage_inputs(cfg.data.root, [(cfg.data.train_split, None)])
+    check_stage_inputs(cfg.data.root, [(cfg.data.train_split, None)],
+                       labels_of=class_names(cfg.dataset))
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:

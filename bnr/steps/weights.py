@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnr.config import Params
+from bnr.data.sources import mirror_overrides
 from bnr.data.weights_download import download_known_weights
-from bnr.pretrained import stage_weights
+from bnr.pretrained import TRAINING_BLOCKS, stage_weights
 from bnr.weights import CACHE_NAME, fingerprint, write_fingerprint
 
 
@@ -31,6 +32,14 @@ def fingerprint_files(outputs: Outputs) -> dict[str, Path]:
     """params block -> its fingerprint file."""
     return {"train_cam": outputs.cam_weights, "train_affinity": outputs.affinity_weights,
             "train_segmenter": outputs.segmenter_weights}
+
+
+def check(cfg: Params, inputs: Inputs) -> None:
+    """Every ``*.pretrained`` key means a file (or scratch) and every mirror a known source,
+    before any fingerprint is written."""
+    mirror_overrides(cfg.download.mirrors)
+    for block in TRAINING_BLOCKS:
+        stage_weights(cfg, block)
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
