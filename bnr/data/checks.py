@@ -97,7 +97,7 @@ def split_overlap(root: str | Path, eval_split: str, train_splits: Sequence[str]
     if shared and not allow:
         img_id, split = next(iter(shared.items()))
         path = Path(root) / "ImageSets" / "Segmentation" / f"{eval_split}.txt"
-        raise BnrError(f"{path}: image id {img_id!r} is also in the training split {split!r} "
-                       f"({len(shared)} shared ids; the {eval_split} mIoU would score training "
-                       f"images; set {allow_key}: true to accept, recorded in the protocol)")
+        raise BnrError(f"{path}: image id {img_id!r} is also in training split {split!r} "
+                       f"({len(shared)} shared: its mIoU would score training images; "
+                       f"{allow_key}: true accepts it)")
     return {"images": len(shared), "allowed": allow, "splits": checked, "absent": absent}
