@@ -49,6 +49,12 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slow end-to-end module first: pytest-xdist hands out modules in this order, so the
+    longest one starts at once beside the rest instead of after them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
+
+
 def numerics_threads() -> int:
     """The torch thread count of the numerics tests (``BNR_TEST_THREADS``, default 1)."""
     return int(os.environ.get("BNR_TEST_THREADS", "1"))
