@@ -5,7 +5,7 @@ an out-of-range value stops with one line naming the key and the value (``bnr.pa
 
 Dataset-dependent settings live in one block per dataset under ``datasets:``, split into
 sub-blocks by use: ``data`` (root, splits), ``train_cam``, ``infer_seeds``, ``eval_seeds``,
-``train_affinity``, ``train_segmenter`` and ``evaluate`` (presets, crops, schedules, scales).
+``train_affinity``, ``random_walk``, ``train_segmenter``, ``evaluate`` (presets, schedules...).
 ``Params.per_dataset`` is the block of the dataset selected by the top-level ``dataset`` key
 (``Params.data`` its ``data`` sub-block), so ``dvc exp run -S dataset=voc2012`` alone switches
 to the paper's configuration.
@@ -61,9 +61,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class CamTrainingSizes:
-    """``datasets.<d>.train_cam``: the CAM network and its training schedule."""
-
+class CamTrainingSizes:  # datasets.<d>.train_cam: the CAM network and its schedule
     model: str = spec(string(allow_empty=False))  # backbone preset of bnr.models.conformer
     crop_size: int = spec(integer(16))
     resize_long: tuple = spec(number_list(integer(8), 2, 2, ordered=True))
@@ -81,18 +79,14 @@ class SeedInferenceSizes:  # datasets.<d>.infer_seeds
 
 
 @dataclass(frozen=True)
-class SeedEvaluationSizes:
-    """``datasets.<d>.eval_seeds``: the background-threshold sweep (default TransCAM's)."""
-
+class SeedEvaluationSizes:  # datasets.<d>.eval_seeds: the threshold sweep (TransCAM's)
     threshold_start: float = spec(number(0, 1), 0.0)
     threshold_stop: float = spec(number(0, 1), 0.59)  # inclusive
     threshold_step: float = spec(number(0, 1, lo_open=True), 0.01)
 
 
 @dataclass(frozen=True)
-class AffinityTrainingSizes:
-    """``datasets.<d>.train_affinity``: AffinityNet and its training schedule."""
-
+class AffinityTrainingSizes:  # datasets.<d>.train_affinity: AffinityNet and its schedule
     model: str = spec(string(allow_empty=False), "resnet38d")  # ResNet-38d preset
     crop: int = spec(integer(16), 448)
     epochs: int = spec(integer(1), 8)
@@ -101,9 +95,14 @@ class AffinityTrainingSizes:
 
 
 @dataclass(frozen=True)
-class SegmenterTrainingSizes:
-    """``datasets.<d>.train_segmenter``: the segmenter backbone and its training schedule."""
+class WalkSizes:  # datasets.<d>.random_walk (bnr/walk.py; the defaults are TransCAM's)
+    scale: int = spec(integer(1, 8), 1)  # image and CAMs upscaled by it for AffinityNet + walk
+    # background score: random_walk.bg_score (fixed) or eval_seeds' best threshold
+    background: str = spec(choice("fixed", "seed_threshold"), "fixed")
 
+
+@dataclass(frozen=True)
+class SegmenterTrainingSizes:  # datasets.<d>.train_segmenter: backbone and schedule
     backbone: str = spec(string(allow_empty=False), "resnet38d")  # LargeFOV backbone preset
     crop: int = spec(integer(16), 448)
     iterations: int = spec(integer(1), 20000)
@@ -130,6 +129,7 @@ class DatasetConfig:
     infer_seeds: SeedInferenceSizes = nested(SeedInferenceSizes, required=True)
     eval_seeds: SeedEvaluationSizes = nested(SeedEvaluationSizes)
     train_affinity: AffinityTrainingSizes = nested(AffinityTrainingSizes)
+    random_walk: WalkSizes = nested(WalkSizes)
     train_segmenter: SegmenterTrainingSizes = nested(SegmenterTrainingSizes)
     evaluate: EvaluationSizes = nested(EvaluationSizes)
 
