@@ -64,7 +64,7 @@ def upscaled(image: np.ndarray, cams: np.ndarray, scale: int) -> tuple[np.ndarra
     if scale == 1:
         return image, cams
     h, w = image.shape[:2]
-    big = np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.BICUBIC))
+    big = np.array(Image.fromarray(image).resize((w * scale, h * scale), Image.BICUBIC))
     big_cams = F.interpolate(torch.as_tensor(cams, dtype=torch.float32)[None],
                              size=(h * scale, w * scale), mode="bilinear",
                              align_corners=False)[0].numpy()

@@ -98,7 +98,11 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     run_step("random_walk", params)
     check_labels(Path("data/rw_labels"), ids, 7)
     walk = json.loads(Path("metrics/random_walk.json").read_text())
-    assert walk["images"] == 6 and read_protocol("metrics/random_walk.json")["beta"] == 14
+    walk_proto = read_protocol("metrics/random_walk.json")
+    assert walk["images"] == 6 and walk_proto["beta"] == 14
+    # the demo's walk: 4x upscaled, background score = eval_seeds' threshold (0.3 here)
+    assert walk_proto["scale"] == 4 and walk_proto["background"] == "seed_threshold"
+    assert walk_proto["bg_score"] == 0.3
     assert not np.asarray(Image.open(f"data/rw_labels/{ids[0]}.png")).any()  # no-fg image
 
     run_step("crf", params)
