@@ -183,7 +183,7 @@ STATUS_CASES = [
                            "train_segmenter", "evaluate"}),
     ("param crf.iterations", {"crf", "evaluate"}),
     ("param random_walk.beta", {"random_walk", "crf"}),
-    ("param datasets.synthetic.random_walk.scale", {"random_walk"}),
+    ("param datasets.synthetic.random_walk.scale", {"random_walk", "crf"}),
     ("param eval_seeds.overlays", {"eval_seeds"}),
     # the split / image / ground-truth reader: every stage that reads or checks (bnr/data/checks.py,
     # run by each such stage before its work) images, splits or masks through it

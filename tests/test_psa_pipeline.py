@@ -116,7 +116,8 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     assert proto["miou_seeds"] > 20  # seeds from the ground truth
     assert proto["dataset"] == "synthetic" and proto["split"] == "train"
     assert proto["ground_truth"] == "SegmentationClass" and proto["seed"] == 0
-    assert proto["beta"] == 14 and proto["logt"] == 4 and proto["bg_score"] == 0.42
+    assert proto["beta"] == 14 and proto["logt"] == 4 and proto["bg_score"] == 0.3  # threshold
+    assert proto["walk_background"] == "seed_threshold" and proto["walk_scale"] == 4
     assert proto["crf"]["gt_prob"] == 0.7 and "noise_scale" in proto and "method" in proto
     table = Path("metrics/pseudo_labels_per_class.csv").read_text().splitlines()
     assert table[0].startswith("class,seeds,random_walk,crf") and len(table) == 1 + 7 + 1
