@@ -441,7 +441,7 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
     model = model.to(device).eval()
     dataset = VocSegmentation(root, params.data.seed_eval_split, names,
                               mask_dir=params.data.gt_dir)
-    ev, inf = params.eval_seeds, params.infer_seeds
+    ev, inf = params.per_dataset.eval_seeds, params.infer_seeds
     thresholds = threshold_grid(ev.threshold_start, ev.threshold_stop, ev.threshold_step)
     confs = {bf16: np.zeros((len(thresholds), len(names), len(names)), np.int64)
              for bf16 in (False, True)}

@@ -26,11 +26,12 @@ def cam_model_meta(params: Params) -> dict:
 
 
 def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
-    """A fresh Conformer for ``params`` (``train_cam.pretrained``'s weights when ``pretrained``,
-    else random weights)."""
+    """A fresh Conformer for ``params``: ``datasets.<d>.train_cam.init`` (official or mimetic
+    attention), then ``train_cam.pretrained``'s weights when ``pretrained`` (they replace it)."""
+    sizes = params.per_dataset.train_cam
     weights = stage_weights(params, "train_cam") if pretrained else ""
-    return create_model("cam", params.per_dataset.train_cam.model,
-                        num_classes=len(class_names(params.dataset)), pretrained=weights)
+    return create_model("cam", sizes.model, num_classes=len(class_names(params.dataset)),
+                        pretrained=weights, init=sizes.init)
 
 
 def load_cam_model(params: Params, path: Path) -> nn.Module:

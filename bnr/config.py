@@ -1,13 +1,11 @@
 """Load and validate ``params.yaml`` into typed dataclasses.
 
 Every key is declared once here, with its type and allowed range. A wrong type, an unknown key or
-an out-of-range value stops with one line naming the key and the value, for example::
-
-    params.yaml: noise_scale must be a number >= 0, got 'abc'
+an out-of-range value stops with one line naming the key and the value (``bnr.param_spec``).
 
 Dataset-dependent settings live in one block per dataset under ``datasets:``, split into
-sub-blocks by use: ``data`` (root, splits), ``train_cam``, ``infer_seeds``, ``train_affinity``,
-``train_segmenter`` and ``evaluate`` (model presets, crops, schedules, scales).
+sub-blocks by use: ``data`` (root, splits), ``train_cam``, ``infer_seeds``, ``eval_seeds``,
+``train_affinity``, ``random_walk``, ``train_segmenter``, ``evaluate`` (presets, schedules...).
 ``Params.per_dataset`` is the block of the dataset selected by the top-level ``dataset`` key
 (``Params.data`` its ``data`` sub-block), so ``dvc exp run -S dataset=voc2012`` alone switches
 to the paper's configuration.
@@ -63,9 +61,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class CamTrainingSizes:
-    """``datasets.<d>.train_cam``: the CAM network and its training schedule."""
-
+class CamTrainingSizes:  # datasets.<d>.train_cam: the CAM network and its schedule
     model: str = spec(string(allow_empty=False))  # backbone preset of bnr.models.conformer
     crop_size: int = spec(integer(16, 4096))
     resize_long: tuple = spec(number_list(integer(8, 8192), 2, 2, ordered=True))
@@ -73,19 +69,24 @@ class CamTrainingSizes:
     batch_size: int = spec(integer(1, 4096))
     lr: float = spec(number(0, 10, lo_open=True))
     weight_decay: float = spec(number(0, 10))
+    # transformer attention init before any loaded weights (bnr.models.conformer.INITS)
+    init: str = spec(choice("official", "mimetic"), "official")
 
 
 @dataclass(frozen=True)
-class SeedInferenceSizes:
-    """``datasets.<d>.infer_seeds``."""
-
+class SeedInferenceSizes:  # datasets.<d>.infer_seeds
     scales: tuple = spec(number_list(integer(16, 4096), 1, 8))  # square side lengths
 
 
 @dataclass(frozen=True)
-class AffinityTrainingSizes:
-    """``datasets.<d>.train_affinity``: AffinityNet and its training schedule."""
+class SeedEvaluationSizes:  # datasets.<d>.eval_seeds: the threshold sweep (TransCAM's)
+    threshold_start: float = spec(number(0, 1), 0.0)
+    threshold_stop: float = spec(number(0, 1), 0.59)  # inclusive
+    threshold_step: float = spec(number(0, 1, lo_open=True), 0.01)
 
+
+@dataclass(frozen=True)
+class AffinityTrainingSizes:  # datasets.<d>.train_affinity: AffinityNet and its schedule
     model: str = spec(string(allow_empty=False), "resnet38d")  # ResNet-38d preset
     crop: int = spec(integer(16, 4096), 448)
     epochs: int = spec(integer(1, 10_000), 8)
@@ -94,9 +95,14 @@ class AffinityTrainingSizes:
 
 
 @dataclass(frozen=True)
-class SegmenterTrainingSizes:
-    """``datasets.<d>.train_segmenter``: the segmenter backbone and its training schedule."""
+class WalkSizes:  # datasets.<d>.random_walk (bnr/walk.py; the defaults are TransCAM's)
+    scale: int = spec(integer(1, 8), 1)  # image and CAMs upscaled by it for AffinityNet + walk
+    # background score: random_walk.bg_score (fixed) or eval_seeds' best threshold
+    background: str = spec(choice("fixed", "seed_threshold"), "fixed")
 
+
+@dataclass(frozen=True)
+class SegmenterTrainingSizes:  # datasets.<d>.train_segmenter: backbone and schedule
     backbone: str = spec(string(allow_empty=False), "resnet38d")  # LargeFOV backbone preset
     crop: int = spec(integer(16, 4096), 448)
     iterations: int = spec(integer(1, 10**8), 20000)
@@ -108,9 +114,7 @@ class SegmenterTrainingSizes:
 
 
 @dataclass(frozen=True)
-class EvaluationSizes:
-    """``datasets.<d>.evaluate``."""
-
+class EvaluationSizes:  # datasets.<d>.evaluate
     scales: tuple = spec(number_list(number(0, 8, lo_open=True), 1, 8),
                          (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
 
@@ -123,7 +127,9 @@ class DatasetConfig:
     data: DataConfig = nested(DataConfig, required=True)
     train_cam: CamTrainingSizes = nested(CamTrainingSizes, required=True)
     infer_seeds: SeedInferenceSizes = nested(SeedInferenceSizes, required=True)
+    eval_seeds: SeedEvaluationSizes = nested(SeedEvaluationSizes)
     train_affinity: AffinityTrainingSizes = nested(AffinityTrainingSizes)
+    random_walk: WalkSizes = nested(WalkSizes)
     train_segmenter: SegmenterTrainingSizes = nested(SegmenterTrainingSizes)
     evaluate: EvaluationSizes = nested(EvaluationSizes)
 
@@ -174,9 +180,6 @@ class InferSeedsConfig:
 
 @dataclass(frozen=True)
 class EvalSeedsConfig:
-    threshold_start: float = spec(number(0, 1), 0.0)
-    threshold_stop: float = spec(number(0, 1), 0.59)  # inclusive
-    threshold_step: float = spec(number(0, 1, lo_open=True), 0.01)
     overlays: int = spec(integer(0, 64), 6)  # CAM/attention overlay PNGs (Fig. 1 and 5)
 
 
@@ -321,8 +324,7 @@ class Params:
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
-    def data(self) -> DataConfig:
-        """``datasets.<dataset>.data``: root and splits of the selected dataset."""
+    def data(self) -> DataConfig:  # datasets.<dataset>.data: root and splits
         return self.per_dataset.data
 
     def protocol(self) -> dict:
@@ -351,8 +353,7 @@ def parse_params(raw: Any) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: must be a mapping at top level, got {type(raw).__name__}")
     known = set(TOP_LEVEL) | {"datasets"} | set(STAGE_BLOCKS)
-    unknown = sorted(str(k) for k in set(raw) - known)
-    if unknown:
+    if unknown := sorted(str(k) for k in set(raw) - known):
         known_list = ", ".join(sorted(known))
         raise ParamsError(f"params.yaml: unknown key {unknown[0][:60]} (known: {known_list})")
     values: dict[str, Any] = {}

@@ -2,7 +2,8 @@
 
 Each violation is a one-line :class:`~bnr.config.ParamsError` naming the keys, e.g.::
 
-    params.yaml: eval_seeds.threshold_start (0.5) must not exceed eval_seeds.threshold_stop (0.2)
+    params.yaml: datasets.synthetic.eval_seeds.threshold_start (0.5) must not exceed its
+    threshold_stop (0.2)
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ CONFORMER_PATCH: dict[str, int] = {"conformer_s": 16, "conformer_tiny": 8}
 
 def check_constraints(params: Params) -> None:
     """The constraints between keys that need no data (ParamsError naming the key)."""
-    sizes, name, es = params.per_dataset, f"datasets.{params.dataset}", params.eval_seeds
-    cam = sizes.train_cam
+    sizes, name = params.per_dataset, f"datasets.{params.dataset}"
+    cam, es = sizes.train_cam, sizes.eval_seeds
     if es.threshold_start > es.threshold_stop:
-        raise ParamsError(f"params.yaml: eval_seeds.threshold_start ({es.threshold_start:g}) "
-                          f"must not exceed eval_seeds.threshold_stop ({es.threshold_stop:g})")
+        raise ParamsError(f"params.yaml: {name}.eval_seeds.threshold_start "
+                          f"({es.threshold_start:g}) must not exceed its threshold_stop "
+                          f"({es.threshold_stop:g})")
     patch = CONFORMER_PATCH.get(cam.model)
     if patch is not None and cam.crop_size % patch:
         raise ParamsError(f"params.yaml: {name}.train_cam.crop_size must be a multiple of the "

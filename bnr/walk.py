@@ -1,5 +1,11 @@
 """The random walk stage's work (PSA): AffinityNet affinities on each image, then the sparse
-random walk of its seed CAMs (fixed background score) -> ``<out>/<id>.png`` palette labels."""
+random walk of its seed CAMs (fixed background score) -> ``<out>/<id>.png`` palette labels.
+
+``scale`` > 1 (``datasets.<d>.random_walk.scale``) runs AffinityNet and the walk on the image
+(PIL bicubic) and its CAMs (bilinear) upscaled by it, and brings the labels back to the image
+size (nearest): AffinityNet's stride-8 grid of a 128 px demo image is 16 x 16, a quarter of
+VOC's density (about 63 x 47), and scale 4 restores it, as the demo's seed scales (64/128/192
+for VOC's 256/512/768) do for the CAMs."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from bnr.affinity_model import STRIDE
@@ -51,6 +58,19 @@ def image_affinity(
     return aff[0], src, dst
 
 
+def upscaled(image: np.ndarray, cams: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image (H, W, 3) uint8 (PIL bicubic) and CAMs (K, H, W) (bilinear) at ``scale`` times
+    the size; unchanged for scale 1."""
+    if scale == 1:
+        return image, cams
+    h, w = image.shape[:2]
+    big = np.array(Image.fromarray(image).resize((w * scale, h * scale), Image.BICUBIC))
+    big_cams = F.interpolate(torch.as_tensor(cams, dtype=torch.float32)[None],
+                             size=(h * scale, w * scale), mode="bilinear",
+                             align_corners=False)[0].numpy()
+    return big, big_cams
+
+
 def random_walk_split(
     params: Params,
     model: AffinityNet,
@@ -60,14 +80,19 @@ def random_walk_split(
     progress: bool = True,
     *,
     runtime: Runtime = CPU,
+    bg_score: float | None = None,
+    scale: int = 1,
 ) -> dict:
     """Random-walk labels of ``ids`` into ``out_dir`` (atomic directory of palette PNGs).
 
     Uses the sparse walk (never an N x N matrix). An image with no foreground class is all
     background (kept and counted). Returns counts and timing. AffinityNet runs on
     ``runtime`` (``model`` already prepared for it); the walk runs there too, in float64.
+    ``bg_score``: the walk's fixed background score (None: ``random_walk.bg_score``);
+    ``scale``: the upscaling of image and CAMs (module docstring).
     """
     cfg, root = params.random_walk, Path(params.data.root)
+    bg = cfg.bg_score if bg_score is None else bg_score
     n_labels = len(class_names(params.dataset))
     model.eval()
     started, no_fg = time.time(), 0
@@ -80,17 +105,20 @@ def random_walk_split(
                 no_fg += 1
                 label = np.zeros(image.shape[:2], np.uint8)
             else:
+                h, w = image.shape[:2]
+                big, big_cams = upscaled(image, cams, scale)
                 try:
-                    aff, src, dst = image_affinity(model, image, cfg.radius, runtime=runtime)
+                    aff, src, dst = image_affinity(model, big, cfg.radius, runtime=runtime)
                 except BnrError as exc:
                     raise BnrError(f"{img_id}: {exc}") from None
                 aff = aff.double()  # the walk on the runtime's device, in float64
-                h, w = image.shape[:2]
                 label = random_walk_segmentation(
-                    cams, [int(c) for c in classes], aff, src, dst, beta=cfg.beta,
-                    logt=cfg.logt, bg_score=cfg.bg_score, method="sparse", stride=STRIDE,
+                    big_cams, [int(c) for c in classes], aff, src, dst, beta=cfg.beta,
+                    logt=cfg.logt, bg_score=bg, method="sparse", stride=STRIDE,
                     n_labels=n_labels,
-                )[:h, :w]
+                )[: h * scale, : w * scale]
+                if scale > 1:
+                    label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
             write_label_png(tmp / f"{img_id}.png", label)
     return {"images": len(ids), "all_background": no_fg,
             "seconds": round(time.time() - started, 1)}

@@ -138,8 +138,10 @@ STAGE_CASES = [
     ("corrupt-jpeg-in-worker", "train_cam", _corrupt_jpeg_in_worker,
      "b.jpg: unreadable or truncated image"),
     ("threshold-order", "eval_seeds",
-     _params(lambda r: r["eval_seeds"].update(threshold_start=0.5, threshold_stop=0.2)),
-     "eval_seeds.threshold_start (0.5) must not exceed eval_seeds.threshold_stop (0.2)"),
+     _params(lambda r: update_dataset(r, "synthetic", eval_seeds={"threshold_start": 0.5,
+                                                                  "threshold_stop": 0.2})),
+     "datasets.synthetic.eval_seeds.threshold_start (0.5) must not exceed its threshold_stop "
+     "(0.2)"),
     ("infer-scales-vs-patch", "infer_seeds",
      _params(lambda r: update_dataset(r, "synthetic", infer_seeds={"scales": [32, 36]})),
      "datasets.synthetic.infer_seeds.scales must be multiples of the patch size 8"),

@@ -121,8 +121,10 @@ MEMORY_CASES = [  # (id, stage, params text, machine GB, text of the line)
      "datasets.synthetic.train_cam.crop_size=512 needs at least 6.4 GB"),
     ("infer-scale-4096", "infer_seeds", _sizes("infer_seeds", scales=[64, 4096]), 16,
      "datasets.synthetic.infer_seeds.scales=4096 needs at least"),
-    ("sweep-step-1e-9", "eval_seeds", _set("eval_seeds.threshold_step", 1e-9), 16,
-     "eval_seeds.threshold_step=1e-09 needs at least 693.8 GB (5.9e+08 sweep steps' confusion"),
+    ("sweep-step-1e-9", "eval_seeds",
+     _set("datasets.synthetic.eval_seeds.threshold_step", 1e-9), 16,
+     "datasets.synthetic.eval_seeds.threshold_step=1e-09 needs at least 1164.2 GB "
+     "(9.9e+08 sweep steps' confusion"),
     ("segmenter-crop-4096", "train_segmenter",
      _sizes("train_segmenter", crop=4096, batch_size=64), 16,
      "datasets.synthetic.train_segmenter.crop=4096 needs at least 274.9 GB"),

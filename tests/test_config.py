@@ -54,8 +54,9 @@ def test_switching_dataset_switches_the_whole_block(raw):
          "params.yaml: runtime.channels_last must be auto, true or false, got 'yes'"),
         (["runtime", "nproc"], 0, "params.yaml: runtime.nproc must be an integer >= 1 and "
          "<= 64, got 0"),
-        (["eval_seeds", "threshold_stop"], 2,
-         "params.yaml: eval_seeds.threshold_stop must be a number >= 0 and <= 1, got 2"),
+        (["datasets", "synthetic", "eval_seeds", "threshold_stop"], 2,
+         "params.yaml: datasets.synthetic.eval_seeds.threshold_stop must be a number >= 0 and "
+         "<= 1, got 2"),
     ],
 )
 def test_bad_values_name_key_and_value(raw, path, value, message):

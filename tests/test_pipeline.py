@@ -180,6 +180,7 @@ STATUS_CASES = [
     ("param runtime.device", {"pretrain", "train_cam", "infer_seeds", "train_affinity",
                               "random_walk", "train_segmenter", "evaluate"}),
     ("param random_walk.beta", {"random_walk", "crf"}),
+    ("param datasets.synthetic.random_walk.scale", {"random_walk", "crf"}),
     ("param eval_seeds.overlays", {"eval_seeds"}),
     # the split / image / ground-truth reader: every stage that reads or checks (bnr/data/checks.py,
     # run by each such stage before its work) images, splits or masks through it
@@ -191,7 +192,7 @@ STATUS_CASES = [
     ("file bnr/pairs.py", {"pretrain", "train_affinity", "random_walk", "train_segmenter",
                            "evaluate"}),
     ("file bnr/engine.py", {"pretrain", "train_cam", "train_affinity", "train_segmenter"}),
-    ("file bnr/pseudo_labels.py", {"crf"}),
+    ("file bnr/pseudo_labels.py", {"random_walk", "crf"}),  # the walk reads the threshold
     # pretrained weights (the weights stage's fingerprints; the weights stage itself runs on every
     # repro and is not counted): with the default keys (auto: from scratch on synthetic) an
     # edited pretrain file marks only its stage ...

@@ -197,3 +197,19 @@ def test_segmentation_class_count_is_explicit() -> None:
         random_walk_segmentation(cams, [1], aff, src, dst, image=image)
     with pytest.raises(BnrError, match=r"1\.\.3"):
         random_walk_segmentation(cams, [4], aff, src, dst, n_labels=4)
+
+
+def test_upscaled_image_and_cams_for_the_walk() -> None:
+    from bnr.walk import upscaled
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    cams = rng.random((2, 12, 20)).astype(np.float32)
+    same = upscaled(image, cams, 1)
+    assert same[0] is image and same[1] is cams
+    big, big_cams = upscaled(image, cams, 4)
+    assert big.shape == (48, 80, 3) and big.dtype == np.uint8
+    assert big_cams.shape == (2, 48, 80) and big_cams.dtype == np.float32
+    # bilinear (half-pixel centres): the mean survives, values stay in the input's range
+    assert abs(float(big_cams.mean()) - float(cams.mean())) < 0.02
+    assert big_cams.min() >= cams.min() - 1e-6 and big_cams.max() <= cams.max() + 1e-6

@@ -99,6 +99,25 @@ def test_coco_and_synthetic(tmp_path: Path) -> None:
     assert "pseudo_labels.protocol.json: not found" in text
 
 
+def test_synthetic_chain_next_to_the_papers_voc_chain(tmp_path: Path) -> None:
+    table = step_table("synthetic", {"seeds.json": {"miou": 30.0},
+                                     "pseudo_labels.json": {"miou_random_walk": 34.0,
+                                                            "miou_crf": 33.5},
+                                     "segmentation.json": {"miou": 31.0}})
+    rows = table.splitlines()
+    assert rows[2] == "| Seeds (CAM, best threshold) | 30.0 | - | 64.9 | 66.2 |"
+    assert rows[3] == "| After random walk | 34.0 | +4.0 | - | - |"
+    assert rows[4] == "| After random walk + CRF (paper: +PSA) | 33.5 | -0.5 | 70.2 | 71.3 |"
+    assert rows[5] == "| Segmentation, val | 31.0 | -2.5 | 69.3 | 70.5 |"
+    folder = tmp_path / "m"
+    write_metrics(folder / "seeds.json", {"miou": 30.0},
+                  {"dataset": "synthetic", "thresholds": [0.0, 0.99, 0.01],
+                   "sweep_note": "the best threshold 0.99 is the end of the sweep"})
+    text = build_report("synthetic", step_metrics_files(folder), None, "x")
+    assert ("threshold sweep 0.00..0.99 step 0.01, **warning: the best threshold 0.99 is the "
+            "end of the sweep**") in text
+
+
 def test_experiment_rows_flatten() -> None:
     rows = experiment_rows(FAKE_EXP)
     assert [r["name"] for r in rows] == ["workspace", "main", "exp-seed1", "exp-seed2",

@@ -25,3 +25,34 @@ def test_all_thresholds_at_once_equal_one_at_a_time(k):
     for i, t in enumerate(ths):
         slow = confusion_matrix(cams_to_seeds(cams, classes, t), gt, 7)
         np.testing.assert_array_equal(fast[i], slow)
+
+
+def test_best_threshold_at_the_end_of_the_sweep_is_a_warning(caplog):
+    from bnr.steps.eval_seeds import sweep_end_note
+
+    grid = threshold_grid(0.0, 0.59, 0.01)
+    with caplog.at_level("WARNING", logger="bnr.steps.eval_seeds"):
+        assert sweep_end_note(grid, 30, "datasets.voc2012.eval_seeds") is None
+        assert caplog.records == []
+        note = sweep_end_note(grid, len(grid) - 1, "datasets.voc2012.eval_seeds")
+    assert note == ("the best threshold 0.59 is the end of the sweep: the optimum may lie beyond "
+                    "it (widen datasets.voc2012.eval_seeds.threshold_stop)")
+    assert [r.getMessage() for r in caplog.records] == [f"eval_seeds: {note}"]
+    assert caplog.records[0].levelname == "WARNING"
+
+
+def test_sweep_ranges_per_dataset():
+    """The demo sweeps to 0.99 (its optimum lies near 0.9); VOC and COCO keep TransCAM's."""
+    from pathlib import Path
+
+    import yaml
+
+    from bnr.config import parse_params
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    stops = {}
+    for name in ("synthetic", "voc2012", "coco2014"):
+        sweep = parse_params({**raw, "dataset": name}).per_dataset.eval_seeds
+        stops[name] = (sweep.threshold_start, sweep.threshold_stop, sweep.threshold_step)
+    assert stops == {"synthetic": (0.0, 0.99, 0.01), "voc2012": (0.0, 0.59, 0.01),
+                     "coco2014": (0.0, 0.59, 0.01)}

@@ -41,6 +41,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
+from bnr.models.mimetic import mimetic_attention_
 from bnr.models.registry import ModelKind, register_model
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "create_conformer",
     "detect_checkpoint_layout",
     "load_pretrained",
+    "mimetic_init_",
     "mmpretrain_checkpoint_filter_fn",
     "num_patches_hw",
 ]
@@ -716,8 +718,28 @@ def load_pretrained(model: Conformer, path: str | os.PathLike[str]) -> None:
 # Registry entry (bnr/models/registry.py)
 
 
-def _build_cam(preset: str, num_classes: int, pretrained: str, **overrides: Any) -> Conformer:
+INITS = ("official", "mimetic")  # the transformer branch's initialisation (train_cam.init)
+
+
+def mimetic_init_(model: Conformer, generator: torch.Generator | None = None) -> int:
+    """Re-initialise every ``Attention`` of the transformer branch mimetically (Trockman and
+    Kolter, ICML 2023; :mod:`bnr.models.mimetic`), after the official initialisation. Only
+    ``qkv`` and ``proj`` weights change; returns the number of attention layers."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for layer in layers:
+        mimetic_attention_(layer.qkv, layer.proj, layer.num_heads, generator=generator)
+    return len(layers)
+
+
+def _build_cam(preset: str, num_classes: int, pretrained: str, init: str = "official",
+               **overrides: Any) -> Conformer:
+    """The registry's builder: ``init`` (``INITS``) first, then ``pretrained``'s weights, which
+    replace it wherever the file has them (every attention weight)."""
+    if init not in INITS:
+        raise BnrError(f"unknown Conformer init {init!r} (known: {', '.join(INITS)})")
     model = create_conformer(preset, num_classes=num_classes, **overrides)
+    if init == "mimetic":
+        mimetic_init_(model)
     if pretrained:
         load_pretrained(model, pretrained)
     return model

@@ -39,7 +39,7 @@ def check(cfg: Params, inputs: Inputs) -> None:
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """CRF every random-walk label; evaluate seeds, random walk and CRF on ``seed_eval_split``."""
-    data, rw = cfg.data, cfg.random_walk
+    data, rw, walk = cfg.data, cfg.random_walk, cfg.per_dataset.random_walk
     ids = read_split(data.root, data.infer_split)
     stats = crf_split(cfg, ids, inputs.rw_labels, outputs.pseudo_labels)
     metrics, table = evaluate_pseudo_labels(cfg, inputs.rw_labels, outputs.pseudo_labels,
@@ -59,8 +59,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         seed=cfg.seed, num_classes=len(class_names(cfg.dataset)),
         seed_threshold=metrics["seed_threshold"], miou_seeds=metrics["miou_seeds"],
         affinity_model=cfg.per_dataset.train_affinity.model,
-        beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
-        random_walk="sparse", crf=crf_kwargs(cfg.crf),
+        beta=rw.beta, logt=rw.logt, radius=rw.radius, random_walk="sparse",
+        bg_score=(metrics["seed_threshold"] if walk.background == "seed_threshold"
+                  else rw.bg_score),  # the walk's background score
+        walk_background=walk.background, walk_scale=walk.scale, crf=crf_kwargs(cfg.crf),
         metric="mIoU (%) over all classes from the accumulated confusion matrix",
         per_class=str(outputs.per_class),
     ))

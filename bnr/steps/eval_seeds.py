@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
 from bnr.seeds import load_cams, seed_miou_sweep, threshold_grid
 from bnr.visualize import class_token_attention, colorize_labels, heat_overlay, panel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def check(cfg: Params, inputs: Inputs) -> None:
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Sweep the background threshold; write the best mIoU, the curve, the table, overlays."""
     names = class_names(cfg.dataset)
-    sweep, data = cfg.eval_seeds, cfg.data
+    sweep, data = cfg.per_dataset.eval_seeds, cfg.data
     dataset = VocSegmentation(data.root, data.seed_eval_split, names, mask_dir=data.gt_dir)
     thresholds = threshold_grid(sweep.threshold_start, sweep.threshold_stop,
                                 sweep.threshold_step)
@@ -57,6 +60,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
                             len(names), thresholds)
     mious = np.array([mean_iou(c) for c in confs])
     best = int(np.nanargmax(mious))
+    at_end = sweep_end_note(thresholds, best, f"datasets.{cfg.dataset}.eval_seeds")
     write_text(outputs.sweep, pd.DataFrame(
         {"threshold": thresholds, "miou": np.round(mious * 100, 3)}).to_csv(index=False))
     write_class_table(per_class_table(confs[best], names), outputs.per_class.with_suffix(""))
@@ -73,6 +77,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         cam_source=cfg.infer_seeds.source,
         threshold="swept", thresholds=[float(thresholds[0]), float(thresholds[-1]),
                                        sweep.threshold_step],
+        best_at_sweep_end=at_end is not None, sweep_note=at_end or "",
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
         metric="mIoU (%) over all classes from the accumulated confusion matrix",
         per_class=str(outputs.per_class),
@@ -83,6 +88,17 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     with torch.no_grad():
         write_overlays(cfg, dataset, float(thresholds[best]), inputs, outputs.overlays)
     return numbers
+
+
+def sweep_end_note(thresholds: np.ndarray, best: int, block: str) -> str | None:
+    """A warning (logged, and returned for the protocol) when the best threshold is the last
+    value of the sweep: the optimum may lie beyond it. None when it lies inside."""
+    if best != len(thresholds) - 1 or len(thresholds) < 2:
+        return None
+    note = (f"the best threshold {thresholds[best]:.2f} is the end of the sweep: the optimum may "
+            f"lie beyond it (widen {block}.threshold_stop)")
+    log.warning("eval_seeds: %s", note)
+    return note
 
 
 def write_overlays(cfg: Params, dataset: VocSegmentation, threshold: float, inputs: Inputs,

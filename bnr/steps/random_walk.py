@@ -13,6 +13,7 @@ from bnr.data.checks import check_stage_inputs
 from bnr.data.voc import read_split
 from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
+from bnr.pseudo_labels import best_seed_threshold
 from bnr.runtime import start_runtime
 from bnr.stage import seed_everything
 from bnr.walk import random_walk_split
@@ -22,6 +23,10 @@ from bnr.walk import random_walk_split
 class Inputs:
     affinity_checkpoint: Path = field(metadata={"help": "trained AffinityNet (train_affinity)"})
     cams: Path = field(metadata={"help": "CAMs per image (infer_seeds)"})
+    seed_threshold: Path = field(metadata={"help": "best seed threshold (eval_seeds; the "
+                                                   "background score when "
+                                                   "datasets.<d>.random_walk.background is "
+                                                   "seed_threshold)"})
 
 
 @dataclass(frozen=True)
@@ -40,15 +45,19 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     runtime = start_runtime(cfg.runtime)
     model = runtime.prepare_model(load_affinity_model(cfg, inputs.affinity_checkpoint))
     ids = read_split(cfg.data.root, cfg.data.infer_split)
+    walk = cfg.per_dataset.random_walk
+    bg = (best_seed_threshold(inputs.seed_threshold) if walk.background == "seed_threshold"
+          else cfg.random_walk.bg_score)
     with torch.no_grad():
         stats = random_walk_split(cfg, model, ids, outputs.labels, inputs.cams,
-                                  runtime=runtime)
+                                  runtime=runtime, bg_score=bg, scale=walk.scale)
     rw = cfg.random_walk
     numbers = {k: stats[k] for k in ("images", "all_background", "seconds")}
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=cfg.data.infer_split, cams=str(inputs.cams),
-        beta=rw.beta, logt=rw.logt, bg_score=rw.bg_score, radius=rw.radius,
-        walk=f"sparse, float64, on {runtime.device}", seed=cfg.seed, runtime=runtime.record(),
+        beta=rw.beta, logt=rw.logt, bg_score=bg, background=walk.background,
+        scale=walk.scale, radius=rw.radius, walk=f"sparse, float64, on {runtime.device}",
+        seed=cfg.seed, runtime=runtime.record(),
     ))
     print(f"random walk: {stats['images']} images ({stats['all_background']} without "
           f"foreground) in {stats['seconds']} s ({runtime.device}, {runtime.precision})")

@@ -63,6 +63,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         cfg, dataset=cfg.dataset, split=cfg.data.train_split,
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
         model=cfg.per_dataset.train_cam.model, pretrained=stage_weights(cfg, "train_cam") or None,
+        attention_init=cfg.per_dataset.train_cam.init,  # replaced by loaded weights if any
         epochs=summary["epochs"], steps=summary["steps"],
         runtime={**runtime.record(), "processes": ctx.world_size},
     ))
