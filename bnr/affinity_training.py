@@ -37,7 +37,6 @@ from bnr.engine import (
     files_digest,
     fit,
     poly_lr,
-    poly_sgd,
     run_key,
     source_digest,
 )
@@ -213,13 +212,14 @@ def train_affinity(
     )
     train_started = time.time()
     out = fit(loop, model,
-              lambda m: poly_sgd(param_groups(m, sizes.lr, cfg.weight_decay),
-                                 sizes.lr, cfg.momentum, cfg.weight_decay),
+              lambda m: torch.optim.SGD(param_groups(m, sizes.lr, cfg.weight_decay),
+                                        lr=sizes.lr, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay),
               dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_period=stop_after_epoch)
-    if out.get("interrupted"):
-        return {"interrupted_at_epoch": out["period"]}
-    return {"epochs": sizes.epochs, "steps": out["steps"], "history": out["history"],
+    if out.interrupted:
+        return {"interrupted_at_epoch": out.period}
+    return {"epochs": sizes.epochs, "steps": out.steps, "history": out.history,
             "train_images": len(dataset), "affinity_labels": label_stats,
             "label_seconds": label_seconds,
             "seconds_this_run": round(time.time() - started, 1),

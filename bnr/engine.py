@@ -193,10 +193,9 @@ def resume_state(ckpt_path: Path, meta: dict, model: nn.Module, stage: str,
     state = load_checkpoint(ckpt_path, meta)
     load_state_strict(model, state["model"], ckpt_path)
     if ctx.is_main:  # curve points logged after the checkpoint are logged again: drop them
-        trim_curves(ckpt_path.parent / "dvclive", int(state.get("step", state.get("iteration", 0))))
-    if ctx.is_main:
-        done = ", ".join(f"{k} {state[k]}" for k in ("epoch", "step", "iteration") if k in state)
-        print(f"resuming {stage} from {ckpt_path} ({done} done)")
+        trim_curves(ckpt_path.parent / "dvclive", int(state["step"]))
+        print(f"resuming {stage} from {ckpt_path} (period {state['period']}, "
+              f"step {state['step']} done)")
     return state
 
 
@@ -212,13 +211,6 @@ def place_for_training(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     return model, optimizer, wrap_model(model, ctx, runtime.device)
-
-
-def poly_sgd(groups: list[dict], lr: float, momentum: float, weight_decay: float
-             ) -> torch.optim.SGD:
-    """SGD over learning-rate groups that carry an ``lr_mult`` each (PSA's 1x/2x/10x/20x); the
-    engine sets each group's lr from the schedule times its ``lr_mult``."""
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def poly_lr(base: float, step: int, max_step: int, power: float = 0.9) -> float:
@@ -265,6 +257,27 @@ class Loop:
     live_params: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` did. ``interrupted``: it stopped early (``stop_after_*``) at the start
+    of period ``period`` after ``steps`` steps, leaving the resume checkpoint; otherwise
+    ``period == periods``. ``history``: one entry per finished period (its mean values,
+    seconds)."""
+
+    interrupted: bool
+    period: int
+    periods: int
+    steps: int
+    resumed_from_step: int
+    history: list[dict]
+    seconds_this_run: float
+
+
+def _logged(keys: Sequence[str] | None, values: dict[str, float]) -> list[str]:
+    """The keys of ``values`` to log and print: ``keys`` (those present) or all of them."""
+    return [k for k in (keys or values) if k in values]
+
+
 def fit(
     loop: Loop,
     model: nn.Module,
@@ -280,18 +293,16 @@ def fit(
     live_factory: Callable[..., Any] | None = None,
     stop_after_period: int | None = None,
     stop_after_step: int | None = None,
-) -> dict:
+) -> FitResult:
     """Train ``model`` with ``step_fn(net, batch) -> (loss, values)`` over ``loop``'s periods;
     write ``model_out`` (weights, meta, protocol) and the curves (``curves_out``), each unless
     None (the trained weights are also left in ``model`` itself).
 
     ``values`` are this process's floats (the loss included or not); the engine averages them
     over processes, checks the loss, logs ``train/<key>`` every ``log_every`` steps and
-    ``<period_name>/<key>`` (period means) after each period. ``stop_after_period`` /
-    ``stop_after_step`` end the call early as an interruption would (the work after the last
-    checkpoint is redone on resume): returns ``{"interrupted": True, "period", "step"}``.
-    Otherwise returns ``{"periods", "steps", "resumed_from_step", "history",
-    "seconds_this_run"}``; ``history`` holds one entry per period (its mean values, seconds).
+    ``<period_name>/<key>`` (period means) after each period, and checkpoints after each period.
+    ``stop_after_period`` / ``stop_after_step`` end the call early as an interruption would (the
+    work after the last checkpoint is redone on resume).
     """
     ckpt_path = loop.run_dir / "last.pt"
     state = resume_state(ckpt_path, loop.meta, model, loop.stage, ctx)
@@ -307,27 +318,26 @@ def fit(
     bar = tqdm(total=loop.total_steps, initial=step, desc=loop.stage,
                disable=not (progress and ctx.is_main))
 
-    def interrupted(period: int) -> dict:
-        bar.close()
-        live.end()
-        return {"interrupted": True, "period": period, "step": step}
+    def result(interrupted: bool, period: int) -> FitResult:
+        return FitResult(interrupted, period, loop.num_periods, step, resumed_from, history,
+                         round(time.time() - started, 1))
 
     try:
         for period in range(start, loop.num_periods):
             if stop_after_period is not None and period >= stop_after_period:
-                return interrupted(period)
-            batches = loop.period_batches(period)
-            loader = shard_loader(items, batches, ctx, runtime, loop.num_workers)
+                return result(True, period)
+            loader = shard_loader(items, loop.period_batches(period), ctx, runtime,
+                                  loop.num_workers)
             net.train()
             sums: dict[str, float] = {}
             count, period_started = 0, time.time()
             for batch in loader:
                 if stop_after_step is not None and step >= stop_after_step:
-                    return interrupted(period)
-                lr = loop.lr_at(step) if loop.lr_at is not None else None
-                if lr is not None:
+                    return result(True, period)
+                if loop.lr_at is not None:
+                    base_lr = loop.lr_at(step)
                     for group in optimizer.param_groups:
-                        group["lr"] = lr * group.get("lr_mult", 1.0)
+                        group["lr"] = base_lr * group.get("lr_mult", 1.0)
                 torch.manual_seed(epoch_seed(loop.seed, step) + ctx.rank)  # dropout of this step
                 loss, values = step_fn(net, batch)
                 values = mean_over_processes({**values, "loss": float(loss.detach())}, ctx)
@@ -342,39 +352,34 @@ def fit(
                 count += 1
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
-                logged = [k for k in (loop.log_keys or values) if k in values]
+                lr = optimizer.param_groups[0]["lr"]
                 if step % loop.log_every == 0:
                     live.step = step
-                    for k in logged:
+                    for k in _logged(loop.log_keys, values):
                         live.log_metric(f"train/{k}", values[k])
-                    live.log_metric("train/lr", optimizer.param_groups[0]["lr"])
+                    live.log_metric("train/lr", lr)
                 bar.update(1)
-                bar.set_postfix(loss=f"{values['loss']:.4f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
             means = {k: v / max(count, 1) for k, v in sums.items()}
             history.append({loop.period_name: period + 1, "step": step,
                             "seconds": round(time.time() - period_started, 1), **means})
             live.step = step
-            for k in (loop.log_keys or means):
-                if k in means:
-                    live.log_metric(f"{loop.period_name}/{k}", means[k])
+            shown = _logged(loop.log_keys, means)
+            for k in shown:
+                live.log_metric(f"{loop.period_name}/{k}", means[k])
             live.log_metric(f"{loop.period_name}/{loop.period_name}", period + 1)
             if ctx.is_main:
                 save_checkpoint(ckpt_path, {
                     "model": cpu_state(model), "optimizer": optimizer.state_dict(),
                     "period": period + 1, "step": step, "history": history, "meta": loop.meta,
                 })
-                shown = [k for k in (loop.log_keys or means) if k in means]
                 terms = ", ".join(f"{k}={means[k]:.4f}" for k in shown)
                 tqdm.write(f"{loop.stage} {loop.period_name} {period + 1}/{loop.num_periods} "
                            f"({history[-1]['seconds']} s): {terms}")
-    except BaseException:
-        bar.close()  # the error line starts on a line of its own
-        raise
-    bar.close()
-    live.end()
+    finally:
+        bar.close()  # on an error too: the error line starts on a line of its own
+        live.end()
     if ctx.is_main:
         finish_run(model, loop.meta, loop.protocol, model_out, curves_out, loop.run_dir)
     barrier(ctx)
-    return {"periods": loop.num_periods, "steps": step, "resumed_from_step": resumed_from,
-            "history": history, "seconds_this_run": round(time.time() - started, 1)}
+    return result(False, loop.num_periods)

@@ -246,14 +246,14 @@ def pretrain_network(
               PretrainWorld(world_spec(cfg), "train", steps * batch, flip=True), step,
               None, curves_out, runtime=runtime, ctx=ctx, progress=progress,
               live_factory=live_factory, stop_after_step=stop_after_step)
-    if out.get("interrupted"):
-        return {"interrupted_at_step": out["step"]}
+    if out.interrupted:
+        return {"interrupted_at_step": out.steps}
     val = DataLoader(PretrainWorld(world_spec(cfg), "val", cfg.num_val), batch_size=64,
                      num_workers=runtime.loader_workers(cfg.num_workers))
-    curve = [{"step": h["step"], "loss": round(h["loss"], 5)} for h in out["history"]]
+    curve = [{"step": h["step"], "loss": round(h["loss"], 5)} for h in out.history]
     summary = {**evaluate(model, val, runtime), "steps": steps, "batch_size": batch,
                "train_images": steps * batch, "lr": lr,
-               "train_seconds": round(sum(h["seconds"] for h in out["history"]), 1),
+               "train_seconds": round(sum(h["seconds"] for h in out.history), 1),
                "loss_curve": curve}
     if ctx.is_main:
         save_checkpoint(done, {"model": cpu_state(model), "meta": meta, "summary": summary})

@@ -34,7 +34,6 @@ from bnr.engine import (
     files_digest,
     fit,
     poly_lr,
-    poly_sgd,
     run_key,
     source_digest,
 )
@@ -171,14 +170,15 @@ def train_segmenter(
                      "batch_size": batch, "iterations": max_it},
     )
     out = fit(loop, model,
-              lambda m: poly_sgd(param_groups(m, sizes.lr, cfg.weight_decay),
-                                 sizes.lr, cfg.momentum, cfg.weight_decay),
+              lambda m: torch.optim.SGD(param_groups(m, sizes.lr, cfg.weight_decay),
+                                        lr=sizes.lr, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay),
               dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_step=stop_after_iteration)
-    if out.get("interrupted"):
-        return {"interrupted_at_iteration": out["step"]}
-    seconds, start = out["seconds_this_run"], out["resumed_from_step"]
-    history = out["history"]
+    if out.interrupted:
+        return {"interrupted_at_iteration": out.steps}
+    seconds, start = out.seconds_this_run, out.resumed_from_step
+    history = out.history
     return {"iterations": max_it, "resumed_from": start, "history": history,
             "train_images": len(dataset), "seconds_this_run": seconds,
             "seconds_per_iteration": round(seconds / max(1, max_it - start), 4),

@@ -82,7 +82,7 @@ def train_cam(
     )
     out = fit(loop, model, adamw, dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_period=stop_after_epoch)
-    if out.get("interrupted"):
-        return {"interrupted_at_epoch": out["period"]}
-    return {"epochs": sizes.epochs, "steps": out["steps"], "history": out["history"],
-            "seconds_this_run": out["seconds_this_run"], "train_images": len(dataset)}
+    if out.interrupted:
+        return {"interrupted_at_epoch": out.period}
+    return {"epochs": sizes.epochs, "steps": out.steps, "history": out.history,
+            "seconds_this_run": out.seconds_this_run, "train_images": len(dataset)}
