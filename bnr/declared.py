@@ -10,9 +10,9 @@ Keys are dvc.yaml's: ``datasets.${dataset}.train_cam.crop_size`` is
 ``params.per_dataset.train_cam.crop_size`` and ``datasets.${dataset}.data.root`` is
 ``params.data.root``; a declared block (``train_cam``) allows all of it. ``runtime`` keys other
 than ``precision`` and ``device`` (with ``precision: auto`` the device decides the precision)
-say how a stage runs, not what it computes, and are deliberately not declared (see README
-"Devices"); ``tests/test_params_declared.py`` checks that a stage that reads ``runtime``
-declares those two.
+say how a stage runs, not what it computes, and are deliberately not declared (see
+docs/paper-configuration.md, "Devices, precision and several GPUs");
+``tests/test_params_declared.py`` checks that a stage that reads ``runtime`` declares those two.
 """
 
 from __future__ import annotations

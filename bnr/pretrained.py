@@ -5,7 +5,7 @@
 * ``auto`` (the default): the paper's choice for the dataset. ``voc2012`` / ``coco2014``: the
   ImageNet files (``imagenet`` below), so ``-S dataset=voc2012`` alone is the paper's
   configuration; ``synthetic``: from scratch (the demo's pretrained backbone left M* where it
-  was, README "With the pretrained backbone");
+  was, docs/results.md "With the pretrained backbone");
 * ``imagenet``: the ImageNet file of the paper for that network (:data:`IMAGENET_FILES`: the
   OpenMMLab Conformer-S, the MXNet ResNet-38 of PSA); the ``weights`` stage downloads a missing
   one and verifies it (bnr/weights.py);
