@@ -110,19 +110,19 @@ def test_dvc_repro_end_to_end(clone):
     again = _run(["dvc", "repro"], clone, env)
     assert "didn't change" in again or "up to date" in again
     # (which edit marks which stages: test_dvc_status_marks_exactly)
-    # an ablation as an experiment (PSA's walk beta against TransCAM's: random_walk onwards, the
-    # cheapest ablation that moves two step figures): the compared columns are the step
+    # an ablation as an experiment (train_cam onwards: on the tiny configuration a later
+    # switch, e.g. random_walk.beta, moves no step figure): the compared columns are the step
     # numbers, no protocol
     _run(["git", "config", "user.email", "t@t"], clone, env)  # dvc exp run commits too
     _run(["git", "config", "user.name", "t"], clone, env)
     _run(["git", "add", "-A"], clone, env)  # the baseline run, committed as a user would
     _run(["git", "commit", "-qm", "baseline"], clone, env)
-    _run(["dvc", "exp", "run", "-S", "random_walk.beta=8"], clone, env)
+    _run(["dvc", "exp", "run", "-S", "noise_scale=2.0"], clone, env)
     header = _run(["dvc", "exp", "show", "--csv", "--only-changed"], clone, env).splitlines()[0]
     print(f"dvc exp show --only-changed: {header}")
     columns = header.split(",")
     # (the report stage's dependencies metrics/*.protocol.json are hash columns, not fields)
-    assert "random_walk.beta" in columns
+    assert "noise_scale" in columns
     assert not [c for c in columns if "protocol" in c and not c.endswith(".protocol.json")]
     owners = [metric_file(clone, c) for c in columns]
     metric_owners = [o for o in owners if o]
