@@ -21,6 +21,8 @@ from bnr.models.mimetic import (
 )
 from bnr.models.registry import create_model, model_from_checkpoint
 
+pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
+
 D, HEADS = 96, 2  # conformer_tiny's transformer width and heads
 EYE = torch.eye(D, dtype=torch.float64)
 
