@@ -68,6 +68,12 @@ def crf_split(
             "seconds": round(time.time() - started, 1)}
 
 
+def walk_background_score(background: str, fixed: float, seed_threshold: float) -> float:
+    """The random walk's background score: ``fixed`` (``random_walk.bg_score``, TransCAM's) or,
+    for ``datasets.<d>.random_walk.background: seed_threshold``, eval_seeds' best threshold."""
+    return seed_threshold if background == "seed_threshold" else fixed
+
+
 def best_seed_threshold(path: Path) -> float:
     """The best background threshold eval_seeds chose (its threshold file)."""
     path = Path(path)

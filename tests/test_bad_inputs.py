@@ -169,15 +169,14 @@ def repo_stage_args(stage: str) -> list[str]:
     """The path options of ``stage``'s cmd in the repository's dvc.yaml."""
     return stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})[1]
 
-@pytest.mark.parametrize("stage, change, needle", [c[1:] for c in STAGE_CASES],
-                         ids=[c[0] for c in STAGE_CASES])
-def test_stage_bad_input_is_one_line(work: Path, monkeypatch: pytest.MonkeyPatch, capsys,
-                                     stage: str, change: Callable, needle: str) -> None:
-    raw = tiny_raw(work / "voc")
-    change(work, raw)
-    (work / "p.yaml").write_text(yaml.safe_dump(raw))
-    if stage.startswith("train_"):  # what the weights stage wrote: from scratch
-        write_weights_fingerprint(work, stage)
+
+def run_stage(work: Path, capsys, stage: str, params_text: str | bytes) -> tuple[int, str]:
+    """Run ``stage`` on ``params_text`` (as p.yaml); (exit code, stderr). Asserts that no file
+    appeared or vanished."""
+    from bnr.stage import stage_main
+
+    data = params_text if isinstance(params_text, bytes) else params_text.encode()
+    (work / "p.yaml").write_bytes(data)
     before = files_under(work)
     old_handler = signal.getsignal(signal.SIGTERM)
     try:
@@ -186,9 +185,20 @@ def test_stage_bad_input_is_one_line(work: Path, monkeypatch: pytest.MonkeyPatch
                        ["--params", "p.yaml", *repo_stage_args(stage)])
     finally:
         signal.signal(signal.SIGTERM, old_handler)
-    assert exit_info.value.code == 1
-    one_error_line(capsys.readouterr().err, needle)
     assert files_under(work) == before  # no partial output
+    return exit_info.value.code, capsys.readouterr().err
+
+@pytest.mark.parametrize("stage, change, needle", [c[1:] for c in STAGE_CASES],
+                         ids=[c[0] for c in STAGE_CASES])
+def test_stage_bad_input_is_one_line(work: Path, monkeypatch: pytest.MonkeyPatch, capsys,
+                                     stage: str, change: Callable, needle: str) -> None:
+    raw = tiny_raw(work / "voc")
+    change(work, raw)
+    if stage.startswith("train_"):  # what the weights stage wrote: from scratch
+        write_weights_fingerprint(work, stage)
+    code, err = run_stage(work, capsys, stage, yaml.safe_dump(raw))  # no partial output
+    assert code == 1
+    one_error_line(err, needle)
 
 
 # --- bnr predict ------------------------------------------------------------------------------

@@ -8,10 +8,8 @@ does; they fail before any work, so each costs milliseconds.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,9 +19,9 @@ import yaml
 from tests.conftest import update_dataset, write_voc_tree, write_weights_fingerprint
 
 try:
-    from tests.test_bad_inputs import files_under, one_error_line, repo_stage_args, tiny_raw
+    from tests.test_bad_inputs import one_error_line, run_stage, tiny_raw
 except ImportError:  # tests/ is not a package
-    from test_bad_inputs import files_under, one_error_line, repo_stage_args, tiny_raw
+    from test_bad_inputs import one_error_line, run_stage, tiny_raw
 
 SPLITS = Path("ImageSets/Segmentation")
 
@@ -34,25 +32,6 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                    num_classes=7)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def run_stage(work: Path, capsys, stage: str, params_text: str | bytes) -> tuple[int, str]:
-    """Run ``stage`` on ``params_text`` (as p.yaml); (exit code, stderr). Asserts that no file
-    appeared or vanished."""
-    from bnr.stage import stage_main
-
-    data = params_text if isinstance(params_text, bytes) else params_text.encode()
-    (work / "p.yaml").write_bytes(data)
-    before = files_under(work)
-    old_handler = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            stage_main(importlib.import_module(f"bnr.steps.{stage}"),
-                       ["--params", "p.yaml", *repo_stage_args(stage)])
-    finally:
-        signal.signal(signal.SIGTERM, old_handler)
-    assert files_under(work) == before  # no partial output
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def dumped(change: Callable[[dict], object]) -> Callable[[Path], str]:

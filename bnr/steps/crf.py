@@ -13,7 +13,7 @@ from bnr.data.voc import read_split
 from bnr.metrics import write_class_table
 from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
-from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
+from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels, walk_background_score
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         seed_threshold=metrics["seed_threshold"], miou_seeds=metrics["miou_seeds"],
         affinity_model=cfg.per_dataset.train_affinity.model,
         beta=rw.beta, logt=rw.logt, radius=rw.radius, random_walk="sparse",
-        bg_score=(metrics["seed_threshold"] if walk.background == "seed_threshold"
-                  else rw.bg_score),  # the walk's background score
+        bg_score=walk_background_score(walk.background, rw.bg_score,
+                                       metrics["seed_threshold"]),  # the walk's own
         walk_background=walk.background, walk_scale=walk.scale, crf=crf_kwargs(cfg.crf),
         metric="mIoU (%) over all classes from the accumulated confusion matrix",
         per_class=str(outputs.per_class),

@@ -13,7 +13,7 @@ from bnr.data.checks import check_stage_inputs
 from bnr.data.voc import read_split
 from bnr.metrics_files import write_metrics
 from bnr.protocol import protocol_record
-from bnr.pseudo_labels import best_seed_threshold
+from bnr.pseudo_labels import best_seed_threshold, walk_background_score
 from bnr.runtime import start_runtime
 from bnr.stage import seed_everything
 from bnr.walk import random_walk_split
@@ -46,8 +46,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     model = runtime.prepare_model(load_affinity_model(cfg, inputs.affinity_checkpoint))
     ids = read_split(cfg.data.root, cfg.data.infer_split)
     walk = cfg.per_dataset.random_walk
-    bg = (best_seed_threshold(inputs.seed_threshold) if walk.background == "seed_threshold"
-          else cfg.random_walk.bg_score)
+    bg = walk_background_score(walk.background, cfg.random_walk.bg_score,
+                               best_seed_threshold(inputs.seed_threshold))
     with torch.no_grad():
         stats = random_walk_split(cfg, model, ids, outputs.labels, inputs.cams,
                                   runtime=runtime, bg_score=bg, scale=walk.scale)
