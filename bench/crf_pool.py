@@ -1,4 +1,4 @@
-"""Benchmark: ``bnr.postprocessing.crf.crf_map`` with ``dense_crf_labels``, 1 vs 2 workers.
+"""Benchmark: ``bnr.pseudo_labels.crf.crf_map`` with ``dense_crf_labels``, 1 vs 2 workers.
 
 Inputs: ``--images`` synthetic ``--size`` x ``--size`` images drawn with
 ``bnr.data.synthetic.render_image``; the labels given to the CRF are each image's ground truth
@@ -28,7 +28,7 @@ N_LABELS = 7
 
 def crf_one(payload: tuple[Any, Any]) -> Any:
     """Module-level (picklable) CRF call: (image, labels) -> refined labels."""
-    from bnr.postprocessing.crf import dense_crf_labels
+    from bnr.pseudo_labels.crf import dense_crf_labels
 
     image, labels = payload
     return dense_crf_labels(image, labels, n_labels=N_LABELS)
@@ -54,7 +54,7 @@ def inputs(n: int, size: int, seed: int = 0) -> list[tuple[str, tuple[Any, Any]]
 
 def run(items: list, workers: int) -> list[tuple[str, Any]]:
     """All CRF results, in input order."""
-    from bnr.postprocessing.crf import crf_map
+    from bnr.pseudo_labels.crf import crf_map
 
     return list(crf_map(crf_one, items, workers=workers))
 

@@ -3,10 +3,10 @@
 Sections (each guarded: a failure prints its error and the others still run):
 
 1. ``train_cam`` throughput: Conformer ``conformer_s``, 512x512, batch 8, 21 classes, the real
-   training step (forward, ``bnr.losses.total_loss(..., "bnr", 1.0, depth)``, backward, AdamW)
+   training step (forward, ``bnr.cam.losses.total_loss(..., "bnr", 1.0, depth)``, backward, AdamW)
    on random images and labels made on the device; float32 vs bfloat16 autocast +
    channels_last; images/s and peak ``torch.cuda.max_memory_allocated``.
-2. Seed inference: ``bnr.cam.multiscale_cam`` at the paper's scales 256/512/768 (square) with
+2. Seed inference: ``bnr.cam.maps.multiscale_cam`` at the paper's scales 256/512/768 (square) with
    flip on random 375x500 images; float32 one pass at a time (``batch_passes=False``) vs flips
    batched in bfloat16; target >= 2x.
 3. Seed mIoU (optional): the pipeline's ``models/cam.pt`` on the first N images of the seed
@@ -248,8 +248,8 @@ def peak_mib(device: torch.device) -> float | None:
 
 
 def train_variant(s: Settings, device: torch.device, bf16: bool, deadline: float) -> dict:
-    """Images/s and peak memory of the train_cam step (as bnr.training.train_cam runs it)."""
-    from bnr.losses import total_loss
+    """Images/s and peak memory of the train_cam step (as bnr.cam.training.train_cam runs it)."""
+    from bnr.cam.losses import total_loss
     from bnr.models.conformer import create_conformer
 
     free_memory(device)
@@ -344,7 +344,7 @@ def seed_cams(
     """``multiscale_cam`` of one CPU (3, H, W) image on ``device`` in float32 or bfloat16
     autocast (a ``bnr.runtime.Runtime``, as the infer_seeds stage runs it); (K, H, W) CPU
     float32."""
-    from bnr.cam import multiscale_cam
+    from bnr.cam.maps import multiscale_cam
     from bnr.runtime import Runtime
 
     runtime = Runtime(device, "bfloat16" if bf16 else "float32")
@@ -416,7 +416,7 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
     ckpt = ckpt if ckpt.is_absolute() else REPO / ckpt
     if not ckpt.is_file():
         return {"skipped": f"{ckpt} not found (run the pipeline up to train_cam, or carry it)"}
-    from bnr.config import load_params
+    from bnr.config.params import load_params
 
     params_path = Path(s.params)
     params = load_params(params_path if params_path.is_absolute() else REPO / params_path)
@@ -425,13 +425,13 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
     if not root.is_dir():
         return {"skipped": f"{root} not found (run the download stage, or carry it)"}
 
-    from bnr.cam_model import build_cam_model, cam_model_meta
+    from bnr.cam.cam_model import build_cam_model, cam_model_meta
+    from bnr.cam.seeds import threshold_confusions, threshold_grid
     from bnr.checkpoints import load_checkpoint, load_state_strict
     from bnr.data.classes import class_names
     from bnr.data.transforms import EvalTransform
     from bnr.data.voc import VocSegmentation
     from bnr.metrics import mean_iou
-    from bnr.seeds import threshold_confusions, threshold_grid
 
     started = time.perf_counter()
     names = class_names(params.dataset)
@@ -502,10 +502,10 @@ def section_rw(s: Settings, device: torch.device, seconds: float) -> dict:
     walk on the GPU after a float32 / bfloat16 forward, and the walk on the CPU after a
     bfloat16 forward (for comparison).
     """
-    from bnr.affinity_model import STRIDE, build_affinity_model
+    from bnr.affinity.affinity_model import STRIDE, build_affinity_model
+    from bnr.affinity.random_walk import random_walk_segmentation
+    from bnr.affinity.walk import padded_size
     from bnr.data.transforms import EvalTransform
-    from bnr.postprocessing.random_walk import random_walk_segmentation
-    from bnr.walk import padded_size
 
     torch.manual_seed(0)
     with torch.device(device):

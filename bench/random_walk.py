@@ -47,7 +47,7 @@ REL_TOL = 1e-5
 def _inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     import torch
 
-    from bnr.pairs import pair_indices
+    from bnr.models.pairs import pair_indices
 
     g = torch.Generator().manual_seed(args.seed)
     h = w = args.size // 8
@@ -66,7 +66,7 @@ def _walk(
     args: argparse.Namespace,
     threads: int | None = None,
 ) -> Any:
-    from bnr.postprocessing.random_walk import random_walk_dense, random_walk_sparse
+    from bnr.affinity.random_walk import random_walk_dense, random_walk_sparse
 
     if method == "dense":
         return random_walk_dense(cams, aff, src, dst, beta=args.beta, logt=args.logt)

@@ -7,13 +7,13 @@ Part 1 (memory/time of one forward, conformer_s, 21 classes, random init, eval, 
   ``torch.stack`` of every block's (B, heads, 1+N, 1+N) attention, head-mean, block-sum;
 * ours: the ``attn_sum`` (B, 1+N, 1+N) the model accumulates block by block.
 
-Both then give the refined CAM M* = A* . M (``bnr.cam.refine_cam``); the two M* are compared.
+Both then give the refined CAM M* = A* . M (``bnr.cam.maps.refine_cam``); the two M* are compared.
 Each variant runs in its own fresh process (multiprocessing "spawn"). Memory: the growth of the
 process's peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) during the first
 forward (+ refinement), over the peak reached after importing torch, building the model and the
 input. Time: wall clock of that first call and the best of ``--repeats`` further calls.
 
-Part 2 (throughput of ``bnr.cam.multiscale_cam``, conformer_tiny, scales 64/128/192, flip,
+Part 2 (throughput of ``bnr.cam.maps.multiscale_cam``, conformer_tiny, scales 64/128/192, flip,
 patch_multiple 8): the flipped pass in the same batch of 2 as the plain one
 (``batch_passes=True``) vs one pass at a time (``batch_passes=False``), images/s, in this
 process; the seed maps of both are compared.
@@ -58,7 +58,7 @@ def refined_cam(model: Any, x: Any, variant: str) -> Any:
     """M* (B, S, h, w) of ``x`` by the ``stacking`` or ``accumulated`` formulation."""
     import torch
 
-    from bnr.cam import refine_cam
+    from bnr.cam.maps import refine_cam
 
     with torch.no_grad():
         if variant == "stacking":  # public TransCAM: keep every block, stack, reduce
@@ -84,7 +84,7 @@ def compare(preset: str = "conformer_tiny", size: int = 64, classes: int = 21) -
 
 def seed_maps(model: Any, images: list, batch_passes: bool, scales: tuple[int, ...]) -> list:
     """``multiscale_cam`` of each (3, H, W) image, all foreground classes (1..S-1)."""
-    from bnr.cam import multiscale_cam
+    from bnr.cam.maps import multiscale_cam
 
     classes = list(range(1, model.num_classes))
     return [

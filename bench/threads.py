@@ -1,9 +1,9 @@
 """Benchmark: CPU training step time idle and next to one busy process, per thread policy.
 
 Inputs: a ``conformer_tiny`` CAM network (bnr.models.conformer, 7 classes) trained on random
-(``--batch``, 3, ``--size``, ``--size``) float32 images with the BNR loss (bnr.losses.total_loss)
-and AdamW, in float32 on the CPU: one step = forward + loss + backward + optimizer step, the
-work of one train_cam step on the synthetic preset (batch 16 of 128 x 128).
+(``--batch``, 3, ``--size``, ``--size``) float32 images with the BNR loss
+(bnr.cam.losses.total_loss) and AdamW, in float32 on the CPU: one step = forward + loss + backward +
+optimizer step, the work of one train_cam step on the synthetic preset (batch 16 of 128 x 128).
 
 Policies, each run in a fresh Python process (OpenMP reads ``OMP_WAIT_POLICY`` when it loads, and
 torch's inter-op threads can be set only once)::
@@ -67,7 +67,7 @@ def step_times(batch: int, size: int, steps: int, warmup: int) -> list[float]:
     """Seconds of each of ``steps`` training steps (after ``warmup``) in this process."""
     import torch
 
-    from bnr.losses import total_loss
+    from bnr.cam.losses import total_loss
     from bnr.models.conformer import create_conformer
 
     torch.manual_seed(0)

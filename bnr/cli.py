@@ -1,6 +1,6 @@
 """The ``bnr`` command: ``bnr predict`` labels images with a trained checkpoint;
-``bnr compare-metrics`` checks a fresh run's metrics against committed ones (bnr.compare); ``bnr
-experiments`` tables the DVC experiments (mean ± std over seeds per arm).
+``bnr compare-metrics`` checks a fresh run's metrics against committed ones (bnr.pipeline.compare);
+``bnr experiments`` tables the DVC experiments (mean ± std over seeds per arm).
 
 ::
 
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bnr.config import RuntimeConfig
+from bnr.config.params import RuntimeConfig
 from bnr.errors import BnrError
 from bnr.io import atomic_path, read_image, write_label_png
+from bnr.pipeline.visualize import colorize_labels
 from bnr.runtime import Runtime, start_runtime
-from bnr.visualize import colorize_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 EXIT_USER_ERROR = 2
@@ -132,7 +132,7 @@ def predict(args: argparse.Namespace) -> int:
     model = runtime.prepare_model(model)
     out = Path(args.out)
     if kind == "cam":
-        from bnr.cam import cams_to_seeds, multiscale_cam
+        from bnr.cam.maps import cams_to_seeds, multiscale_cam
 
         num_classes = int(state["meta"]["num_classes"])
         classes = parse_classes(args.classes, num_classes)
@@ -151,7 +151,7 @@ def predict(args: argparse.Namespace) -> int:
             x, _ = EvalTransform()(image, None)  # (3, H, W)
             with torch.no_grad():
                 if kind == "segmenter":
-                    from bnr.segmentation import multiscale_predict
+                    from bnr.segmenter.evaluation import multiscale_predict
 
                     probs = multiscale_predict(model, x, args.scales, args.flip,
                                                runtime=runtime)  # (S, H, W) CPU float32
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    from bnr import compare
+    from bnr.pipeline import compare
 
     p = sub.add_parser("compare-metrics", help="compare metrics/*.json with committed ones",
                        description=compare.__doc__,
@@ -258,7 +258,7 @@ def add_experiments_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_experiments(args: argparse.Namespace) -> int:
     from bnr.io import write_text
-    from bnr.report import dvc_experiments, experiments_section
+    from bnr.pipeline.report import dvc_experiments, experiments_section
 
     exp_json, note = dvc_experiments()
     text = "\n".join(["# bnr experiments", "", *experiments_section(exp_json, note)]) + "\n"

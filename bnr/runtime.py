@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bnr.config import RuntimeConfig
+from bnr.config.params import RuntimeConfig
 from bnr.errors import BnrError
 from bnr.threads import auto_threads, available_cores, free_cores
 
@@ -89,7 +89,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def resolve_runtime(cfg: RuntimeConfig, local_rank: int = 0, nproc: int = 1) -> Runtime:
-    """A :class:`Runtime` from a ``runtime`` params block (``bnr.config.RuntimeConfig``).
+    """A :class:`Runtime` from a ``runtime`` params block (``bnr.config.params.RuntimeConfig``).
 
     ``auto`` precision = bfloat16 autocast on CUDA (when the card supports it), float32 on
     CPU; ``auto`` channels_last and pin_memory = on for CUDA only; ``num_threads`` 0 = the

@@ -2,7 +2,7 @@
 
 ``python scripts/params_reads.py --write`` copies the working tree to a temporary git repo,
 shrinks params.yaml to a tiny configuration (as tests/test_pipeline.py does) and runs
-``dvc repro`` there with ``BNR_PARAMS_RECORD`` set (bnr/declared.py logs every key a stage
+``dvc repro`` there with ``BNR_PARAMS_RECORD`` set (bnr/pipeline/declared.py logs every key a stage
 reads); the keys, in dvc.yaml's spelling, are written per stage. ``tests/test_params_declared.py``
 compares them with each stage's ``params:`` in dvc.yaml (declared = read), and the slow
 end-to-end test records its own repro and compares it with this file, so it stays current.
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bnr.declared import _shown  # noqa: E402
+from bnr.pipeline.declared import _shown  # noqa: E402
 
 READS_FILE = REPO / "tests" / "params_reads.json"
 

@@ -28,5 +28,5 @@ done
 dvc queue status
 out=$(mktemp)
 dvc exp show --csv --drop '.*' \
-  --keep "$(python -c 'from bnr.experiments import EXP_SHOW_COLUMNS as c; print(c)')" > "$out"
-python -m bnr.experiments "$out" $SOURCES
+  --keep "$(python -c 'from bnr.pipeline.experiments import EXP_SHOW_COLUMNS as c; print(c)')" > "$out"
+python -m bnr.pipeline.experiments "$out" $SOURCES

@@ -3,7 +3,7 @@ and, for VOC 2012 with a test split, the evaluation-server archive.
 
 Its work: bnr/steps/evaluate.py; its paths: the options of its cmd in dvc.yaml."""
 
-from bnr.stage import stage_main
+from bnr.pipeline.stage import stage_main
 from bnr.steps import evaluate
 
 if __name__ == "__main__":

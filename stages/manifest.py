@@ -3,7 +3,7 @@ included), the content DVC hashes for the stages that read the dataset.
 
 Its work: bnr/steps/manifest.py; its paths: the options of its cmd in dvc.yaml."""
 
-from bnr.stage import stage_main
+from bnr.pipeline.stage import stage_main
 from bnr.steps import manifest
 
 if __name__ == "__main__":

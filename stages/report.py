@@ -4,7 +4,7 @@ It reads only its declared inputs; the DVC experiments are tabled outside the pi
 
 Its work: bnr/steps/report.py; its paths: the options of its cmd in dvc.yaml."""
 
-from bnr.stage import stage_main
+from bnr.pipeline.stage import stage_main
 from bnr.steps import report
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Its work: bnr/steps/train_segmenter.py; its paths: the options of its cmd in dvc.yaml."""
 
-from bnr.stage import stage_main
+from bnr.pipeline.stage import stage_main
 from bnr.steps import train_segmenter
 
 if __name__ == "__main__":

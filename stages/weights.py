@@ -3,7 +3,7 @@ load, downloading a known source's missing file; each training stage depends on 
 
 Its work: bnr/steps/weights.py; its paths: the options of its cmd in dvc.yaml."""
 
-from bnr.stage import stage_main
+from bnr.pipeline.stage import stage_main
 from bnr.steps import weights
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def run_step(name: str, params, **kwargs):
     dvc.yaml (relative: the test's working directory); returns what ``run`` returns."""
     import importlib
 
-    from bnr.stage import stage_paths
+    from bnr.pipeline.stage import stage_paths
 
     step = importlib.import_module(f"bnr.steps.{name}")
     inputs, outputs = stage_paths(step, REPO / "dvc.yaml", {"dataset": params.dataset})
@@ -95,7 +95,7 @@ def stage_argv(stage: str, *extra: str) -> list[str]:
     repository's dvc.yaml (run it in a working directory of its own)."""
     import sys
 
-    from bnr.stage import stage_command
+    from bnr.pipeline.stage import stage_command
 
     script, args = stage_command(stage, REPO / "dvc.yaml", {"dataset": "synthetic"})
     return [sys.executable, str(REPO / script), *extra, *args]
@@ -107,8 +107,8 @@ def write_weights_fingerprint(cwd: Path, stage: str, weights: str = "") -> None:
     (its stage command checks it before training)."""
     import importlib
 
-    from bnr.stage import stage_paths
-    from bnr.weights import fingerprint, write_fingerprint
+    from bnr.pipeline.stage import stage_paths
+    from bnr.weights.fingerprints import fingerprint, write_fingerprint
 
     inputs, _ = stage_paths(importlib.import_module(f"bnr.steps.{stage}"), REPO / "dvc.yaml")
     write_fingerprint(Path(cwd) / inputs.weights, fingerprint(f"{stage}.pretrained", weights))

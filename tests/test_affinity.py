@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from bnr.errors import BnrError
-from bnr.pairs import pair_affinity, pair_indices, pair_offsets
-from bnr.postprocessing.affinity import (
+from bnr.affinity.affinity_labels import (
     affinity_labels_from_cam,
     affinity_loss,
     cam_labels,
     combine_affinity_labels,
     pair_labels,
 )
+from bnr.errors import BnrError
+from bnr.models.pairs import pair_affinity, pair_indices, pair_offsets
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
 
@@ -195,8 +195,8 @@ def test_affinity_labels_bad_input() -> None:
 
 def test_radius_shrinks_on_small_maps_as_transcam() -> None:
     """TransCAM resnet38_aff.Net.forward: short side m < 2 r + 1 -> radius (m - 1) // 2."""
-    from bnr.pairs import feature_affinity, shrunk_radius
-    from bnr.postprocessing.random_walk import random_walk_sparse
+    from bnr.affinity.random_walk import random_walk_sparse
+    from bnr.models.pairs import feature_affinity, shrunk_radius
 
     assert [shrunk_radius(h, w, 5) for h, w in ((56, 56), (11, 40), (10, 40), (40, 9), (5, 6),
                                                (4, 60))] == [5, 5, 4, 4, 2, 1]

@@ -1,8 +1,8 @@
 """Every bad input of issue 13's table (and its neighbours) gets a non-zero exit and one line
 naming the file or key: no traceback, no partial output.
 
-Stage cases go through :func:`bnr.stage.run_stage` in this process (the exit code and stderr a
-user sees; a subprocess per case would cost seconds of imports each); SIGTERM needs a real
+Stage cases go through :func:`bnr.pipeline.stage.run_stage` in this process (the exit code and
+stderr a user sees; a subprocess per case would cost seconds of imports each); SIGTERM needs a real
 process. Outputs are compared as file sets before/after (``runs/`` holds resume state, not DVC
 outputs, and is left out).
 """
@@ -23,11 +23,11 @@ import torch
 import yaml
 
 from bnr.cli import main as bnr_main
+from bnr.config.param_checks import CONFORMER_PATCH
 from bnr.data.download import download_file
 from bnr.errors import BnrError
 from bnr.models.conformer import PRESETS
-from bnr.param_checks import CONFORMER_PATCH
-from bnr.stage import stage_command, stage_main
+from bnr.pipeline.stage import stage_command, stage_main
 from tests.conftest import (
     REPO,
     stage_argv,
@@ -173,7 +173,7 @@ def repo_stage_args(stage: str) -> list[str]:
 def run_stage(work: Path, capsys, stage: str, params_text: str | bytes) -> tuple[int, str]:
     """Run ``stage`` on ``params_text`` (as p.yaml); (exit code, stderr). Asserts that no file
     appeared or vanished."""
-    from bnr.stage import stage_main
+    from bnr.pipeline.stage import stage_main
 
     data = params_text if isinstance(params_text, bytes) else params_text.encode()
     (work / "p.yaml").write_bytes(data)
@@ -264,8 +264,8 @@ def test_sigterm_during_training_is_one_line_and_resumable(work: Path) -> None:
 
 
 def test_resumed_curves_have_no_duplicate_steps(work: Path) -> None:
-    from bnr.config import parse_params
-    from bnr.training import train_cam
+    from bnr.cam.training import train_cam
+    from bnr.config.params import parse_params
 
     raw = tiny_raw(work / "voc")
     raw["datasets"]["synthetic"]["train_cam"]["epochs"] = 2

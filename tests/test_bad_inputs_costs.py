@@ -142,9 +142,9 @@ MEMORY_CASES = [  # (id, stage, params text, machine GB, text of the line)
 def test_memory_cost_is_bounded_before_work(work: Path, capsys, monkeypatch: pytest.MonkeyPatch,
                                             stage: str, text: Callable[[Path], str],
                                             machine_gb: int, needle: str) -> None:
-    import bnr.memory
+    import bnr.pipeline.memory
 
-    monkeypatch.setattr(bnr.memory, "machine_memory",
+    monkeypatch.setattr(bnr.pipeline.memory, "machine_memory",
                         lambda device="cpu": (machine_gb * 10**9, "this machine's memory"))
     raw_text = text(work).replace("device: auto", "device: cpu")
     code, err = run_stage(work, capsys, stage, raw_text)
@@ -155,9 +155,9 @@ def test_memory_cost_is_bounded_before_work(work: Path, capsys, monkeypatch: pyt
 def test_memory_estimates_of_the_shipped_params_fit_a_small_machine() -> None:
     """Every stage of every dataset's shipped configuration is below 8 GB (the estimates are
     lower bounds; the paper's own settings must pass on a laptop-sized check)."""
-    from bnr.config import parse_params
-    from bnr.memory import CONFORMER_ATTENTION, estimates
+    from bnr.config.params import parse_params
     from bnr.models.conformer import PRESETS
+    from bnr.pipeline.memory import CONFORMER_ATTENTION, estimates
     from tests.conftest import REPO
 
     assert CONFORMER_ATTENTION == {n: (c.num_heads, c.depth) for n, c in PRESETS.items()}
@@ -176,7 +176,7 @@ def test_memory_budget_follows_the_resolved_device() -> None:
 
     import torch
 
-    from bnr.memory import machine_memory, resolved
+    from bnr.pipeline.memory import machine_memory, resolved
 
     def cfg(device: str, precision: str) -> SimpleNamespace:
         return SimpleNamespace(runtime=SimpleNamespace(device=device, precision=precision))

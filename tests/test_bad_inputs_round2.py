@@ -2,8 +2,8 @@
 non-zero exit and exactly one ``error:`` line naming the file or key, no traceback, no partial
 output. One table per class; the instances go beyond the issue's own examples.
 
-Stage cases run :func:`bnr.stage.stage_main` in this process, as ``tests/test_bad_inputs.py``
-does; they fail before any work, so each costs milliseconds.
+Stage cases run :func:`bnr.pipeline.stage.stage_main` in this process, as
+``tests/test_bad_inputs.py`` does; they fail before any work, so each costs milliseconds.
 """
 
 from __future__ import annotations
@@ -178,8 +178,8 @@ def test_params_read_as_dvc_reads_them(work: Path) -> None:
     """``lr: 1e-3`` (YAML 1.2, DVC's ruamel loader) is 0.001; other scalars agree with DVC."""
     from dvc.utils.serialize import parse_yaml
 
-    from bnr.config import load_params
-    from bnr.yaml_load import parse_yaml_text
+    from bnr.config.params import load_params
+    from bnr.config.yaml_load import parse_yaml_text
 
     scalars = "a: 1e-3\nb: 5E-5\nc: .5\nd: yes\ne: 012\nf: 0o12\ng: 1_000\nh: ~\ni: .inf\nj: on\n"
     assert parse_yaml_text(scalars, "x") == parse_yaml(scalars, "x")
@@ -252,7 +252,7 @@ def test_val_overlapping_training_is_an_error(work: Path, capsys, val: str, aff:
 
 
 def test_allowed_overlap_is_counted_for_the_protocol(work: Path) -> None:
-    from bnr.config import parse_params
+    from bnr.config.params import parse_params
     from bnr.steps.evaluate import train_overlap
 
     _val_and_aff(work, "e\na\nb\n")
@@ -408,6 +408,6 @@ def test_settings_that_do_not_apply_are_errors(work: Path, capsys, stage: str,
 
 
 def test_auto_for_deeplabv3_is_still_from_scratch() -> None:
-    from bnr.pretrained import pretrained_path
+    from bnr.weights.pretrained import pretrained_path
 
     assert pretrained_path("auto", "voc2012", "resnet101") == ""

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnr.cam import (
+from bnr.cam.maps import (
     aggregate_attention,
     cam_from_outputs,
     cams_to_seeds,
@@ -145,7 +145,7 @@ def test_pil_bicubic_resizes_the_uint8_image_before_normalising() -> None:
     to uint8), then normalisation. Row [0, 255] to width 4, by hand: output 1 has centre 0.75,
     taps x = 0, 1 with weights k(0.25) = 0.8671875, k(0.25 + 0.5) = 0.2265625, so
     255 * 0.2265625 / 1.09375 = 52.8 -> 53; output 0 is negative -> 0; the rest mirror."""
-    from bnr.cam import scaled_input
+    from bnr.cam.maps import scaled_input
     from bnr.data.transforms import normalize
 
     image = np.zeros((1, 2, 3), np.uint8)
@@ -164,7 +164,7 @@ def test_pil_bicubic_resizes_the_uint8_image_before_normalising() -> None:
 
 
 def test_multiscale_cam_pil_bicubic_matches_manual_passes() -> None:
-    from bnr.cam import scaled_input
+    from bnr.cam.maps import scaled_input
 
     model = FakeCamModel().eval()
     image = np.random.default_rng(0).integers(0, 256, (20, 28, 3), dtype=np.uint8)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bnr.cli import main
-from bnr.compare import Tolerances, compare_numbers, field_kind
+from bnr.pipeline.compare import Tolerances, compare_numbers, field_kind
 
 COMMITTED = {
     "seeds.json": {"miou": 6.156, "best_threshold": 0.59,

@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from bnr.config import ParamsError, load_params, parse_params
+from bnr.config.params import ParamsError, load_params, parse_params
 from tests.conftest import REPO
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bnr.errors import BnrError
-from bnr.postprocessing.crf import crf_map, dense_crf_labels, dense_crf_probs
+from bnr.pseudo_labels.crf import crf_map, dense_crf_labels, dense_crf_probs
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
 

@@ -35,11 +35,12 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-import bnr.affinity_training as psa
-import bnr.segmenter_training as segmentation
-from bnr.cam_model import build_cam_model
+import bnr.affinity.affinity_training as psa
+import bnr.segmenter.segmenter_training as segmentation
+from bnr.cam.cam_model import build_cam_model
+from bnr.cam.training import train_cam
 from bnr.checkpoints import load_checkpoint
-from bnr.config import load_params
+from bnr.config.params import load_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.distributed import (
@@ -54,7 +55,6 @@ from bnr.distributed import (
 )
 from bnr.engine import epoch_batches, training_session
 from bnr.errors import BnrError
-from bnr.training import train_cam
 from tests.conftest import REPO, stage_argv, update_dataset, write_weights_fingerprint
 from tests.test_psa_pipeline import fake_cams
 

@@ -1,6 +1,6 @@
 import math
 
-from bnr.experiments import arm_table, read_exp_csv
+from bnr.pipeline.experiments import arm_table, read_exp_csv
 
 CSV = """Experiment,State,metrics/seeds.json:miou,seed,method,noise_scale,infer_seeds.source
 ,,5.0,0,bnr,1.0,transcam

@@ -1,9 +1,16 @@
 """The layer rules of the architecture (DEVELOPERS.md), read from the imports with ``ast``:
 
-* models know no data, no post-processing, no config and none of the stage-level modules;
-* data knows no config and no models; the class names need none of the dataset writers;
+* models know no data, no config, no step package (``bnr/cam``, ``bnr/affinity``,
+  ``bnr/pseudo_labels``, ``bnr/segmenter``), no weights and none of the stage level
+  (``bnr/pipeline``, ``bnr/steps``);
+* data knows no config, no models and no step package; the class names need none of the dataset
+  writers;
+* config knows no step package, models, data, weights or stage level;
+* the step packages and ``bnr/weights`` know no stage level (the steps call them, not the
+  other way round);
 * metrics know no model; nothing in ``bnr/`` imports a stage script;
-* post-processing takes the class count explicitly (no default class count);
+* post-processing (CRF, random walk, affinity labels, test-time inference) takes the class count
+  explicitly (no default class count);
 * no library module is over 400 lines, except the model family files in ``bnr/models/``.
 
 Function-level imports count as much as top-level ones (they still tie the modules together).
@@ -60,21 +67,31 @@ def files(pattern: str) -> list[Path]:
     return out
 
 
+STEP_PACKAGES = ("bnr.cam", "bnr.affinity", "bnr.pseudo_labels", "bnr.segmenter")
+STAGE_LEVEL = ("bnr.pipeline", "bnr.steps")
+
 RULES = {
-    "models know no data, post-processing, config or stage-level modules": (
+    "models know no data, config, step packages, weights, pipeline or steps": (
         "models/*.py",
-        ("bnr.data", "bnr.postprocessing", "bnr.config", "bnr.affinity_training", "bnr.walk",
-         "bnr.segmentation", "bnr.segmenter_training", "bnr.training", "bnr.engine"),
+        ("bnr.data", "bnr.config", *STEP_PACKAGES, "bnr.weights", *STAGE_LEVEL, "bnr.engine"),
     ),
-    "data knows no config and no models": ("data/*.py", ("bnr.config", "bnr.models")),
+    "data knows no config, no models and no step package": (
+        "data/*.py", ("bnr.config", "bnr.models", *STEP_PACKAGES, "bnr.weights", *STAGE_LEVEL),
+    ),
     "class names need no dataset writer": (
         "data/classes.py",
         ("bnr.data.synthetic", "bnr.data.coco", "bnr.data.voc_prepare"),
     ),
     "metrics know no model": (
-        "metrics.py", ("bnr.models", "bnr.affinity_training", "bnr.walk", "bnr.segmentation",
-                       "bnr.segmenter_training", "bnr.training")
+        "metrics.py", ("bnr.models", *STEP_PACKAGES, "bnr.weights", "bnr.engine"),
     ),
+    "config knows no step package, models, data, weights, pipeline or steps": (
+        "config/*.py", (*STEP_PACKAGES, "bnr.models", "bnr.data", "bnr.weights", *STAGE_LEVEL),
+    ),
+    **{
+        f"{package} knows no pipeline and no step": (f"{package[4:]}/*.py", STAGE_LEVEL)
+        for package in (*STEP_PACKAGES, "bnr.weights")
+    },
     "nothing in bnr imports a stage": ("**/*.py", ("stages",)),
 }
 
@@ -99,28 +116,30 @@ def test_the_rule_checker_sees_function_level_and_relative_imports(tmp_path: Pat
     probe.write_text(
         "import torch\n"
         "def f():\n    from bnr.data.voc import read_split\n"
-        "from ..postprocessing import crf\nimport stages.crf\n"
+        "from ..pseudo_labels import crf\nimport stages.crf\n"
     )
-    forbidden = ("bnr.data", "bnr.postprocessing", "stages")
+    forbidden = ("bnr.data", "bnr.pseudo_labels", "stages")
     assert forbidden_imports([probe], forbidden, tmp_path) == [
         "bnr/models/probe.py: bnr.data.voc",
         "bnr/models/probe.py: bnr.data.voc.read_split",
-        "bnr/models/probe.py: bnr.postprocessing",
-        "bnr/models/probe.py: bnr.postprocessing.crf",
+        "bnr/models/probe.py: bnr.pseudo_labels",
+        "bnr/models/probe.py: bnr.pseudo_labels.crf",
         "bnr/models/probe.py: stages.crf",
     ]
+
+
+POST_PROCESSING = ("bnr.pseudo_labels.crf", "bnr.affinity.random_walk",
+                   "bnr.affinity.affinity_labels", "bnr.segmenter.test_time")
 
 
 def _public_postprocessing_functions() -> list:
     import importlib
 
     out = []
-    for path in files("postprocessing/*.py"):
-        if path.name == "__init__.py":
-            continue
-        module = importlib.import_module(f"bnr.postprocessing.{path.stem}")
-        for name, fn in inspect.getmembers(module, inspect.isfunction):
-            if fn.__module__ == module.__name__ and not name.startswith("_"):
+    for name in POST_PROCESSING:
+        module = importlib.import_module(name)
+        for fn_name, fn in inspect.getmembers(module, inspect.isfunction):
+            if fn.__module__ == module.__name__ and not fn_name.startswith("_"):
                 out.append(fn)
     return out
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnr.losses import bnr_loss, classification_loss, noisy_refined_cam, total_loss
+from bnr.cam.losses import bnr_loss, classification_loss, noisy_refined_cam, total_loss
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
 

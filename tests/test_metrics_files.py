@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bnr.errors import BnrError
-from bnr.metrics_files import count_values, protocol_path, read_protocol, write_metrics
+from bnr.pipeline.metrics_files import count_values, protocol_path, read_protocol, write_metrics
 from tests.conftest import REPO
 
 MAX_VALUES = 40  # issue 16: the declared metrics of the default pipeline, all files together

@@ -3,15 +3,15 @@
 invisible to ``dvc status``, a key it declares but never reads re-runs it for nothing.
 
 What the code reads is ``tests/params_reads.json``, recorded from a real ``dvc repro`` of the
-tiny configuration (``python scripts/params_reads.py --write``; ``bnr/declared.py`` logs every
-read). The slow end-to-end test records its own repro and checks that this file is current.
+tiny configuration (``python scripts/params_reads.py --write``; ``bnr/pipeline/declared.py`` logs
+every read). The slow end-to-end test records its own repro and checks that this file is current.
 """
 
 from __future__ import annotations
 
 import json
 
-from bnr.declared import UNDECLARED_BY_DESIGN, declared_params
+from bnr.pipeline.declared import UNDECLARED_BY_DESIGN, declared_params
 from tests.conftest import REPO
 
 READS = json.loads((REPO / "tests" / "params_reads.json").read_text())
@@ -27,7 +27,7 @@ def _covers(outer: str, inner: str) -> bool:
 
 
 def _stages() -> dict[str, dict]:
-    from bnr.yaml_load import load_yaml
+    from bnr.config.yaml_load import load_yaml
 
     return load_yaml(REPO / "dvc.yaml")["stages"]
 

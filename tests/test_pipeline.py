@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnr.experiments import flatten_params
-from bnr.metrics_files import read_protocol
+from bnr.pipeline.experiments import flatten_params
+from bnr.pipeline.metrics_files import read_protocol
 from tests.conftest import REPO, update_dataset
 from tests.test_metrics_files import (
     MAX_VALUES,
@@ -81,7 +81,8 @@ def test_dvc_repro_end_to_end(clone):
     env = _env()
     out = _run(["dvc", "stage", "list"], clone, env)
     assert "download" in out
-    record = clone.parent / "params_reads.txt"  # every key each stage reads (bnr/declared.py)
+    # every key each stage reads (bnr/pipeline/declared.py)
+    record = clone.parent / "params_reads.txt"
     _run(["dvc", "repro"], clone, {**env, "BNR_PARAMS_RECORD": str(record)})
     recorded = json.loads((REPO / "tests" / "params_reads.json").read_text())
     assert reads_from_record(record) == recorded, (  # tests/test_params_declared.py's input
@@ -185,14 +186,15 @@ STATUS_CASES = [
     # the split / image / ground-truth reader: every stage that reads or checks (bnr/data/checks.py,
     # run by each such stage before its work) images, splits or masks through it
     ("file bnr/data/voc.py", ALL_STAGES - {"pretrain", "report"}),
-    ("file bnr/report.py", {"report"}),
+    ("file bnr/pipeline/report.py", {"report"}),
     # affinity labels and loss: only their training (random_walk follows through affinity.pt)
-    ("file bnr/postprocessing/affinity.py", {"train_affinity"}),
+    ("file bnr/affinity/affinity_labels.py", {"train_affinity"}),
     # pixel-pair geometry: AffinityNet (training, walk) and ResNet-38d (pretrain, the segmenter)
-    ("file bnr/pairs.py", {"pretrain", "train_affinity", "random_walk", "train_segmenter",
-                           "evaluate"}),
+    ("file bnr/models/pairs.py", {"pretrain", "train_affinity", "random_walk", "train_segmenter",
+                                  "evaluate"}),
     ("file bnr/engine.py", {"pretrain", "train_cam", "train_affinity", "train_segmenter"}),
-    ("file bnr/pseudo_labels.py", {"random_walk", "crf"}),  # the walk reads the threshold
+    # the walk reads the threshold
+    ("file bnr/pseudo_labels/crf_labels.py", {"random_walk", "crf"}),
     # pretrained weights (the weights stage's fingerprints; the weights stage itself runs on every
     # repro and is not counted): with the default keys (auto: from scratch on synthetic) an
     # edited pretrain file marks only its stage ...

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnr.config import parse_params
+from bnr.config.params import parse_params
 from bnr.data.classes import class_names
 from bnr.data.prepare import prepare_dataset
 from bnr.data.sources import SOURCES

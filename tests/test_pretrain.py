@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-import bnr.pretrain as pretrain_module
-from bnr.config import PretrainConfig, parse_params
+import bnr.weights.pretrain as pretrain_module
+from bnr.config.params import PretrainConfig, parse_params
 from bnr.data.pretrain_world import (
     PALETTES,
     PATTERNS,
@@ -29,8 +29,8 @@ from bnr.errors import BnrError
 from bnr.models.conformer import create_conformer, detect_checkpoint_layout, load_pretrained
 from bnr.models.deeplab import create_segmenter
 from bnr.models.resnet38 import AffinityNet, load_imagenet_weights, resnet38d_tiny
-from bnr.pretrain import average_precision, classification_scores, lr_at, run_pretrain
-from bnr.pretrained import IMAGENET_FILES, PRETRAINED_FILES, pretrained_path, stage_weights
+from bnr.weights.pretrain import average_precision, classification_scores, lr_at, run_pretrain
+from bnr.weights.pretrained import IMAGENET_FILES, PRETRAINED_FILES, pretrained_path, stage_weights
 from tests.conftest import numerics_threads, stage_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def test_pretrained_values_resolve_per_dataset_and_network():
 
 
 def test_pretrain_outputs_are_where_pretrain_points() -> None:
-    from bnr.stage import stage_paths
+    from bnr.pipeline.stage import stage_paths
     from bnr.steps import pretrain
 
     _, outputs = stage_paths(pretrain, REPO / "dvc.yaml")
@@ -278,7 +278,7 @@ def test_rebuild_is_identical_on_the_same_machine(written, tmp_path):
 
 
 def test_attention_diagnostics_tell_an_affinity_from_a_sink():
-    from bnr.attention_diagnostics import attention_stats, patch_labels
+    from bnr.cam.attention_diagnostics import attention_stats, patch_labels
 
     mask = np.zeros((16, 16), np.uint8)
     mask[:8, :8] = 1  # patch 0 (of 4 patches of 8 px) is class 1

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-import bnr.protocol as protocol
+import bnr.pipeline.protocol as protocol
 
 
 def test_cpu_model_name_from_cpuinfo(tmp_path: Path) -> None:

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from bnr.affinity_model import build_affinity_model, load_affinity_model
-from bnr.config import parse_params
+from bnr.affinity.affinity_model import build_affinity_model, load_affinity_model
+from bnr.affinity.walk import random_walk_split
+from bnr.config.params import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.errors import BnrError
-from bnr.metrics_files import count_values, read_protocol
-from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels
-from bnr.walk import random_walk_split
+from bnr.pipeline.metrics_files import count_values, read_protocol
+from bnr.pseudo_labels.crf_labels import crf_split, evaluate_pseudo_labels
 from tests.conftest import REPO, run_step, update_dataset, with_dataset
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
@@ -135,7 +135,7 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
 def _fail_on_second(payload):
     if str(payload[1]).endswith("_000001.png"):
         raise ValueError("boom")
-    from bnr.pseudo_labels import _crf_one
+    from bnr.pseudo_labels.crf_labels import _crf_one
 
     return _crf_one(payload)
 
@@ -143,7 +143,7 @@ def _fail_on_second(payload):
 def _die_on_second(payload):
     if str(payload[1]).endswith("_000001.png"):
         os._exit(3)
-    from bnr.pseudo_labels import _crf_one
+    from bnr.pseudo_labels.crf_labels import _crf_one
 
     return _crf_one(payload)
 
@@ -189,7 +189,7 @@ def test_affinity_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
 
     import torch
 
-    from bnr.affinity_training import train_affinity
+    from bnr.affinity.affinity_training import train_affinity
     from bnr.checkpoints import load_checkpoint
 
     params = tiny_params(work / "data" / "synthetic")
@@ -220,7 +220,7 @@ def test_random_walk_small_image_and_small_crop(tmp_path: Path) -> None:
     for img_id in ids:
         with Image.open(out / f"{img_id}.png") as im:
             assert im.mode == "P" and im.size == (48, 48)
-    from bnr.affinity_training import train_affinity
+    from bnr.affinity.affinity_training import train_affinity
 
     with pytest.raises(BnrError, match="train_affinity.crop 48 is too small"):
         train_affinity(tiny_params_crop(root, 48), tmp_path / "a.pt", tmp_path / "c",
@@ -231,19 +231,19 @@ def test_random_walk_split_walks_in_float64(tmp_path: Path, monkeypatch: pytest.
                                             ) -> None:
     """The walk accumulates in float64 (float32: 3e-5 relative off a float64 walk on a 47 x 63
     grid, for about 1.4x the walk's time)."""
-    import bnr.walk
+    import bnr.affinity.walk
 
     root = tmp_path / "syn"
     generate_synthetic(root, SyntheticSpec(num_train=1, num_val=1, image_size=48, clutter=2))
     fake_cams(root, tmp_path / "cams", empty="")
     seen = []
-    real = bnr.walk.random_walk_segmentation
+    real = bnr.affinity.walk.random_walk_segmentation
 
     def spy(cams, keys, aff, *args, **kw):
         seen.append(aff.dtype)
         return real(cams, keys, aff, *args, **kw)
 
-    monkeypatch.setattr(bnr.walk, "random_walk_segmentation", spy)
+    monkeypatch.setattr(bnr.affinity.walk, "random_walk_segmentation", spy)
     random_walk_split(tiny_params(root), build_affinity_model("resnet38d_tiny"),
                       read_split(root, "train"), tmp_path / "rw", cam_dir=tmp_path / "cams",
                       progress=False)
@@ -262,7 +262,7 @@ def test_affinity_training_in_bfloat16_channels_last(work: Path, tmp_path: Path)
 
     import torch
 
-    from bnr.affinity_training import train_affinity
+    from bnr.affinity.affinity_training import train_affinity
     from bnr.checkpoints import load_checkpoint
     from bnr.runtime import Runtime
 

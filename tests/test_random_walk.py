@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bnr.errors import BnrError
-from bnr.pairs import pair_indices
-from bnr.postprocessing import random_walk
-from bnr.postprocessing.random_walk import (
+from bnr.affinity import random_walk
+from bnr.affinity.random_walk import (
     affinity_parts,
     cams_with_background,
     downsample_scores,
@@ -22,6 +20,8 @@ from bnr.postprocessing.random_walk import (
     random_walk_sparse,
     transition_dense,
 )
+from bnr.errors import BnrError
+from bnr.models.pairs import pair_indices
 
 pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -200,7 +200,7 @@ def test_segmentation_class_count_is_explicit() -> None:
 
 
 def test_upscaled_image_and_cams_for_the_walk() -> None:
-    from bnr.walk import upscaled
+    from bnr.affinity.walk import upscaled
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)

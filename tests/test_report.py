@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bnr.metrics_files import write_metrics
-from bnr.report import (
+from bnr.pipeline.metrics_files import write_metrics
+from bnr.pipeline.report import (
     arms_table,
     build_report,
     dvc_experiments,
@@ -166,24 +166,24 @@ def test_dvc_success_and_stage(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.chdir(tmp_path)
     fake_metrics(tmp_path / "metrics")
-    import bnr.report
+    import bnr.pipeline.report
 
     def no_dvc(*a, **k):  # the stage must not read experiments: DVC cannot see them as input
         raise AssertionError("the report stage ran dvc exp show")
 
-    monkeypatch.setattr(bnr.report, "dvc_experiments", no_dvc)
+    monkeypatch.setattr(bnr.pipeline.report, "dvc_experiments", no_dvc)
     run_step("report", tiny_params(tmp_path))
     text = (tmp_path / "metrics" / "report.md").read_text()
     assert text.startswith("# bnr report: synthetic") and "`bnr experiments" in text
 
 
 def test_bnr_experiments_command(tmp_path: Path, monkeypatch) -> None:
-    import bnr.report
+    import bnr.pipeline.report
     from bnr.cli import main
 
-    monkeypatch.setattr(bnr.report, "dvc_experiments", lambda: (FAKE_EXP, ""))
+    monkeypatch.setattr(bnr.pipeline.report, "dvc_experiments", lambda: (FAKE_EXP, ""))
     assert main(["experiments", "--out", str(tmp_path / "e.md")]) == 0
     text = (tmp_path / "e.md").read_text()
     assert text.startswith("# bnr experiments") and "mean ± std" in text
-    monkeypatch.setattr(bnr.report, "dvc_experiments", lambda: (None, "dvc missing"))
+    monkeypatch.setattr(bnr.pipeline.report, "dvc_experiments", lambda: (None, "dvc missing"))
     assert main(["experiments"]) == 1

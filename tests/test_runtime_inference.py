@@ -9,17 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from bnr.affinity_model import build_affinity_model
-from bnr.cam import cams_to_seeds, multiscale_cam
+from bnr.affinity.affinity_model import build_affinity_model
+from bnr.affinity.walk import image_affinity
+from bnr.cam.maps import cams_to_seeds, multiscale_cam
 from bnr.checkpoints import save_checkpoint
 from bnr.cli import main
-from bnr.config import RuntimeConfig
+from bnr.config.params import RuntimeConfig
 from bnr.errors import BnrError
 from bnr.models.conformer import create_conformer
 from bnr.models.deeplab import create_segmenter
 from bnr.runtime import CPU, Runtime, resolve_runtime
-from bnr.segmentation import multiscale_predict
-from bnr.walk import image_affinity
+from bnr.segmenter.evaluation import multiscale_predict
 
 BF16 = Runtime(torch.device("cpu"), precision="bfloat16")
 FP32 = Runtime(torch.device("cpu"), precision="float32")

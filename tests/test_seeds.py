@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from bnr.cam import cams_to_seeds
+from bnr.cam.maps import cams_to_seeds
+from bnr.cam.seeds import threshold_confusions, threshold_grid
 from bnr.metrics import confusion_matrix
-from bnr.seeds import threshold_confusions, threshold_grid
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
 
@@ -47,7 +47,7 @@ def test_sweep_ranges_per_dataset():
 
     import yaml
 
-    from bnr.config import parse_params
+    from bnr.config.params import parse_params
 
     raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     stops = {}

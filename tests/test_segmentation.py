@@ -15,16 +15,16 @@ import yaml
 from PIL import Image
 
 from bnr.checkpoints import load_checkpoint, load_state_strict
-from bnr.config import parse_params
+from bnr.config.params import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.engine import poly_lr
 from bnr.errors import BnrError
-from bnr.metrics_files import count_values, read_protocol
 from bnr.models.deeplab import DeepLabLargeFOV, create_segmenter
 from bnr.models.resnet38 import param_groups
-from bnr.segmentation import SERVER_DIR, multiscale_predict, write_server_archive
-from bnr.segmenter_training import iteration_batches, train_segmenter
+from bnr.pipeline.metrics_files import count_values, read_protocol
+from bnr.segmenter.evaluation import SERVER_DIR, multiscale_predict, write_server_archive
+from bnr.segmenter.segmenter_training import iteration_batches, train_segmenter
 from tests.conftest import REPO, run_step, update_dataset, with_dataset, write_voc_tree
 
 SIZE = 64
@@ -228,7 +228,7 @@ def test_missing_pseudo_label_is_clear(work: Path, tmp_path: Path) -> None:
 
 
 def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> None:
-    import bnr.segmenter_training as seg
+    import bnr.segmenter.segmenter_training as seg
 
     monkeypatch.setattr(seg, "segmentation_loss",
                         lambda logits, label, ctx, align: logits.sum() * float("nan"))
@@ -242,7 +242,7 @@ def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> No
 def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     monkeypatch.chdir(work)
     params = tiny_params(work / "data" / "synthetic")
-    import bnr.segmenter_training as seg
+    import bnr.segmenter.segmenter_training as seg
 
     original = seg.train_segmenter
     monkeypatch.setattr(
@@ -287,7 +287,7 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
 
 
 def test_evaluate_with_crf(work: Path) -> None:
-    from bnr.segmentation import evaluate_split
+    from bnr.segmenter.evaluation import evaluate_split
 
     params = tiny_params(work / "data" / "synthetic")
     params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, crf=True),

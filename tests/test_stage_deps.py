@@ -1,5 +1,5 @@
 """dvc.yaml's code deps are exactly each stage's import closure, and stages read only the params
-they declare (bnr.declared)."""
+they declare (bnr.pipeline.declared)."""
 
 import dataclasses
 import sys
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bnr.config import parse_params
-from bnr.declared import declared_params, declared_view
+from bnr.config.params import parse_params
 from bnr.errors import BnrError
+from bnr.pipeline.declared import declared_params, declared_view
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -90,8 +90,8 @@ def test_stage_paths_come_from_its_cmd_and_match_deps_and_outs(stage):
 
     import yaml
 
-    from bnr.metrics_files import protocol_path
-    from bnr.stage import output_paths, stage_paths
+    from bnr.pipeline.metrics_files import protocol_path
+    from bnr.pipeline.stage import output_paths, stage_paths
 
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     step = importlib.import_module(f"bnr.steps.{stage}")

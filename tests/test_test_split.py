@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from bnr.checkpoints import save_checkpoint
-from bnr.config import parse_params
+from bnr.config.params import parse_params
 from bnr.data.checks import server_archive_skip
 from bnr.models.deeplab import create_segmenter
-from bnr.segmentation import SERVER_DIR
+from bnr.segmenter.evaluation import SERVER_DIR
 from tests.conftest import REPO, run_step, update_dataset, write_voc_tree
 
 pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]

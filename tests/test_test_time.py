@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bnr.config import load_params
-from bnr.postprocessing import test_time
-from bnr.postprocessing.test_time import (
+from bnr.config.params import load_params
+from bnr.segmenter import test_time
+from bnr.segmenter.test_time import (
     multiscale_predict,
     predict_labels,
     prediction_options,

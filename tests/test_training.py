@@ -5,14 +5,14 @@ import pytest
 import torch
 import yaml
 
-import bnr.training as training
-from bnr.cam_model import build_cam_model
+import bnr.cam.training as training
+from bnr.cam.cam_model import build_cam_model
+from bnr.cam.seeds import infer_split_cams, load_cams, seed_miou_sweep, threshold_grid
+from bnr.cam.training import train_cam
 from bnr.checkpoints import load_checkpoint, load_state_strict
-from bnr.config import parse_params
+from bnr.config.params import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.errors import BnrError
-from bnr.seeds import infer_split_cams, load_cams, seed_miou_sweep, threshold_grid
-from bnr.training import train_cam
 from tests.conftest import REPO, update_dataset
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from bnr.affinity.affinity_labels import pair_labels
 from bnr.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -9,8 +10,7 @@ from bnr.data.transforms import (
     PadCropTransform,
     TrainTransform,
 )
-from bnr.pairs import pair_indices
-from bnr.postprocessing.affinity import pair_labels
+from bnr.models.pairs import pair_indices
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
 

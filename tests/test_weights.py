@@ -1,5 +1,6 @@
-"""The weights stage (bnr/weights.py, bnr/data/weights_download.py, bnr/steps/weights.py) and the
-training stages' check of its fingerprints; downloads from 127.0.0.1 only."""
+"""The weights stage (bnr/weights/fingerprints.py, bnr/data/weights_download.py,
+bnr/steps/weights.py) and the training stages' check of its fingerprints; downloads from 127.0.0.1
+only."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-import bnr.weights as weights
-from bnr.config import parse_params
+import bnr.weights.fingerprints as weights
+from bnr.config.params import parse_params
 from bnr.data.sources import SOURCES
 from bnr.data.weights_download import download_known_weights
 from bnr.errors import BnrError
-from bnr.pretrained import IMAGENET_FILES, PRETRAINED_FILES
-from bnr.stage import stage_paths
-from bnr.weights import CACHE_NAME, fingerprint, verify_fingerprint, write_fingerprint
+from bnr.pipeline.stage import stage_paths
+from bnr.weights.fingerprints import CACHE_NAME, fingerprint, verify_fingerprint, write_fingerprint
+from bnr.weights.pretrained import IMAGENET_FILES, PRETRAINED_FILES
 from tests.conftest import REPO, run_step
 from tests.httpserver import LocalServer
 

@@ -16,7 +16,8 @@ names both paths.
 ``download.mirrors`` (source name -> URL, names from :data:`bnr.data.sources.SOURCES`) replaces
 a source's URL; the built-in checksum still applies, so a mirror must serve the same file.
 
-Pretrained weight files are fetched by the ``weights`` stage (:mod:`bnr.weights`), not here.
+Pretrained weight files are fetched by the ``weights`` stage (:mod:`bnr.weights.fingerprints`), not
+here.
 """
 
 from __future__ import annotations

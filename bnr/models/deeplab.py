@@ -10,7 +10,7 @@
 
 Both return logits at **1/8 of the input resolution** (output stride 8, ceil-rounded for
 ResNet-38d): ``forward(x (B, 3, H, W)) -> (B, S, ceil(H/8), ceil(W/8))``. Training upsamples
-the logits bilinearly to the label size, and evaluation (:func:`bnr.segmentation.
+the logits bilinearly to the label size, and evaluation (:func:`bnr.segmenter.evaluation.
 multiscale_predict`) upsamples them to the image size. ``new_layers`` lists the head's convs
 (trained with the 10x / 20x learning rates of :func:`bnr.models.resnet38.param_groups`); as in
 TransCAM's ``get_parameter_groups`` (convs only), the head BatchNorms' affine parameters are in

@@ -30,8 +30,8 @@ from torch import nn
 from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
 from bnr.models.mxnet_params import LIST_MAGIC, read_mxnet_params
+from bnr.models.pairs import feature_affinity
 from bnr.models.registry import ModelKind, register_model
-from bnr.pairs import feature_affinity
 
 __all__ = [
     "AffinityNet",

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.config import Params
-from bnr.crf_settings import crf_kwargs
+from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.data.classes import class_names
 from bnr.data.voc import read_split
 from bnr.metrics import write_class_table
-from bnr.metrics_files import write_metrics
-from bnr.protocol import protocol_record
-from bnr.pseudo_labels import crf_split, evaluate_pseudo_labels, walk_background_score
+from bnr.pipeline.metrics_files import write_metrics
+from bnr.pipeline.protocol import protocol_record
+from bnr.pseudo_labels.crf_labels import crf_split, evaluate_pseudo_labels, walk_background_score
+from bnr.pseudo_labels.crf_settings import crf_kwargs
 
 
 @dataclass(frozen=True)

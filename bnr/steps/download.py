@@ -6,7 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bnr.config import Params
+from bnr.config.params import Params
 from bnr.data.prepare import DownloadRequest, prepare_dataset
 from bnr.data.sources import mirror_overrides
 from bnr.data.synthetic import SyntheticSpec

@@ -11,19 +11,19 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from bnr.cam import cams_to_seeds
-from bnr.cam_model import load_cam_model
-from bnr.config import Params
+from bnr.cam.cam_model import load_cam_model
+from bnr.cam.maps import cams_to_seeds
+from bnr.cam.seeds import load_cams, seed_miou_sweep, threshold_grid
+from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.data.classes import class_names
 from bnr.data.transforms import EvalTransform
 from bnr.data.voc import VocSegmentation
 from bnr.io import atomic_path, write_json, write_text
 from bnr.metrics import mean_iou, per_class_table, write_class_table
-from bnr.metrics_files import write_metrics
-from bnr.protocol import protocol_record
-from bnr.seeds import load_cams, seed_miou_sweep, threshold_grid
-from bnr.visualize import class_token_attention, colorize_labels, heat_overlay, panel
+from bnr.pipeline.metrics_files import write_metrics
+from bnr.pipeline.protocol import protocol_record
+from bnr.pipeline.visualize import class_token_attention, colorize_labels, heat_overlay, panel
 
 log = logging.getLogger(__name__)
 

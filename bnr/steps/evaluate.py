@@ -9,19 +9,19 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bnr.config import Params
+from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs, server_archive_skip, split_overlap
 from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
 from bnr.io import atomic_path, read_image, read_label_png
 from bnr.metrics import mean_iou, per_class_table, write_class_table
-from bnr.metrics_files import write_metrics
-from bnr.postprocessing.test_time import prediction_options
-from bnr.protocol import protocol_record
+from bnr.pipeline.metrics_files import write_metrics
+from bnr.pipeline.protocol import protocol_record
+from bnr.pipeline.visualize import colorize_labels, panel
 from bnr.runtime import start_runtime
-from bnr.segmentation import evaluate_split, write_label_tar, write_server_archive
-from bnr.segmenter_model import load_segmenter
-from bnr.visualize import colorize_labels, panel
+from bnr.segmenter.evaluation import evaluate_split, write_label_tar, write_server_archive
+from bnr.segmenter.segmenter_model import load_segmenter
+from bnr.segmenter.test_time import prediction_options
 
 
 @dataclass(frozen=True)

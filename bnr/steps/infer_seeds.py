@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from bnr.cam_model import load_cam_model
-from bnr.config import Params
+from bnr.cam.cam_model import load_cam_model
+from bnr.cam.seeds import infer_split_cams
+from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.data.classes import class_names
 from bnr.data.voc import VocSegmentation
-from bnr.metrics_files import write_metrics
-from bnr.protocol import protocol_record
+from bnr.pipeline.metrics_files import write_metrics
+from bnr.pipeline.protocol import protocol_record
 from bnr.runtime import start_runtime
-from bnr.seeds import infer_split_cams
 
 
 @dataclass(frozen=True)

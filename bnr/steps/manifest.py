@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.config import Params
+from bnr.config.params import Params
 from bnr.data.manifest import write_manifest
 
 

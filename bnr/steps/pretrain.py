@@ -2,7 +2,7 @@
 
 Trains the CAM backbone and the AffinityNet / segmenter backbone on ``bnr.data.pretrain_world``
 and writes them in the real checkpoint layouts (official Conformer, converted ResNet-38 .pth),
-which the ``*.pretrained: auto`` keys load for the synthetic dataset (bnr/pretrained.py). A
+which the ``*.pretrained: auto`` keys load for the synthetic dataset (bnr/weights/pretrained.py). A
 one-time cost: its outputs are committed.
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bnr.config import Params
-from bnr.metrics_files import write_metrics
-from bnr.pretrain import run_pretrain
-from bnr.protocol import protocol_record
+from bnr.config.params import Params
+from bnr.pipeline.metrics_files import write_metrics
+from bnr.pipeline.protocol import protocol_record
+from bnr.pipeline.stage import seed_everything
 from bnr.runtime import start_runtime
-from bnr.stage import seed_everything
+from bnr.weights.pretrain import run_pretrain
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import torch
 
-from bnr.affinity_model import load_affinity_model
-from bnr.config import Params
+from bnr.affinity.affinity_model import load_affinity_model
+from bnr.affinity.walk import random_walk_split
+from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.data.voc import read_split
-from bnr.metrics_files import write_metrics
-from bnr.protocol import protocol_record
-from bnr.pseudo_labels import best_seed_threshold, walk_background_score
+from bnr.pipeline.metrics_files import write_metrics
+from bnr.pipeline.protocol import protocol_record
+from bnr.pipeline.stage import seed_everything
+from bnr.pseudo_labels.crf_labels import best_seed_threshold, walk_background_score
 from bnr.runtime import start_runtime
-from bnr.stage import seed_everything
-from bnr.walk import random_walk_split
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.config import Params
+from bnr.config.params import Params
 from bnr.io import write_text
-from bnr.report import build_report
+from bnr.pipeline.report import build_report
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.affinity_training import train_affinity
-from bnr.config import Params
+from bnr.affinity.affinity_training import train_affinity
+from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
-from bnr.metrics_files import write_metrics
-from bnr.pretrained import stage_weights
-from bnr.protocol import protocol_record
-from bnr.stage import seed_everything
-from bnr.weights import verify_fingerprint
+from bnr.pipeline.metrics_files import write_metrics
+from bnr.pipeline.protocol import protocol_record
+from bnr.pipeline.stage import seed_everything
+from bnr.weights.fingerprints import verify_fingerprint
+from bnr.weights.pretrained import stage_weights
 
 DISTRIBUTED = True
 

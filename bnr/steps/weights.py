@@ -1,5 +1,6 @@
 """Stage weights: fingerprint (and download, when a known source's) the pretrained weight files
-the training stages load; one small JSON per training stage, its dependency (bnr/weights.py)."""
+the training stages load; one small JSON per training stage, its dependency
+(bnr/weights/fingerprints.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.config import Params
+from bnr.config.params import Params
 from bnr.data.sources import mirror_overrides
 from bnr.data.weights_download import download_known_weights
-from bnr.pretrained import TRAINING_BLOCKS, stage_weights
-from bnr.weights import CACHE_NAME, fingerprint, write_fingerprint
+from bnr.weights.fingerprints import CACHE_NAME, fingerprint, write_fingerprint
+from bnr.weights.pretrained import TRAINING_BLOCKS, stage_weights
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,28 @@
+"""AffinityNet (PSA) on ResNet-38d as the stages build and load it: checkpoint meta, a fresh
+model, a trained one (strict load), through the model registry (bnr/models/registry.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bnr.config.params import Params
+from bnr.models.registry import create_model, model_from_checkpoint
+from bnr.models.resnet38 import AffinityNet  # (importing it registers "affinity")
+
+STRIDE = 8  # AffinityNet output stride
+
+
+def affinity_model_meta(params: Params) -> dict:
+    """What an affinity checkpoint must agree on to be loaded."""
+    return {"kind": "affinity", "preset": params.per_dataset.train_affinity.model,
+            "dataset": params.dataset}
+
+
+def build_affinity_model(preset: str, pretrained: str = "") -> AffinityNet:
+    """A fresh AffinityNet on ResNet-38d ``preset`` (ImageNet weights if ``pretrained``)."""
+    return create_model("affinity", preset, pretrained=pretrained)
+
+
+def load_affinity_model(params: Params, path: Path) -> AffinityNet:
+    """The trained AffinityNet of ``path`` (strict, meta-checked); one line if it is missing."""
+    return model_from_checkpoint(path, affinity_model_meta(params), "train_affinity")[0]

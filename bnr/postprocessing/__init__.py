@@ -1,1 +1,0 @@
-"""Seed post-processing: affinity labels, random walk, dense CRF (PSA as configured by TransCAM)."""

@@ -1,0 +1,2 @@
+"""Step 4: the segmenter (DeepLab) trained on the pseudo labels, its test-time inference and its
+evaluation."""
