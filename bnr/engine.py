@@ -50,7 +50,7 @@ from bnr.distributed import (
 )
 from bnr.errors import BnrError
 from bnr.io import atomic_path
-from bnr.runtime import CPU, Runtime, start_runtime
+from bnr.runtime import CPU, Runtime, seed_torch, start_runtime
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -338,7 +338,7 @@ def fit(
                     base_lr = loop.lr_at(step)
                     for group in optimizer.param_groups:
                         group["lr"] = base_lr * group.get("lr_mult", 1.0)
-                torch.manual_seed(epoch_seed(loop.seed, step) + ctx.rank)  # dropout of this step
+                seed_torch(epoch_seed(loop.seed, step) + ctx.rank)  # dropout of this step
                 loss, values = step_fn(net, batch)
                 values = mean_over_processes({**values, "loss": float(loss.detach())}, ctx)
                 for key in loop.summed:  # counts of the whole global batch

@@ -1,4 +1,6 @@
-"""Where and how tensors are computed: device, autocast precision, memory format, threads.
+"""Where and how tensors are computed: device, autocast precision, memory format, threads; and
+the seeding of the random generators (:func:`seed_everything`, :func:`seed_torch`), the one
+place a stage or a training function sets them.
 
 One ``runtime`` block in params.yaml drives every stage that runs a network. ``auto`` values
 resolve on the machine that runs the stage (CUDA when present, else CPU); the resolved values
@@ -9,9 +11,11 @@ and ``channels_last`` are switched on by ``auto`` only on CUDA.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -131,3 +135,16 @@ def start_runtime(cfg: RuntimeConfig, local_rank: int = 0, nproc: int = 1) -> Ru
     runtime = resolve_runtime(cfg, local_rank, nproc)
     apply_threads(runtime)
     return runtime
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA): a stage's first act (``bnr/steps``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    seed_torch(seed)
+
+
+def seed_torch(seed: int) -> None:
+    """Seed torch's generators (CPU and CUDA) alone: where a draw must not depend on what ran
+    before it (a network's initialisation, one training step's dropout)."""
+    torch.manual_seed(seed)

@@ -47,7 +47,7 @@ from bnr.models.pairs import feature_affinity
 from bnr.models.resnet38 import param_groups
 from bnr.pseudo_labels.crf import crf_map, dense_crf_labels
 from bnr.pseudo_labels.crf_settings import crf_kwargs, crf_workers
-from bnr.runtime import CPU, Runtime
+from bnr.runtime import CPU, Runtime, seed_torch
 from bnr.weights.pretrained import stage_weights
 
 POLY_POWER = 0.9
@@ -183,7 +183,7 @@ def train_affinity(
     label_seconds = round(time.time() - started, 1)
     dataset = AffinityDataset(root, ids, label_dir, sizes.crop, PAD_LABELS[cfg.pad_label])
 
-    torch.manual_seed(params.seed)
+    seed_torch(params.seed)
     model = build_affinity_model(sizes.model, stage_weights(params, "train_affinity"))
     batch = sizes.batch_size
     per_epoch = len(epoch_batches(len(dataset), batch, params.seed, 0))

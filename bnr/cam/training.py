@@ -19,7 +19,7 @@ from bnr.data.transforms import TrainTransform
 from bnr.data.voc import VocSegmentation
 from bnr.distributed import SINGLE, DistContext
 from bnr.engine import Loop, epoch_batches, fit, float_outputs, run_key, source_digest
-from bnr.runtime import CPU, Runtime
+from bnr.runtime import CPU, Runtime, seed_torch
 
 
 def train_cam(
@@ -46,7 +46,7 @@ def train_cam(
         data.root, data.train_split, class_names(params.dataset), with_mask=False,
         transform=TrainTransform(sizes.crop_size, sizes.resize_long, cfg.color_jitter),
     )
-    torch.manual_seed(params.seed)
+    seed_torch(params.seed)
     model = build_cam_model(params)
     num_blocks = model.cfg.depth
 

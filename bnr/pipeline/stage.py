@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import random
 import shlex
 import signal
 import sys
@@ -25,9 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
-import numpy as np
-import torch
 
 from bnr.config.params import load_params
 from bnr.curves import remove_stale_temporaries
@@ -37,13 +33,6 @@ from bnr.io import check_writable
 from bnr.pipeline.declared import declared_params, declared_view
 from bnr.pipeline.memory import check_memory
 from bnr.pipeline.metrics_files import protocol_path
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Terminated(KeyboardInterrupt):

@@ -40,7 +40,7 @@ from bnr.engine import (
 from bnr.errors import BnrError
 from bnr.io import read_image, read_label_png
 from bnr.models.resnet38 import param_groups
-from bnr.runtime import CPU, Runtime
+from bnr.runtime import CPU, Runtime, seed_torch
 from bnr.segmenter.segmenter_model import build_segmenter, segmenter_meta
 
 CHECKPOINT_EVERY = 100  # iterations between resume checkpoints
@@ -146,7 +146,7 @@ def train_segmenter(
     dataset = PseudoLabelDataset(root, ids, label_dir, sizes.crop,
                                  sizes.resize_scale)
 
-    torch.manual_seed(params.seed)
+    seed_torch(params.seed)
     model = build_segmenter(params)
     max_it, batch = sizes.iterations, sizes.batch_size
 

@@ -16,7 +16,7 @@ from bnr.data.classes import class_names
 from bnr.data.voc import VocSegmentation
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.runtime import start_runtime
+from bnr.runtime import seed_everything, start_runtime
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def check(cfg: Params, inputs: Inputs) -> None:
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """CAMs of every image of ``infer_split`` at the dataset's ``infer_seeds.scales`` (and
     flipped)."""
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     runtime = start_runtime(cfg.runtime)
     model = load_cam_model(cfg, inputs.cam_checkpoint)
     model = runtime.prepare_model(model)

@@ -14,8 +14,7 @@ from pathlib import Path
 from bnr.config.params import Params
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.stage import seed_everything
-from bnr.runtime import start_runtime
+from bnr.runtime import seed_everything, start_runtime
 from bnr.weights.pretrain import run_pretrain
 
 

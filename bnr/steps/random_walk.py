@@ -14,9 +14,8 @@ from bnr.data.checks import check_stage_inputs
 from bnr.data.voc import read_split
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.stage import seed_everything
 from bnr.pseudo_labels.crf_labels import best_seed_threshold, walk_background_score
-from bnr.runtime import start_runtime
+from bnr.runtime import seed_everything, start_runtime
 
 
 @dataclass(frozen=True)

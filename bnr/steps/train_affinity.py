@@ -11,7 +11,7 @@ from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.stage import seed_everything
+from bnr.runtime import seed_everything
 from bnr.weights.fingerprints import verify_fingerprint
 from bnr.weights.pretrained import stage_weights
 

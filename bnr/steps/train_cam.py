@@ -15,7 +15,7 @@ from bnr.data.classes import class_names
 from bnr.engine import training_session
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.stage import seed_everything
+from bnr.runtime import seed_everything
 from bnr.weights.fingerprints import verify_fingerprint
 from bnr.weights.pretrained import stage_weights
 

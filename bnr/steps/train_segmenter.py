@@ -10,7 +10,7 @@ from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.stage import seed_everything
+from bnr.runtime import seed_everything
 from bnr.segmenter.segmenter_model import segmenter_meta
 from bnr.segmenter.segmenter_training import train_segmenter
 from bnr.weights.fingerprints import verify_fingerprint

@@ -49,7 +49,7 @@ from bnr.io import atomic_path
 from bnr.models.conformer import PRESETS as CONFORMER_PRESETS
 from bnr.models.conformer import Conformer
 from bnr.models.resnet38 import CLASSIFIER_PREFIX, ResNet38d, resnet38d, resnet38d_tiny
-from bnr.runtime import CPU, Runtime
+from bnr.runtime import CPU, Runtime, seed_torch
 
 RESNET_PRESETS: dict[str, Callable[..., ResNet38d]] = {"resnet38d": resnet38d,
                                                        "resnet38d_tiny": resnet38d_tiny}
@@ -282,7 +282,7 @@ def run_pretrain(cfg: PretrainConfig, conformer_out: Path, resnet_out: Path,
     for name, preset, steps, lr, offset in (
             ("conformer", cfg.conformer_model, cfg.conformer_steps, cfg.conformer_lr, 0),
             ("resnet38", cfg.resnet_model, cfg.resnet_steps, cfg.resnet_lr, 1)):
-        torch.manual_seed(cfg.seed + offset)
+        seed_torch(cfg.seed + offset)
         build = ConformerClassifier if name == "conformer" else ResNetClassifier
         model = build(preset, num_classes)
         log(f"pretrain {preset}: {steps} steps")
