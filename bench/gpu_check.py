@@ -435,8 +435,9 @@ def section_miou(s: Settings, device: torch.device, seconds: float) -> dict:
 
     started = time.perf_counter()
     names = class_names(params.dataset)
-    state = load_checkpoint(ckpt, cam_model_meta(params))
-    model = build_cam_model(params, pretrained=False)
+    sizes = params.per_dataset.train_cam
+    state = load_checkpoint(ckpt, cam_model_meta(sizes.model, params.dataset))
+    model = build_cam_model(sizes.model, params.dataset, sizes.init)
     load_state_strict(model, state["model"], ckpt)
     model = model.to(device).eval()
     dataset = VocSegmentation(root, params.data.seed_eval_split, names,

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from bnr.checkpoints import load_checkpoint, load_state_strict, save_checkpoint
+from bnr.config.params import RuntimeConfig
 from bnr.curves import remove_stale_temporaries, trim_curves
 from bnr.distributed import (
     SINGLE,
@@ -102,11 +103,11 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[tuple[
 
 
 @contextlib.contextmanager
-def training_session(params: Any) -> Iterator[tuple[Runtime, DistContext]]:
-    """The runtime and process context of a training stage: joins the torchrun job (if any),
-    sets the CPU threads, and leaves the job at the end."""
+def training_session(runtime_cfg: RuntimeConfig) -> Iterator[tuple[Runtime, DistContext]]:
+    """The runtime and process context of a training stage (params' ``runtime`` block): joins
+    the torchrun job (if any), sets the CPU threads, and leaves the job at the end."""
     ctx = context_from_env()
-    runtime = start_runtime(params.runtime, ctx.local_rank, ctx.world_size)
+    runtime = start_runtime(runtime_cfg, ctx.local_rank, ctx.world_size)
     init_distributed(runtime.device, ctx)
     try:
         yield runtime, ctx

@@ -266,12 +266,13 @@ def test_sigterm_during_training_is_one_line_and_resumable(work: Path) -> None:
 def test_resumed_curves_have_no_duplicate_steps(work: Path) -> None:
     from bnr.cam.training import train_cam
     from bnr.config.params import parse_params
+    from bnr.steps.train_cam import training_plan
 
     raw = tiny_raw(work / "voc")
     raw["datasets"]["synthetic"]["train_cam"]["epochs"] = 2
-    params = parse_params(raw)
+    plan = training_plan(parse_params(raw))
     kw = {"run_root": work / "runs", "progress": False}
-    train_cam(params, work / "cam.pt", work / "curves", stop_after_epoch=1, **kw)
+    train_cam(plan, work / "cam.pt", work / "curves", stop_after_epoch=1, **kw)
     loss_tsv = next(work.glob("runs/*/dvclive/plots/metrics/train/loss.tsv"))
     rows = [line.split("\t") for line in loss_tsv.read_text().splitlines()]
     col = rows[0].index("step")
@@ -281,7 +282,7 @@ def test_resumed_curves_have_no_duplicate_steps(work: Path) -> None:
         row[col], row[rows[0].index("loss")] = str(last_step + extra), "9.9"
         rows.append(row)
     loss_tsv.write_text("".join("\t".join(r) + "\n" for r in rows))
-    train_cam(params, work / "cam.pt", work / "curves", **kw)
+    train_cam(plan, work / "cam.pt", work / "curves", **kw)
     for tsv in (work / "curves").rglob("*.tsv"):
         lines = tsv.read_text().splitlines()
         col = lines[0].split("\t").index("step")

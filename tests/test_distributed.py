@@ -55,6 +55,9 @@ from bnr.distributed import (
 )
 from bnr.engine import epoch_batches, training_session
 from bnr.errors import BnrError
+from bnr.steps.train_affinity import training_plan as affinity_plan
+from bnr.steps.train_cam import training_plan
+from bnr.steps.train_segmenter import training_plan as segmenter_plan
 from tests.conftest import REPO, stage_argv, update_dataset, write_weights_fingerprint
 from tests.test_psa_pipeline import fake_cams
 
@@ -256,12 +259,13 @@ def _train_psa_and_segmenter(work: Path, out: Path, progress: bool = False,
     segmentation.build_segmenter = _no_dropout(segmentation.build_segmenter,
                                                out / "init_segmenter.pt" if record_init else None)
     params = load_params(work / "params.yaml")
-    with training_session(params) as (runtime, ctx):
-        a = psa.train_affinity(params, out / "affinity.pt", out / "aff_curves",
+    with training_session(params.runtime) as (runtime, ctx):
+        a = psa.train_affinity(affinity_plan(params), out / "affinity.pt", out / "aff_curves",
                                cam_dir=work / "data" / "cams", run_root=out / "runs_aff",
                                progress=progress, runtime=runtime, ctx=ctx)
-        s = segmentation.train_segmenter(params, out / "segmenter.pt", out / "seg_curves",
-                                         run_root=out / "runs_seg", progress=progress,
+        s = segmentation.train_segmenter(segmenter_plan(params), out / "segmenter.pt",
+                                         out / "seg_curves", run_root=out / "runs_seg",
+                                         progress=progress,
                                          label_dir=work / "data" / "pseudo_labels",
                                          runtime=runtime, ctx=ctx)
     if ctx.is_main:
@@ -337,10 +341,11 @@ def test_train_cam_stage_with_two_processes_equals_one(work: Path) -> None:
     assert protocol["runtime"]["processes"] == 2 and "protocol" not in metrics
     # one process, in this process
     params = load_params(work / "params.yaml")
+    plan = training_plan(params)
     torch.manual_seed(params.seed)  # as train_cam does before it builds the network
-    init = build_cam_model(params).state_dict()
-    with training_session(params) as (runtime, ctx):
-        single = train_cam(params, work / "one" / "cam.pt", work / "one" / "curves",
+    init = build_cam_model(plan.model, plan.dataset, plan.init, plan.weights).state_dict()
+    with training_session(params.runtime) as (runtime, ctx):
+        single = train_cam(plan, work / "one" / "cam.pt", work / "one" / "curves",
                            run_root=work / "one" / "runs", progress=False, runtime=runtime,
                            ctx=ctx)
     _assert_same_weights(init, work / "one" / "cam.pt", stage_dir / "models" / "cam.pt")

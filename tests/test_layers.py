@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -110,14 +111,18 @@ def test_layer_rule(rule: str) -> None:
     assert forbidden_imports(files(pattern), forbidden) == [], rule
 
 
-def test_the_rule_checker_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
-    probe = tmp_path / "bnr" / "models" / "probe.py"
+def probe_file(tmp_path: Path, folder: str, text: str) -> Path:
+    """``text`` as ``bnr/<folder>/probe.py`` below ``tmp_path``."""
+    probe = tmp_path / "bnr" / folder / "probe.py"
     probe.parent.mkdir(parents=True)
-    probe.write_text(
-        "import torch\n"
-        "def f():\n    from bnr.data.voc import read_split\n"
-        "from ..pseudo_labels import crf\nimport stages.crf\n"
-    )
+    probe.write_text(text)
+    return probe
+
+
+def test_the_rule_checker_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
+    probe = probe_file(tmp_path, "models", "import torch\n"
+                       "def f():\n    from bnr.data.voc import read_split\n"
+                       "from ..pseudo_labels import crf\nimport stages.crf\n")
     forbidden = ("bnr.data", "bnr.pseudo_labels", "stages")
     assert forbidden_imports([probe], forbidden, tmp_path) == [
         "bnr/models/probe.py: bnr.data.voc",
@@ -186,3 +191,44 @@ def test_only_stage_scripts_import_a_step() -> None:
     assert found == []
     for script in sorted((REPO / "stages").glob("*.py")):
         assert f"bnr.steps.{script.stem}" in imported_names(script), script.name
+
+
+PARAMS_ALLOWED = ("config", "pipeline", "steps")  # the folders that turn params into values
+
+
+def params_arguments(path: Path, root: Path = REPO) -> list[str]:
+    """``"file:line function(argument)"`` for each function argument of ``path`` that takes the
+    whole params: annotated ``Params`` (however spelt), or named ``params`` / ``cfg`` with no
+    annotation or ``Any``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        args = node.args
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
+            note = ast.unparse(arg.annotation) if arg.annotation is not None else None
+            whole = note is not None and re.search(r"\bParams\b", note) is not None
+            untyped = arg.arg in ("params", "cfg") and note in (None, "Any")
+            if whole or untyped:
+                name = getattr(node, "name", "lambda")
+                found.append(f"{path.relative_to(root)}:{node.lineno} {name}({arg.arg})")
+    return found
+
+
+def test_only_config_pipeline_and_steps_take_params() -> None:
+    """The library takes values: a step resolves the params it declared into plain arguments or
+    frozen plans (``CamTrainingPlan``, ...); only ``bnr/config``, ``bnr/pipeline`` and
+    ``bnr/steps`` have a function with a ``Params`` argument."""
+    found = [hit for path in files("**/*.py")
+             if path.relative_to(BNR).parts[0] not in PARAMS_ALLOWED
+             for hit in params_arguments(path)]
+    assert found == []
+
+
+def test_the_params_check_sees_every_spelling(tmp_path: Path) -> None:
+    probe = probe_file(tmp_path, "cam", "def a(params: Params) -> None: ...\n"
+                       "def b(x: int, *, cfg: 'bnr.config.params.Params') -> None: ...\n"
+                       "def c(params) -> None: ...\n"
+                       "def d(weights: Mapping[str, int], plan: CamTrainingPlan) -> None: ...\n")
+    assert params_arguments(probe, tmp_path) == [
+        "bnr/cam/probe.py:1 a(params)", "bnr/cam/probe.py:2 b(cfg)", "bnr/cam/probe.py:3 c(params)"]

@@ -29,8 +29,9 @@ from bnr.errors import BnrError
 from bnr.models.conformer import create_conformer, detect_checkpoint_layout, load_pretrained
 from bnr.models.deeplab import create_segmenter
 from bnr.models.resnet38 import AffinityNet, load_imagenet_weights, resnet38d_tiny
+from bnr.pipeline.resolve import weights_file
 from bnr.weights.pretrain import average_precision, classification_scores, lr_at, run_pretrain
-from bnr.weights.pretrained import IMAGENET_FILES, PRETRAINED_FILES, pretrained_path, stage_weights
+from bnr.weights.pretrained import IMAGENET_FILES, PRETRAINED_FILES, pretrained_path
 from tests.conftest import numerics_threads, stage_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,8 +183,8 @@ def test_pretrained_values_resolve_per_dataset_and_network():
     assert pretrained_path("", "voc2012", "conformer") == ""
     raw["dataset"] = "voc2012"
     raw["train_segmenter"]["arch"] = "deeplabv3_resnet101"  # no ResNet-101 ImageNet file here
-    assert stage_weights(parse_params(raw), "train_segmenter") == ""
-    assert stage_weights(parse_params(raw), "train_cam") == IMAGENET_FILES["conformer"]
+    assert weights_file(parse_params(raw), "train_segmenter") == ""
+    assert weights_file(parse_params(raw), "train_cam") == IMAGENET_FILES["conformer"]
 
 
 def test_pretrain_outputs_are_where_pretrain_points() -> None:

@@ -13,11 +13,13 @@ from PIL import Image
 from bnr.affinity.affinity_model import build_affinity_model, load_affinity_model
 from bnr.affinity.walk import random_walk_split
 from bnr.config.params import parse_params
+from bnr.data.classes import class_names
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.errors import BnrError
 from bnr.pipeline.metrics_files import count_values, read_protocol
 from bnr.pseudo_labels.crf_labels import crf_split, evaluate_pseudo_labels
+from bnr.steps.train_affinity import training_plan as affinity_plan
 from tests.conftest import REPO, run_step, update_dataset, with_dataset
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
@@ -126,9 +128,12 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     assert Path("metrics/pseudo_labels_per_class.md").is_file()
 
     # the evaluation alone reproduces the stage's numbers
-    again, _ = evaluate_pseudo_labels(params, Path("data/rw_labels"), Path("data/pseudo_labels"),
-                                      Path("data/cams"), Path("data/seed_threshold.json"),
-                                      progress=False)
+    data = params.data
+    again, _ = evaluate_pseudo_labels(
+        Path("data/rw_labels"), Path("data/pseudo_labels"), Path("data/cams"),
+        Path("data/seed_threshold.json"), dataset=params.dataset, root=Path(data.root),
+        gt_dir=data.gt_dir, eval_split=data.seed_eval_split, infer_split=data.infer_split,
+        progress=False)
     assert again["miou_crf"] == metrics["miou_crf"]
 
 
@@ -158,7 +163,8 @@ def test_crf_worker_failure_names_image(work: Path, tmp_path: Path, fn, words) -
         Image.fromarray(np.zeros((SIZE, SIZE), np.uint8) + 1, mode="L").save(rw / f"{img_id}.png")
     out = tmp_path / "pseudo"
     with pytest.raises(BnrError, match=f"syn_train_000001.*{words}|{words}.*syn_train_000001"):
-        crf_split(params, ids, rw, out, progress=False, fn=fn)
+        crf_split(ids, rw, out, root=Path(params.data.root), n_labels=7, crf=params.crf,
+                  progress=False, fn=fn)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pseudo")] == []
 
@@ -167,7 +173,7 @@ def test_missing_checkpoint_is_one_line(work: Path, tmp_path: Path) -> None:
     params = tiny_params(work / "data" / "synthetic")
     missing = r"affinity.pt: checkpoint not found \(run the train_affinity stage\)"
     with pytest.raises(BnrError, match=missing) as info:
-        load_affinity_model(params, tmp_path / "affinity.pt")
+        load_affinity_model(tmp_path / "affinity.pt", "resnet38d_tiny", params.dataset)
     assert "\n" not in str(info.value)
 
 
@@ -181,7 +187,8 @@ def test_wrong_shape_cam_is_clear(work: Path, tmp_path: Path) -> None:
     model = build_affinity_model("resnet38d_tiny")
     out = tmp_path / "rw"
     with pytest.raises(BnrError, match=f"{ids[1]}.npz.*differs from its image"):
-        random_walk_split(params, model, [ids[1]], out, cam_dir=cam_dir, progress=False)
+        random_walk_split(model, [ids[1]], out, cam_dir=cam_dir, progress=False,
+                          **walk_values(params))
     assert not out.exists()
 
 
@@ -193,13 +200,13 @@ def test_affinity_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
     from bnr.checkpoints import load_checkpoint
 
     params = tiny_params(work / "data" / "synthetic")
-    params = with_dataset(params, "train_affinity", epochs=2)
+    plan = affinity_plan(with_dataset(params, "train_affinity", epochs=2))
     kw = {"cam_dir": work / "data" / "cams", "progress": False}
-    train_affinity(params, tmp_path / "a.pt", tmp_path / "a", run_root=tmp_path / "ra", **kw)
-    stopped = train_affinity(params, tmp_path / "b.pt", tmp_path / "b", run_root=tmp_path / "rb",
+    train_affinity(plan, tmp_path / "a.pt", tmp_path / "a", run_root=tmp_path / "ra", **kw)
+    stopped = train_affinity(plan, tmp_path / "b.pt", tmp_path / "b", run_root=tmp_path / "rb",
                              stop_after_epoch=1, **kw)
     assert stopped == {"interrupted_at_epoch": 1} and not (tmp_path / "b.pt").exists()
-    train_affinity(params, tmp_path / "b.pt", tmp_path / "b", run_root=tmp_path / "rb", **kw)
+    train_affinity(plan, tmp_path / "b.pt", tmp_path / "b", run_root=tmp_path / "rb", **kw)
     a = load_checkpoint(tmp_path / "a.pt", {"kind": "affinity"})["model"]
     b = load_checkpoint(tmp_path / "b.pt", {"kind": "affinity"})["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -214,8 +221,8 @@ def test_random_walk_small_image_and_small_crop(tmp_path: Path) -> None:
     params = tiny_params(root)
     ids = read_split(root, "train")
     out = tmp_path / "rw"
-    stats = random_walk_split(params, build_affinity_model("resnet38d_tiny"), ids, out,
-                              cam_dir=tmp_path / "cams", progress=False)
+    stats = random_walk_split(build_affinity_model("resnet38d_tiny"), ids, out,
+                              cam_dir=tmp_path / "cams", progress=False, **walk_values(params))
     assert stats["images"] == 2
     for img_id in ids:
         with Image.open(out / f"{img_id}.png") as im:
@@ -223,8 +230,9 @@ def test_random_walk_small_image_and_small_crop(tmp_path: Path) -> None:
     from bnr.affinity.affinity_training import train_affinity
 
     with pytest.raises(BnrError, match="train_affinity.crop 48 is too small"):
-        train_affinity(tiny_params_crop(root, 48), tmp_path / "a.pt", tmp_path / "c",
-                       cam_dir=tmp_path / "cams", run_root=tmp_path / "runs", progress=False)
+        train_affinity(affinity_plan(tiny_params_crop(root, 48)), tmp_path / "a.pt",
+                       tmp_path / "c", cam_dir=tmp_path / "cams", run_root=tmp_path / "runs",
+                       progress=False)
 
 
 def test_random_walk_split_walks_in_float64(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -244,10 +252,18 @@ def test_random_walk_split_walks_in_float64(tmp_path: Path, monkeypatch: pytest.
         return real(cams, keys, aff, *args, **kw)
 
     monkeypatch.setattr(bnr.affinity.walk, "random_walk_segmentation", spy)
-    random_walk_split(tiny_params(root), build_affinity_model("resnet38d_tiny"),
-                      read_split(root, "train"), tmp_path / "rw", cam_dir=tmp_path / "cams",
-                      progress=False)
+    random_walk_split(build_affinity_model("resnet38d_tiny"), read_split(root, "train"),
+                      tmp_path / "rw", cam_dir=tmp_path / "cams", progress=False,
+                      **walk_values(tiny_params(root)))
     assert [str(d) for d in seen] == ["torch.float64"]
+
+
+def walk_values(params) -> dict:
+    """random_walk_split's keyword values from ``params``, as the random_walk step resolves
+    them (the fixed background score)."""
+    rw = params.random_walk
+    return {"root": Path(params.data.root), "n_labels": len(class_names(params.dataset)),
+            "beta": rw.beta, "logt": rw.logt, "radius": rw.radius, "bg_score": rw.bg_score}
 
 
 def tiny_params_crop(root: Path, crop: int):
@@ -267,8 +283,9 @@ def test_affinity_training_in_bfloat16_channels_last(work: Path, tmp_path: Path)
     from bnr.runtime import Runtime
 
     runtime = Runtime(torch.device("cpu"), "bfloat16", channels_last=True)
-    summary = train_affinity(tiny_params(work / "data" / "synthetic"), tmp_path / "a.pt",
-                             tmp_path / "a", cam_dir=work / "data" / "cams",
+    plan = affinity_plan(tiny_params(work / "data" / "synthetic"))
+    summary = train_affinity(plan, tmp_path / "a.pt", tmp_path / "a",
+                             cam_dir=work / "data" / "cams",
                              run_root=tmp_path / "r", progress=False, runtime=runtime)
     assert all(math.isfinite(h["loss"]) for h in summary["history"])
     state = load_checkpoint(tmp_path / "a.pt", {"kind": "affinity"})["model"]

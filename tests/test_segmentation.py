@@ -25,7 +25,9 @@ from bnr.models.resnet38 import param_groups
 from bnr.pipeline.metrics_files import count_values, read_protocol
 from bnr.segmenter.evaluation import SERVER_DIR, multiscale_predict, write_server_archive
 from bnr.segmenter.segmenter_training import iteration_batches, train_segmenter
-from tests.conftest import REPO, run_step, update_dataset, with_dataset, write_voc_tree
+from bnr.steps.evaluate import prediction_options
+from bnr.steps.train_segmenter import training_plan as segmenter_plan
+from tests.conftest import REPO, run_step, update_dataset, write_voc_tree
 
 SIZE = 64
 
@@ -199,7 +201,7 @@ def test_multiscale_predict_flip_average() -> None:
 
 
 def test_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
-    params = tiny_params(work / "data" / "synthetic")
+    params = segmenter_plan(tiny_params(work / "data" / "synthetic"))
     kw = {"label_dir": work / "data" / "pseudo_labels", "progress": False,
           "live_factory": _Recorder, "checkpoint_every": 2}
     a = train_segmenter(params, tmp_path / "a.pt", tmp_path / "a", run_root=tmp_path / "ra", **kw)
@@ -222,8 +224,9 @@ def test_missing_pseudo_label_is_clear(work: Path, tmp_path: Path) -> None:
     missing = sorted(labels.iterdir())[2]
     missing.unlink()
     with pytest.raises(BnrError, match=f"{missing.name}: pseudo label missing .run the crf") as e:
-        train_segmenter(params, tmp_path / "m.pt", tmp_path / "c", run_root=tmp_path / "r",
-                        label_dir=labels, progress=False, live_factory=_Recorder)
+        train_segmenter(segmenter_plan(params), tmp_path / "m.pt", tmp_path / "c",
+                        run_root=tmp_path / "r", label_dir=labels, progress=False,
+                        live_factory=_Recorder)
     assert "\n" not in str(e.value) and not (tmp_path / "m.pt").exists()
 
 
@@ -234,9 +237,9 @@ def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> No
                         lambda logits, label, ctx, align: logits.sum() * float("nan"))
     params = tiny_params(work / "data" / "synthetic")
     with pytest.raises(BnrError, match="loss is not finite at block 1, iteration 1"):
-        train_segmenter(params, tmp_path / "n.pt", tmp_path / "c", run_root=tmp_path / "r",
-                        label_dir=work / "data" / "pseudo_labels", progress=False,
-                        live_factory=_Recorder)
+        train_segmenter(segmenter_plan(params), tmp_path / "n.pt", tmp_path / "c",
+                        run_root=tmp_path / "r", label_dir=work / "data" / "pseudo_labels",
+                        progress=False, live_factory=_Recorder)
 
 
 def test_stages_end_to_end(work: Path, monkeypatch) -> None:
@@ -296,7 +299,10 @@ def test_evaluate_with_crf(work: Path) -> None:
     torch.nn.init.constant_(model.classifier.bias, 0.0)
     with torch.no_grad():
         model.classifier.bias[1] = 5.0  # every pixel 'disc': the CRF gets a foreground label
-    conf, stats = evaluate_split(params, model, None, progress=False)
+    data = params.data
+    conf, stats = evaluate_split(model, None, read_split(data.root, data.val_split),
+                                 root=Path(data.root), gt_dir=data.gt_dir, n_labels=7,
+                                 options=prediction_options(params), progress=False)
     assert conf.shape == (7, 7) and stats["images"] == 2
     assert conf.sum() > 0 and conf[:, 1].sum() > 0
 
@@ -311,7 +317,8 @@ def test_server_archive_layout(tmp_path: Path) -> None:
     params = parse_params(raw)
     model = create_segmenter("largefov", "resnet38d_tiny", 21).eval()
     out = tmp_path / "server.tar"
-    info = write_server_archive(params, model, out, progress=False)
+    values = {"dataset": "voc2012", "root": root, "options": prediction_options(params)}
+    info = write_server_archive(model, out, test_split="test", progress=False, **values)
     assert info["images"] == 2
     with tarfile.open(out) as tar:
         names = tar.getnames()
@@ -322,8 +329,7 @@ def test_server_archive_layout(tmp_path: Path) -> None:
             assert np.asarray(im).max() < 21
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".server")] == []
 
-    empty = with_dataset(params, "data", test_split="")
-    info = write_server_archive(empty, model, out, progress=False)
+    info = write_server_archive(model, out, test_split="", progress=False, **values)
     assert info["images"] == 0 and "test_split is empty" in info["note"]
     with tarfile.open(out) as tar:
         assert tar.getnames() == []
@@ -339,7 +345,8 @@ def test_bfloat16_channels_last_runtime_trains(work: Path, tmp_path: Path) -> No
     # segmenter on an AVX-512 AMD EPYC, in float32 and bfloat16 alike (not under
     # ONEDNN_MAX_CPU_ISA=AVX2, not with contiguous tensors): a library bug, not ours.
     torch.set_num_threads(1)  # the fixture restores the count
-    summary = train_segmenter(tiny_params(work / "data" / "synthetic"), tmp_path / "s.pt",
+    summary = train_segmenter(segmenter_plan(tiny_params(work / "data" / "synthetic")),
+                              tmp_path / "s.pt",
                               tmp_path / "c", run_root=tmp_path / "r",
                               label_dir=work / "data" / "pseudo_labels", progress=False,
                               live_factory=_Recorder, runtime=runtime)

@@ -14,10 +14,10 @@ from bnr.segmenter import test_time
 from bnr.segmenter.test_time import (
     multiscale_predict,
     predict_labels,
-    prediction_options,
     rescale,
     upsample_logits,
 )
+from bnr.steps.evaluate import prediction_options
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
 

@@ -13,6 +13,7 @@ from bnr.checkpoints import load_checkpoint, load_state_strict
 from bnr.config.params import parse_params
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.errors import BnrError
+from bnr.steps.train_cam import training_plan
 from tests.conftest import REPO, update_dataset
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
@@ -56,7 +57,7 @@ def tiny_params(root, **top):
 
 def _train(params, tmp_path, name, **kw):
     torch.manual_seed(123)  # the stage seeds globally; training must not depend on it
-    return train_cam(params, tmp_path / name / "cam.pt", tmp_path / name / "curves",
+    return train_cam(training_plan(params), tmp_path / name / "cam.pt", tmp_path / name / "curves",
                      run_root=tmp_path / name / "runs", progress=False,
                      live_factory=NullLive, **kw)
 
@@ -124,7 +125,8 @@ def test_wrong_pretrained_file_is_refused(tiny_root, tmp_path):
 def test_seed_inference_and_sweep(tiny_root, tmp_path):
     params = tiny_params(tiny_root)
     _train(params, tmp_path, "s")
-    model = build_cam_model(params)
+    plan = training_plan(params)
+    model = build_cam_model(plan.model, plan.dataset, plan.init, plan.weights)
     load_state_strict(
         model, load_checkpoint(tmp_path / "s" / "cam.pt", {"kind": "cam"})["model"], "cam.pt")
     from bnr.data.voc import VocSegmentation
@@ -156,4 +158,5 @@ def test_bfloat16_channels_last_runtime_trains_in_float32_weights(tiny_root, tmp
     assert all(np.isfinite(h["loss"]) for h in summary["history"])
     state = load_checkpoint(tmp_path / "bf16" / "cam.pt", {"kind": "cam"})["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
-    load_state_strict(build_cam_model(params), state, "cam.pt")
+    plan = training_plan(params)
+    load_state_strict(build_cam_model(plan.model, plan.dataset, plan.init), state, "cam.pt")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from bnr.affinity.affinity_labels import affinity_labels_from_cam, affinity_loss, pair_labels
 from bnr.affinity.affinity_model import STRIDE, affinity_model_meta, build_affinity_model
 from bnr.cam.seeds import checked_cams
-from bnr.config.params import CrfConfig, Params
+from bnr.config.params import CrfConfig
 from bnr.data.classes import class_names
 from bnr.data.transforms import PadCropTransform
 from bnr.data.voc import read_split
@@ -48,7 +48,6 @@ from bnr.models.resnet38 import param_groups
 from bnr.pseudo_labels.crf import crf_map, dense_crf_labels
 from bnr.pseudo_labels.crf_settings import crf_kwargs, crf_workers
 from bnr.runtime import CPU, Runtime, seed_torch
-from bnr.weights.pretrained import stage_weights
 
 POLY_POWER = 0.9
 LOG_EVERY = 10  # steps between logged loss values
@@ -134,8 +133,34 @@ class AffinityDataset(Dataset):
         return {"id": img_id, "image": img, "label": lab[::STRIDE, ::STRIDE].contiguous()}
 
 
+@dataclass(frozen=True)
+class AffinityTrainingPlan:
+    """What :func:`train_affinity` trains, as values (the train_affinity step resolves them
+    from ``datasets.<d>.data``, ``datasets.<d>.train_affinity``, ``train_affinity``, ...)."""
+
+    dataset: str  # names the classes
+    root: str  # dataset root
+    split: str  # the split whose seed CAMs give the labels (infer_split)
+    model: str  # ResNet-38d preset
+    weights: str  # pretrained weights file ("" = from scratch)
+    seed: int
+    crop: int
+    epochs: int
+    batch_size: int  # global (over all processes)
+    lr: float
+    momentum: float
+    weight_decay: float
+    low_bg: float  # fixed background score of la (confident foreground)
+    high_bg: float  # fixed background score of ha (confident background)
+    radius: int  # pair radius on the 1/8 feature map
+    pad_label: str  # crop padding labels: background or ignore
+    label_crf: CrfConfig  # the CRF of the la / ha labels
+    num_workers: int | str  # loader workers, "auto" resolved by the runtime
+    protocol: dict = field(default_factory=dict)  # the run's params: kept in the checkpoint
+
+
 def train_affinity(
-    params: Params,
+    plan: AffinityTrainingPlan,
     model_out: Path,
     curves_out: Path,
     cam_dir: Path,
@@ -154,40 +179,37 @@ def train_affinity(
     every output; the loss divides by the pair counts of the whole global batch). Returns a
     summary.
     """
-    data, cfg = params.data, params.train_affinity
-    sizes = params.per_dataset.train_affinity
-    names = class_names(params.dataset)
-    root = Path(data.root)
+    names = class_names(plan.dataset)
+    root = Path(plan.root)
     if not root.is_dir():
         raise BnrError(f"{root}: dataset root not found (run the download stage)")
-    min_crop = (2 * cfg.radius - 1) * STRIDE
-    if sizes.crop < min_crop:
+    min_crop = (2 * plan.radius - 1) * STRIDE
+    if plan.crop < min_crop:
         raise BnrError(
-            f"params.yaml: datasets.{params.dataset}.train_affinity.crop {sizes.crop} is too "
-            f"small for train_affinity.radius {cfg.radius} (needs >= {min_crop})"
+            f"params.yaml: datasets.{plan.dataset}.train_affinity.crop {plan.crop} is too "
+            f"small for train_affinity.radius {plan.radius} (needs >= {min_crop})"
         )
-    ids = read_split(root, data.infer_split)
+    ids = read_split(root, plan.split)
     cam_paths = [Path(cam_dir) / f"{i}.npz" for i in ids]
-    key = run_key(params.protocol(), asdict(cfg), ids,
-                  files_digest(cam_paths), source_digest(), runtime.precision)
+    key = run_key(asdict(plan), ids, files_digest(cam_paths), source_digest(), runtime.precision)
     run_dir = Path(run_root) / key
     label_dir = run_dir / "labels"
     started = time.time()
     label_stats = None
     if ctx.is_main and not label_dir.is_dir():
         label_stats = write_affinity_labels(
-            root, ids, Path(cam_dir), label_dir, low_bg=cfg.low_bg, high_bg=cfg.high_bg,
-            n_labels=len(names), crf=cfg.label_crf, progress=progress,
+            root, ids, Path(cam_dir), label_dir, low_bg=plan.low_bg, high_bg=plan.high_bg,
+            n_labels=len(names), crf=plan.label_crf, progress=progress,
         )
     barrier(ctx)  # the other processes wait for the labels
     label_seconds = round(time.time() - started, 1)
-    dataset = AffinityDataset(root, ids, label_dir, sizes.crop, PAD_LABELS[cfg.pad_label])
+    dataset = AffinityDataset(root, ids, label_dir, plan.crop, PAD_LABELS[plan.pad_label])
 
-    seed_torch(params.seed)
-    model = build_affinity_model(sizes.model, stage_weights(params, "train_affinity"))
-    batch = sizes.batch_size
-    per_epoch = len(epoch_batches(len(dataset), batch, params.seed, 0))
-    max_step = per_epoch * sizes.epochs
+    seed_torch(plan.seed)
+    model = build_affinity_model(plan.model, plan.weights)
+    batch = plan.batch_size
+    per_epoch = len(epoch_batches(len(dataset), batch, plan.seed, 0))
+    max_step = per_epoch * plan.epochs
 
     def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         return ddp_mean(total, count, ctx, eps=1e-5)
@@ -195,31 +217,31 @@ def train_affinity(
     def step(net: nn.Module, item: dict) -> tuple[torch.Tensor, dict[str, float]]:
         with runtime.autocast():
             feats = net(runtime.to_device(item["image"]))  # (B/N, C, h, w)
-        aff, src, dst = feature_affinity(feats, cfg.radius)  # (B/N, P) float32
+        aff, src, dst = feature_affinity(feats, plan.radius)  # (B/N, P) float32
         bg_pos, fg_pos, neg = pair_labels(item["label"].to(runtime.device), src, dst)
         loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg, mean=global_mean)
         return loss, {k: float(v) for k, v in parts.items()}
 
     loop = Loop(
-        stage="train_affinity", seed=params.seed, meta=affinity_model_meta(params),
-        protocol=params.protocol(), run_dir=run_dir, num_periods=sizes.epochs,
-        period_batches=lambda e: epoch_batches(len(dataset), batch, params.seed, e),
-        total_steps=max_step, num_workers=cfg.num_workers, log_every=LOG_EVERY,
-        lr_at=lambda s: poly_lr(sizes.lr, s, max_step, POLY_POWER),
+        stage="train_affinity", seed=plan.seed, meta=affinity_model_meta(plan.model, plan.dataset),
+        protocol=plan.protocol, run_dir=run_dir, num_periods=plan.epochs,
+        period_batches=lambda e: epoch_batches(len(dataset), batch, plan.seed, e),
+        total_steps=max_step, num_workers=plan.num_workers, log_every=LOG_EVERY,
+        lr_at=lambda s: poly_lr(plan.lr, s, max_step, POLY_POWER),
         log_keys=("loss", "bg", "fg", "neg"), summed=("bg_count", "fg_count", "neg_count"),
-        live_params={"seed": params.seed, "model": sizes.model,
-                     "lr": sizes.lr, "crop": sizes.crop},
+        live_params={"seed": plan.seed, "model": plan.model,
+                     "lr": plan.lr, "crop": plan.crop},
     )
     train_started = time.time()
     out = fit(loop, model,
-              lambda m: torch.optim.SGD(param_groups(m, sizes.lr, cfg.weight_decay),
-                                        lr=sizes.lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay),
+              lambda m: torch.optim.SGD(param_groups(m, plan.lr, plan.weight_decay),
+                                        lr=plan.lr, momentum=plan.momentum,
+                                        weight_decay=plan.weight_decay),
               dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_period=stop_after_epoch)
     if out.interrupted:
         return {"interrupted_at_epoch": out.period}
-    return {"epochs": sizes.epochs, "steps": out.steps, "history": out.history,
+    return {"epochs": plan.epochs, "steps": out.steps, "history": out.history,
             "train_images": len(dataset), "affinity_labels": label_stats,
             "label_seconds": label_seconds,
             "seconds_this_run": round(time.time() - started, 1),

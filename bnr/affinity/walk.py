@@ -22,8 +22,6 @@ from tqdm import tqdm
 from bnr.affinity.affinity_model import STRIDE
 from bnr.affinity.random_walk import random_walk_segmentation
 from bnr.cam.seeds import checked_cams
-from bnr.config.params import Params
-from bnr.data.classes import class_names
 from bnr.data.transforms import EvalTransform
 from bnr.errors import BnrError
 from bnr.io import atomic_path, read_image, write_label_png
@@ -72,15 +70,19 @@ def upscaled(image: np.ndarray, cams: np.ndarray, scale: int) -> tuple[np.ndarra
 
 
 def random_walk_split(
-    params: Params,
     model: AffinityNet,
     ids: Sequence[str],
     out_dir: Path,
     cam_dir: Path,
     progress: bool = True,
     *,
+    root: Path,
+    n_labels: int,
+    beta: float,
+    logt: int,
+    radius: int,
+    bg_score: float,
     runtime: Runtime = CPU,
-    bg_score: float | None = None,
     scale: int = 1,
 ) -> dict:
     """Random-walk labels of ``ids`` into ``out_dir`` (atomic directory of palette PNGs).
@@ -88,12 +90,13 @@ def random_walk_split(
     Uses the sparse walk (never an N x N matrix). An image with no foreground class is all
     background (kept and counted). Returns counts and timing. AffinityNet runs on
     ``runtime`` (``model`` already prepared for it); the walk runs there too, in float64.
-    ``bg_score``: the walk's fixed background score (None: ``random_walk.bg_score``);
+    The images of dataset ``root`` (``n_labels`` classes); the walk's affinity power ``beta``,
+    ``2**logt`` steps, pair ``radius`` and fixed background score ``bg_score``
+    (``random_walk`` block; the step decides the score,
+    :func:`bnr.pseudo_labels.crf_labels.walk_background_score`);
     ``scale``: the upscaling of image and CAMs (module docstring).
     """
-    cfg, root = params.random_walk, Path(params.data.root)
-    bg = cfg.bg_score if bg_score is None else bg_score
-    n_labels = len(class_names(params.dataset))
+    root = Path(root)
     model.eval()
     started, no_fg = time.time(), 0
     with atomic_path(out_dir) as tmp:
@@ -108,13 +111,13 @@ def random_walk_split(
                 h, w = image.shape[:2]
                 big, big_cams = upscaled(image, cams, scale)
                 try:
-                    aff, src, dst = image_affinity(model, big, cfg.radius, runtime=runtime)
+                    aff, src, dst = image_affinity(model, big, radius, runtime=runtime)
                 except BnrError as exc:
                     raise BnrError(f"{img_id}: {exc}") from None
                 aff = aff.double()  # the walk on the runtime's device, in float64
                 label = random_walk_segmentation(
-                    big_cams, [int(c) for c in classes], aff, src, dst, beta=cfg.beta,
-                    logt=cfg.logt, bg_score=bg, method="sparse", stride=STRIDE,
+                    big_cams, [int(c) for c in classes], aff, src, dst, beta=beta,
+                    logt=logt, bg_score=bg_score, method="sparse", stride=STRIDE,
                     n_labels=n_labels,
                 )[: h * scale, : w * scale]
                 if scale > 1:

@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        state = load_checkpoint(Path(args.model), cam_model_meta(params))
-        model = build_cam_model(params, pretrained=False)  # the weights come from the checkpoint
+        sizes = params.per_dataset.train_cam
+        state = load_checkpoint(Path(args.model), cam_model_meta(sizes.model, params.dataset))
+        # the weights come from the checkpoint
+        model = build_cam_model(sizes.model, params.dataset, sizes.init)
         load_state_strict(model, state["model"], args.model)
         dataset = VocSegmentation(params.data.root, params.data.seed_eval_split,
                                   class_names(params.dataset), with_mask=True,

@@ -1,5 +1,5 @@
 """The CAM network (Conformer with TransCAM's changes) as the stages build and load it: its
-checkpoint meta and a fresh model (ImageNet-initialised when ``train_cam.pretrained`` is set),
+checkpoint meta and a fresh model (initialised from a weights file when one is given),
 through the model registry (bnr/models/registry.py)."""
 
 from __future__ import annotations
@@ -8,32 +8,30 @@ from pathlib import Path
 
 from torch import nn
 
-from bnr.config.params import Params
 from bnr.data.classes import class_names
 from bnr.models import conformer  # noqa: F401 (registers its kind)
 from bnr.models.registry import create_model, model_from_checkpoint
-from bnr.weights.pretrained import stage_weights
 
 
-def cam_model_meta(params: Params) -> dict:
-    """What a CAM checkpoint must agree on to be loaded."""
+def cam_model_meta(preset: str, dataset: str) -> dict:
+    """What a CAM checkpoint must agree on to be loaded: the Conformer ``preset``
+    (``datasets.<d>.train_cam.model``) and the ``dataset`` that names the classes."""
     return {
         "kind": "cam",
-        "preset": params.per_dataset.train_cam.model,
-        "num_classes": len(class_names(params.dataset)),
-        "dataset": params.dataset,
+        "preset": preset,
+        "num_classes": len(class_names(dataset)),
+        "dataset": dataset,
     }
 
 
-def build_cam_model(params: Params, pretrained: bool = True) -> nn.Module:
-    """A fresh Conformer for ``params``: ``datasets.<d>.train_cam.init`` (official or mimetic
-    attention), then ``train_cam.pretrained``'s weights when ``pretrained`` (they replace it)."""
-    sizes = params.per_dataset.train_cam
-    weights = stage_weights(params, "train_cam") if pretrained else ""
-    return create_model("cam", sizes.model, num_classes=len(class_names(params.dataset)),
-                        pretrained=weights, init=sizes.init)
+def build_cam_model(preset: str, dataset: str, init: str, weights: str = "") -> nn.Module:
+    """A fresh Conformer ``preset`` with the classes of ``dataset``: attention ``init``
+    (``datasets.<d>.train_cam.init``: official or mimetic), then the ``weights`` file's (they
+    replace it; "" = none, :func:`bnr.weights.pretrained.stage_weights`)."""
+    return create_model("cam", preset, num_classes=len(class_names(dataset)),
+                        pretrained=weights, init=init)
 
 
-def load_cam_model(params: Params, path: Path) -> nn.Module:
+def load_cam_model(path: Path, preset: str, dataset: str) -> nn.Module:
     """The trained CAM network of ``path`` in eval mode (strict, meta-checked)."""
-    return model_from_checkpoint(path, cam_model_meta(params), "train_cam")[0]
+    return model_from_checkpoint(path, cam_model_meta(preset, dataset), "train_cam")[0]

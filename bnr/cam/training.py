@@ -4,7 +4,7 @@ L_M** for BNR (eq. 9), through the one training engine (bnr/engine.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ from torch import nn
 
 from bnr.cam.cam_model import build_cam_model, cam_model_meta
 from bnr.cam.losses import total_loss
-from bnr.config.params import Params
 from bnr.data.classes import class_names
 from bnr.data.transforms import TrainTransform
 from bnr.data.voc import VocSegmentation
@@ -22,8 +21,35 @@ from bnr.engine import Loop, epoch_batches, fit, float_outputs, run_key, source_
 from bnr.runtime import CPU, Runtime, seed_torch
 
 
+@dataclass(frozen=True)
+class CamTrainingPlan:
+    """What :func:`train_cam` trains, as values (the train_cam step resolves them from params:
+    ``datasets.<d>.data``, ``datasets.<d>.train_cam``, ``train_cam``, ``method``, ...)."""
+
+    dataset: str  # names the classes
+    root: str  # dataset root
+    split: str  # the training split (train_split)
+    model: str  # Conformer preset
+    init: str  # attention initialisation (official, mimetic)
+    weights: str  # pretrained weights file ("" = from scratch)
+    method: str  # transcam or bnr (the loss)
+    noise_scale: float  # BNR's noise scale
+    seed: int
+    crop_size: int
+    resize_long: tuple  # (low, high) of the random long-side resize
+    color_jitter: tuple  # brightness, contrast, saturation, hue
+    epochs: int
+    batch_size: int  # global (over all processes)
+    lr: float
+    weight_decay: float
+    adam_eps: float
+    num_workers: int | str  # loader workers, "auto" resolved by the runtime
+    log_every: int
+    protocol: dict = field(default_factory=dict)  # the run's params: kept in the checkpoint
+
+
 def train_cam(
-    params: Params,
+    plan: CamTrainingPlan,
     model_out: Path,
     curves_out: Path,
     run_root: Path = Path("runs/train_cam"),
@@ -40,14 +66,12 @@ def train_cam(
     place in a torchrun job (:func:`bnr.engine.training_session`). Returns a summary
     (per-epoch mean losses, timings); only the main process writes files.
     """
-    data, cfg = params.data, params.train_cam
-    sizes = params.per_dataset.train_cam
     dataset = VocSegmentation(
-        data.root, data.train_split, class_names(params.dataset), with_mask=False,
-        transform=TrainTransform(sizes.crop_size, sizes.resize_long, cfg.color_jitter),
+        plan.root, plan.split, class_names(plan.dataset), with_mask=False,
+        transform=TrainTransform(plan.crop_size, plan.resize_long, plan.color_jitter),
     )
-    seed_torch(params.seed)
-    model = build_cam_model(params)
+    seed_torch(plan.seed)
+    model = build_cam_model(plan.model, plan.dataset, plan.init, plan.weights)
     num_blocks = model.cfg.depth
 
     def adamw(m: nn.Module) -> torch.optim.Optimizer:
@@ -56,7 +80,7 @@ def train_cam(
         keep = [p for n, p in m.named_parameters() if n in no_decay]
         return torch.optim.AdamW(
             [{"params": decay}, {"params": keep, "weight_decay": 0.0}],
-            lr=sizes.lr, weight_decay=sizes.weight_decay, eps=cfg.adam_eps,
+            lr=plan.lr, weight_decay=plan.weight_decay, eps=plan.adam_eps,
         )
 
     def step(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -64,25 +88,24 @@ def train_cam(
         labels = batch["labels"].to(runtime.device)  # (B/N, S)
         with runtime.autocast():
             outputs = net(images)
-        loss, parts = total_loss(float_outputs(outputs), labels, params.method,
-                                 params.noise_scale, num_blocks)
+        loss, parts = total_loss(float_outputs(outputs), labels, plan.method,
+                                 plan.noise_scale, num_blocks)
         return loss, {k: v for k, v in parts.items() if k != "loss"}
 
-    key = run_key(params.protocol(), asdict(cfg), dataset.ids, source_digest(),
-                  runtime.precision)
-    per_epoch = len(epoch_batches(len(dataset), sizes.batch_size, params.seed, 0))
+    key = run_key(asdict(plan), dataset.ids, source_digest(), runtime.precision)
+    per_epoch = len(epoch_batches(len(dataset), plan.batch_size, plan.seed, 0))
     loop = Loop(
-        stage="train_cam", seed=params.seed, meta=cam_model_meta(params),
-        protocol=params.protocol(), run_dir=Path(run_root) / key, num_periods=sizes.epochs,
-        period_batches=lambda e: epoch_batches(len(dataset), sizes.batch_size, params.seed, e),
-        total_steps=per_epoch * sizes.epochs, num_workers=cfg.num_workers,
-        log_every=cfg.log_every,
-        live_params={"method": params.method, "noise_scale": params.noise_scale,
-                     "seed": params.seed, "model": sizes.model, "lr": sizes.lr},
+        stage="train_cam", seed=plan.seed, meta=cam_model_meta(plan.model, plan.dataset),
+        protocol=plan.protocol, run_dir=Path(run_root) / key, num_periods=plan.epochs,
+        period_batches=lambda e: epoch_batches(len(dataset), plan.batch_size, plan.seed, e),
+        total_steps=per_epoch * plan.epochs, num_workers=plan.num_workers,
+        log_every=plan.log_every,
+        live_params={"method": plan.method, "noise_scale": plan.noise_scale,
+                     "seed": plan.seed, "model": plan.model, "lr": plan.lr},
     )
     out = fit(loop, model, adamw, dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_period=stop_after_epoch)
     if out.interrupted:
         return {"interrupted_at_epoch": out.period}
-    return {"epochs": sizes.epochs, "steps": out.steps, "history": out.history,
+    return {"epochs": plan.epochs, "steps": out.steps, "history": out.history,
             "seconds_this_run": out.seconds_this_run, "train_images": len(dataset)}

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from bnr.cam.maps import cams_to_seeds
 from bnr.cam.seeds import checked_cams
-from bnr.config.params import Params
+from bnr.config.params import CrfConfig
 from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
 from bnr.errors import BnrError
@@ -37,20 +37,24 @@ def _crf_one(payload: tuple) -> np.ndarray:
 
 
 def crf_split(
-    params: Params,
     ids: Sequence[str],
     label_dir: Path,
     out_dir: Path,
+    *,
+    root: Path,
+    n_labels: int,
+    crf: CrfConfig,
     progress: bool = True,
     fn: Callable[[tuple], np.ndarray] = _crf_one,
 ) -> dict:
-    """Dense-CRF the labels of ``label_dir`` into ``out_dir`` (atomic dir; ``crf.workers``).
+    """Dense-CRF the labels of ``label_dir`` into ``out_dir`` (atomic dir), the images of
+    dataset ``root`` with ``n_labels`` classes, with the ``crf`` block's settings and workers.
 
     A failing or dying worker raises a BnrError naming the image; ``out_dir`` is then left as
     it was (no partial directory). ``fn`` is the per-image worker (tests inject failures).
     """
-    root, n_labels = Path(params.data.root), len(class_names(params.dataset))
-    kw = crf_kwargs(params.crf)
+    root = Path(root)
+    kw = crf_kwargs(crf)
     for img_id in ids:  # fail before starting the pool
         if not (Path(label_dir) / f"{img_id}.png").is_file():
             raise BnrError(f"{Path(label_dir) / img_id}.png: random-walk label missing "
@@ -60,7 +64,7 @@ def crf_split(
     started, no_fg = time.time(), 0
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for img_id, label in tqdm(crf_map(fn, items, crf_workers(params.crf)), total=len(ids),
+        for img_id, label in tqdm(crf_map(fn, items, crf_workers(crf)), total=len(ids),
                                   desc="crf", disable=not progress):
             no_fg += int(not (label != 0).any())
             write_label_png(tmp / f"{img_id}.png", label)
@@ -91,19 +95,22 @@ def _iter_eval(ids: Sequence[str], progress: bool) -> Iterator[str]:
 
 
 def pseudo_label_confusions(
-    params: Params,
     ids: Sequence[str],
     threshold: float,
     rw_dir: Path,
     crf_dir: Path,
     cam_dir: Path,
+    *,
+    gt_dir: Path,
+    n_labels: int,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Accumulated (C, C) confusion matrices of seeds / random walk / CRF on ``ids``."""
-    data, n = params.data, len(class_names(params.dataset))
+    """Accumulated (C, C) confusion matrices of seeds / random walk / CRF on ``ids`` against
+    the masks of ``gt_dir`` (``n_labels`` classes)."""
+    n = n_labels
     conf = {k: np.zeros((n, n), np.int64) for k in ("seeds", "random_walk", "crf")}
     for img_id in _iter_eval(ids, progress):
-        gt = read_mask(Path(data.root) / data.gt_dir / f"{img_id}.png", n)
+        gt = read_mask(Path(gt_dir) / f"{img_id}.png", n)
         classes, cams = checked_cams(cam_dir, img_id, gt.shape)
         preds = {"seeds": cams_to_seeds(cams, classes, threshold)}
         for name, folder in (("random_walk", rw_dir), ("crf", crf_dir)):
@@ -117,28 +124,35 @@ def pseudo_label_confusions(
 
 
 def evaluate_pseudo_labels(
-    params: Params,
     rw_dir: Path,
     crf_dir: Path,
     cam_dir: Path,
     seeds_json: Path,
+    *,
+    dataset: str,
+    root: Path,
+    gt_dir: str,
+    eval_split: str,
+    infer_split: str,
     progress: bool = True,
 ) -> tuple[dict, Any]:
     """mIoU of the seeds (best eval_seeds threshold), random-walk and CRF labels on
-    ``seed_eval_split`` against ``gt_dir``. Returns ``(metrics without protocol, table)``;
-    the table has per-class IoU (%) columns ``seeds``, ``random_walk``, ``crf``."""
+    ``eval_split`` (seed_eval_split, inside ``infer_split``) of ``dataset`` at ``root``
+    against ``gt_dir``. Returns ``(metrics without protocol, table)``; the table has
+    per-class IoU (%) columns ``seeds``, ``random_walk``, ``crf``."""
     import pandas as pd
 
-    data = params.data
-    names = class_names(params.dataset)
-    ids = read_split(data.root, data.seed_eval_split)
-    infer = set(read_split(data.root, data.infer_split))
+    names = class_names(dataset)
+    ids = read_split(root, eval_split)
+    infer = set(read_split(root, infer_split))
     outside = [i for i in ids if i not in infer]
     if outside:
-        raise BnrError(f"seed_eval_split {data.seed_eval_split!r} has {len(outside)} images "
-                       f"outside infer_split {data.infer_split!r} (e.g. {outside[0]})")
+        raise BnrError(f"seed_eval_split {eval_split!r} has {len(outside)} images "
+                       f"outside infer_split {infer_split!r} (e.g. {outside[0]})")
     threshold = best_seed_threshold(seeds_json)
-    conf = pseudo_label_confusions(params, ids, threshold, rw_dir, crf_dir, cam_dir, progress)
+    conf = pseudo_label_confusions(ids, threshold, rw_dir, crf_dir, cam_dir,
+                                   gt_dir=Path(root) / gt_dir, n_labels=len(names),
+                                   progress=progress)
     out: dict[str, Any] = {"images": len(ids), "seed_threshold": threshold}
     table = pd.DataFrame({"class": [*names, "mIoU"]})
     for key, c in conf.items():

@@ -21,8 +21,6 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from bnr.config.params import Params
-from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
 from bnr.io import atomic_path, label_png_bytes, read_image, write_label_png
 from bnr.metrics import confusion_matrix
@@ -30,34 +28,34 @@ from bnr.runtime import CPU, Runtime
 from bnr.segmenter.test_time import (  # noqa: F401 - multiscale_predict re-exported
     multiscale_predict,
     predict_labels,
-    prediction_options,
 )
 
 SERVER_DIR = "results/VOC2012/Segmentation/comp6_test_cls"  # PASCAL VOC server layout
 
 
 def evaluate_split(
-    params: Params,
     model: nn.Module,
     pred_dir: Path | None,
-    ids: Sequence[str] | None = None,
-    progress: bool = True,
+    ids: Sequence[str],
     *,
+    root: Path,
+    gt_dir: str,
+    n_labels: int,
+    options: dict,
+    progress: bool = True,
     runtime: Runtime = CPU,
 ) -> tuple[np.ndarray, dict]:
-    """Accumulated (S, S) confusion of ``val_split`` (or ``ids``) against ``gt_dir``.
+    """Accumulated (S, S) confusion (``n_labels`` classes) of the images ``ids`` of dataset
+    ``root`` against ``gt_dir``, predicted with ``options`` (the keyword arguments of
+    :func:`predict_labels`: scales, flip, CRF; the evaluate step resolves them).
 
-    Scales ``datasets.<d>.evaluate.scales`` and the ``evaluate`` block (:func:`prediction_options`).
     Predictions are written to ``pred_dir`` (atomic directory of VOC palette PNGs; None = not
     written). The network runs on ``runtime`` (``model`` already prepared
     for it). Returns ``(confusion, stats)``.
     """
-    data = params.data
-    names = class_names(params.dataset)
-    root = Path(data.root)
-    ids = list(ids) if ids is not None else read_split(root, data.val_split)
-    options = prediction_options(params)
-    conf = np.zeros((len(names), len(names)), np.int64)
+    root, n = Path(root), n_labels
+    ids = list(ids)
+    conf = np.zeros((n, n), np.int64)
     model.eval()
     started = time.time()
 
@@ -65,9 +63,9 @@ def evaluate_split(
         nonlocal conf
         for img_id in tqdm(ids, desc="evaluate", disable=not progress):
             image = read_image(root / "JPEGImages" / f"{img_id}.jpg")
-            gt = read_mask(root / data.gt_dir / f"{img_id}.png", len(names), image.shape[:2])
+            gt = read_mask(root / gt_dir / f"{img_id}.png", n, image.shape[:2])
             label = predict_labels(model, image, **options, runtime=runtime)
-            conf += confusion_matrix(label, gt, len(names))
+            conf += confusion_matrix(label, gt, n)
             if out is not None:
                 write_label_png(out / f"{img_id}.png", label)
 
@@ -96,11 +94,14 @@ def write_label_tar(out: Path, labels: Iterable[tuple[str, np.ndarray]],
 
 
 def write_server_archive(
-    params: Params,
     model: nn.Module,
     out: Path,
-    progress: bool = True,
     *,
+    dataset: str,
+    root: Path,
+    test_split: str,
+    options: dict,
+    progress: bool = True,
     runtime: Runtime = CPU,
 ) -> dict:
     """PASCAL VOC evaluation-server archive of ``test_split`` predictions (voc2012 only).
@@ -108,22 +109,20 @@ def write_server_archive(
     Layout: ``results/VOC2012/Segmentation/comp6_test_cls/<id>.png`` (comp6: trained with
     data other than VOC segmentation labels). Same scales / flip / CRF as the evaluation. When
     not configured (another dataset, or ``test_split`` empty) an empty tar is written so the
-    stage output always exists. The network runs on ``runtime``. Returns
-    ``{"images": n, "archive": path, "note": ...}``.
+    stage output always exists. ``options``: :func:`predict_labels`' keyword arguments. The
+    network runs on ``runtime``. Returns ``{"images": n, "archive": path, "note": ...}``.
     """
-    data = params.data
-    if params.dataset != "voc2012" or not data.test_split:
+    if dataset != "voc2012" or not test_split:
         write_label_tar(out, [])
-        why = ("test_split is empty" if not data.test_split
-               else f"the server layout is VOC2012's, dataset is {params.dataset}")
+        why = ("test_split is empty" if not test_split
+               else f"the server layout is VOC2012's, dataset is {dataset}")
         return {"images": 0, "archive": str(out), "note": f"no server predictions ({why})"}
-    root = Path(data.root)
-    ids = read_split(root, data.test_split)
-    options = prediction_options(params)
+    root = Path(root)
+    ids = read_split(root, test_split)
     model.eval()
 
     def labels() -> Iterator[tuple[str, np.ndarray]]:
-        for img_id in tqdm(ids, desc=f"predict {data.test_split}", disable=not progress):
+        for img_id in tqdm(ids, desc=f"predict {test_split}", disable=not progress):
             image = read_image(root / "JPEGImages" / f"{img_id}.jpg")
             yield img_id, predict_labels(model, image, **options, runtime=runtime)
 

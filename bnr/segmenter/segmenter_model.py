@@ -8,32 +8,31 @@ from pathlib import Path
 
 from torch import nn
 
-from bnr.config.params import Params
 from bnr.data.classes import class_names
 from bnr.models import deeplab  # noqa: F401 (registers its kind)
 from bnr.models.registry import create_model, model_from_checkpoint
-from bnr.weights.pretrained import stage_weights
 
 
-def segmenter_meta(params: Params) -> dict:
-    """What a segmenter checkpoint must agree on to be loaded (also enough to rebuild it)."""
+def segmenter_meta(arch: str, preset: str, dataset: str) -> dict:
+    """What a segmenter checkpoint must agree on to be loaded (also enough to rebuild it):
+    ``arch`` (``train_segmenter.arch``), the backbone ``preset``
+    (``datasets.<d>.train_segmenter.backbone``) and the ``dataset`` that names the classes."""
     return {
         "kind": "segmenter",
-        "arch": params.train_segmenter.arch,
-        "preset": params.per_dataset.train_segmenter.backbone,
-        "num_classes": len(class_names(params.dataset)),
-        "dataset": params.dataset,
+        "arch": arch,
+        "preset": preset,
+        "num_classes": len(class_names(dataset)),
+        "dataset": dataset,
     }
 
 
-def build_segmenter(params: Params, pretrained: bool = True) -> nn.Module:
-    """A fresh segmenter for ``params`` (backbone from ``train_segmenter.pretrained`` when
-    ``pretrained``)."""
-    meta = segmenter_meta(params)
-    weights = stage_weights(params, "train_segmenter") if pretrained else ""
+def build_segmenter(arch: str, preset: str, dataset: str, bn_momentum: float,
+                    weights: str = "") -> nn.Module:
+    """A fresh segmenter (:func:`segmenter_meta`'s arguments; head BatchNorm momentum
+    ``bn_momentum``), its backbone from the ``weights`` file ("" = from scratch)."""
+    meta = segmenter_meta(arch, preset, dataset)
     return create_model("segmenter", meta["preset"], num_classes=meta["num_classes"],
-                        pretrained=weights, arch=meta["arch"],
-                        bn_momentum=params.per_dataset.train_segmenter.bn_momentum)
+                        pretrained=weights, arch=meta["arch"], bn_momentum=bn_momentum)
 
 
 def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> nn.Module:
@@ -42,6 +41,6 @@ def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> 
                                  "train_segmenter")[0]
 
 
-def load_segmenter(params: Params, path: Path) -> nn.Module:
-    """The trained segmenter of ``path``, checked against ``params``."""
-    return segmenter_from_checkpoint(path, segmenter_meta(params))
+def load_segmenter(path: Path, arch: str, preset: str, dataset: str) -> nn.Module:
+    """The trained segmenter of ``path``, checked against :func:`segmenter_meta`'s arguments."""
+    return segmenter_from_checkpoint(path, segmenter_meta(arch, preset, dataset))

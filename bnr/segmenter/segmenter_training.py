@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from bnr.config.params import Params
 from bnr.data.transforms import TrainTransform
 from bnr.data.voc import IGNORE_INDEX, read_split
 from bnr.distributed import SINGLE, DistContext, ddp_mean
@@ -110,8 +109,35 @@ def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ctx: DistContex
     return ddp_mean(total, labelled, ctx, min_count=1.0)
 
 
+@dataclass(frozen=True)
+class SegmenterTrainingPlan:
+    """What :func:`train_segmenter` trains, as values (the train_segmenter step resolves them
+    from ``datasets.<d>.data``, ``datasets.<d>.train_segmenter``, ``train_segmenter``, ...)."""
+
+    dataset: str  # names the classes
+    root: str  # dataset root
+    split: str  # the split of the pseudo labels (infer_split)
+    arch: str  # largefov or deeplabv3_resnet101
+    backbone: str  # LargeFOV backbone preset
+    bn_momentum: float  # head BatchNorm momentum
+    weights: str  # pretrained backbone weights file ("" = from scratch)
+    seed: int
+    crop: int
+    resize_scale: tuple  # (low, high) random rescale
+    iterations: int
+    batch_size: int  # global (over all processes)
+    lr: float
+    momentum: float
+    weight_decay: float
+    poly_power: float
+    align_corners: bool  # logits -> crop upsampling in the loss
+    num_workers: int | str  # loader workers, "auto" resolved by the runtime
+    log_every: int
+    protocol: dict = field(default_factory=dict)  # the run's params: kept in the checkpoint
+
+
 def train_segmenter(
-    params: Params,
+    plan: SegmenterTrainingPlan,
     model_out: Path,
     curves_out: Path,
     label_dir: Path,
@@ -132,47 +158,45 @@ def train_segmenter(
     ``runtime`` / ``ctx``: device, precision and torchrun place (only the main process writes).
     Returns a summary (iterations, timings, final mean loss).
     """
-    data, cfg = params.data, params.train_segmenter
-    sizes = params.per_dataset.train_segmenter
-    root = Path(data.root)
+    root = Path(plan.root)
     if not root.is_dir():
         raise BnrError(f"{root}: dataset root not found (run the download stage)")
-    ids = read_split(root, data.infer_split)
+    ids = read_split(root, plan.split)
     label_paths = check_pseudo_labels(label_dir, ids)
-    meta = segmenter_meta(params)
-    key = run_key(params.protocol(), asdict(cfg), ids, files_digest(label_paths),
-                  source_digest(), runtime.precision)
+    meta = segmenter_meta(plan.arch, plan.backbone, plan.dataset)
+    key = run_key(asdict(plan), ids, files_digest(label_paths), source_digest(),
+                  runtime.precision)
     run_dir = Path(run_root) / key
-    dataset = PseudoLabelDataset(root, ids, label_dir, sizes.crop,
-                                 sizes.resize_scale)
+    dataset = PseudoLabelDataset(root, ids, label_dir, plan.crop, plan.resize_scale)
 
-    seed_torch(params.seed)
-    model = build_segmenter(params)
-    max_it, batch = sizes.iterations, sizes.batch_size
+    seed_torch(plan.seed)
+    model = build_segmenter(plan.arch, plan.backbone, plan.dataset, plan.bn_momentum,
+                            plan.weights)
+    max_it, batch = plan.iterations, plan.batch_size
 
     def step(net: nn.Module, item: dict) -> tuple[torch.Tensor, dict[str, float]]:
         with runtime.autocast():
             logits = net(runtime.to_device(item["image"]))  # (B/N, S, h/8, w/8)
         return segmentation_loss(logits.float(), item["label"].to(runtime.device), ctx,
-                                 cfg.align_corners), {}
+                                 plan.align_corners), {}
 
     loop = Loop(
-        stage="train_segmenter", seed=params.seed, meta=meta, protocol=params.protocol(),
+        stage="train_segmenter", seed=plan.seed, meta=meta, protocol=plan.protocol,
         run_dir=run_dir, num_periods=math.ceil(max_it / checkpoint_every),
         period_batches=lambda p: list(iteration_batches(
-            len(dataset), batch, params.seed, p * checkpoint_every,
+            len(dataset), batch, plan.seed, p * checkpoint_every,
             min((p + 1) * checkpoint_every, max_it))),
-        total_steps=max_it, num_workers=cfg.num_workers, log_every=cfg.log_every,
-        lr_at=lambda s: poly_lr(sizes.lr, s, max_it, cfg.poly_power),
+        total_steps=max_it, num_workers=plan.num_workers, log_every=plan.log_every,
+        lr_at=lambda s: poly_lr(plan.lr, s, max_it, plan.poly_power),
         period_name="block", hint="; lower train_segmenter.lr",
-        live_params={"seed": params.seed, "arch": cfg.arch, "backbone": meta["preset"],
-                     "lr": sizes.lr, "crop": sizes.crop,
+        live_params={"seed": plan.seed, "arch": plan.arch, "backbone": meta["preset"],
+                     "lr": plan.lr, "crop": plan.crop,
                      "batch_size": batch, "iterations": max_it},
     )
     out = fit(loop, model,
-              lambda m: torch.optim.SGD(param_groups(m, sizes.lr, cfg.weight_decay),
-                                        lr=sizes.lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay),
+              lambda m: torch.optim.SGD(param_groups(m, plan.lr, plan.weight_decay),
+                                        lr=plan.lr, momentum=plan.momentum,
+                                        weight_decay=plan.weight_decay),
               dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
               progress=progress, live_factory=live_factory, stop_after_step=stop_after_iteration)
     if out.interrupted:

@@ -19,7 +19,6 @@ segmenter, its logits upsampled to the image size and the flipped pass un-flippe
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -149,17 +148,3 @@ def predict_labels(
     if crf is not None and (label != 0).any():
         label = dense_crf_labels(image, label, probs.shape[0], **crf)
     return label
-
-
-def prediction_options(params) -> dict:
-    """The :func:`predict_labels` keyword arguments of ``params`` (``evaluate.scales`` of the
-    dataset block and the ``evaluate`` block; the CRF settings of ``evaluate.test_crf`` or of
-    ``crf``)."""
-    cfg = params.evaluate
-    crf = None
-    if cfg.crf:
-        source = cfg.test_crf if cfg.crf_form == "probability" else params.crf
-        crf = {k: v for k, v in dataclasses.asdict(source).items() if k != "workers"}
-    return {"scales": tuple(params.per_dataset.evaluate.scales), "flip": cfg.flip, "crf": crf,
-            "crf_form": cfg.crf_form, "average": cfg.average,
-            "align_corners": cfg.align_corners, "resize": cfg.resize}

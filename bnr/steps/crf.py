@@ -41,9 +41,12 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """CRF every random-walk label; evaluate seeds, random walk and CRF on ``seed_eval_split``."""
     data, rw, walk = cfg.data, cfg.random_walk, cfg.per_dataset.random_walk
     ids = read_split(data.root, data.infer_split)
-    stats = crf_split(cfg, ids, inputs.rw_labels, outputs.pseudo_labels)
-    metrics, table = evaluate_pseudo_labels(cfg, inputs.rw_labels, outputs.pseudo_labels,
-                                            inputs.cams, inputs.seed_threshold)
+    stats = crf_split(ids, inputs.rw_labels, outputs.pseudo_labels, root=Path(data.root),
+                      n_labels=len(class_names(cfg.dataset)), crf=cfg.crf)
+    metrics, table = evaluate_pseudo_labels(
+        inputs.rw_labels, outputs.pseudo_labels, inputs.cams, inputs.seed_threshold,
+        dataset=cfg.dataset, root=Path(data.root), gt_dir=data.gt_dir,
+        eval_split=data.seed_eval_split, infer_split=data.infer_split)
     write_class_table(table, outputs.per_class.with_suffix(""))
     numbers = {  # the seeds' mIoU: eval_seeds' metrics
         **{k: metrics[k] for k in ("miou_random_walk", "miou_crf")},

@@ -104,7 +104,7 @@ def sweep_end_note(thresholds: np.ndarray, best: int, block: str) -> str | None:
 def write_overlays(cfg: Params, dataset: VocSegmentation, threshold: float, inputs: Inputs,
                    out: Path) -> None:
     """image | ground truth | seed CAM | seeds | class-token attention, for the first images."""
-    model = load_cam_model(cfg, inputs.cam_checkpoint)
+    model = load_cam_model(inputs.cam_checkpoint, cfg.per_dataset.train_cam.model, cfg.dataset)
     size = cfg.per_dataset.infer_seeds.scales[len(cfg.per_dataset.infer_seeds.scales) // 2]
     with atomic_path(out) as tmp:
         tmp.mkdir()

@@ -3,6 +3,7 @@ and, for VOC 2012 with a test split, the evaluation-server archive."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from bnr.pipeline.visualize import colorize_labels, panel
 from bnr.runtime import start_runtime
 from bnr.segmenter.evaluation import evaluate_split, write_label_tar, write_server_archive
 from bnr.segmenter.segmenter_model import load_segmenter
-from bnr.segmenter.test_time import prediction_options
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,35 @@ def train_overlap(cfg: Params) -> dict:
                          cfg.evaluate.allow_train_overlap, "evaluate.allow_train_overlap")
 
 
+def prediction_options(cfg: Params) -> dict:
+    """The :func:`bnr.segmenter.test_time.predict_labels` keyword arguments (TransCAM
+    test_deeplab.py): ``datasets.<d>.evaluate.scales`` and the ``evaluate`` block; the CRF
+    settings of ``evaluate.test_crf`` or, with ``crf_form: label``, of ``crf``."""
+    ev = cfg.evaluate
+    crf = None
+    if ev.crf:
+        source = ev.test_crf if ev.crf_form == "probability" else cfg.crf
+        crf = {k: v for k, v in dataclasses.asdict(source).items() if k != "workers"}
+    return {"scales": tuple(cfg.per_dataset.evaluate.scales), "flip": ev.flip, "crf": crf,
+            "crf_form": ev.crf_form, "average": ev.average,
+            "align_corners": ev.align_corners, "resize": ev.resize}
+
+
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Predict and score ``val_split`` (and the server's ``test_split``)."""
     data, ev = cfg.data, cfg.evaluate
     names = class_names(cfg.dataset)
     skip = server_archive_skip(cfg.dataset, data.root, data.test_split)  # "" = it is written
+    opts = prediction_options(cfg)  # test-time settings (TransCAM test_deeplab.py)
     runtime = start_runtime(cfg.runtime)
     with torch.no_grad():
-        model = runtime.prepare_model(load_segmenter(cfg, inputs.segmenter_checkpoint))
-        conf, stats = evaluate_split(cfg, model, outputs.predictions, runtime=runtime)
+        model = runtime.prepare_model(load_segmenter(
+            inputs.segmenter_checkpoint, cfg.train_segmenter.arch,
+            cfg.per_dataset.train_segmenter.backbone, cfg.dataset))
+        conf, stats = evaluate_split(
+            model, outputs.predictions, read_split(data.root, data.val_split),
+            root=Path(data.root), gt_dir=data.gt_dir, n_labels=len(names), options=opts,
+            runtime=runtime)
         miou = round(mean_iou(conf) * 100, 3)
         archive = outputs.server_archive  # always written (a DVC out): empty on a skip
         if skip:
@@ -70,10 +90,11 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             server = {"images": 0, "archive": str(archive),
                       "note": f"no server predictions ({skip})"}
         else:
-            server = write_server_archive(cfg, model, archive, runtime=runtime)
+            server = write_server_archive(
+                model, archive, dataset=cfg.dataset, root=Path(data.root),
+                test_split=data.test_split, options=opts, runtime=runtime)
     # paper Table 2 layout (background, classes, mIoU), CSV and markdown
     write_class_table(per_class_table(conf, names), outputs.per_class.with_suffix(""))
-    opts = prediction_options(cfg)  # test-time settings (TransCAM test_deeplab.py)
     numbers = {
         "miou": miou, "images": stats["images"], "seconds": stats["seconds"],
         "server_archive_written": int(server["images"] > 0),

@@ -40,7 +40,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     flipped)."""
     seed_everything(cfg.seed)
     runtime = start_runtime(cfg.runtime)
-    model = load_cam_model(cfg, inputs.cam_checkpoint)
+    model = load_cam_model(inputs.cam_checkpoint, cfg.per_dataset.train_cam.model, cfg.dataset)
     model = runtime.prepare_model(model)
     dataset = VocSegmentation(cfg.data.root, cfg.data.infer_split, class_names(cfg.dataset),
                               with_mask=False)

@@ -11,6 +11,7 @@ from bnr.affinity.affinity_model import load_affinity_model
 from bnr.affinity.walk import random_walk_split
 from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
+from bnr.data.classes import class_names
 from bnr.data.voc import read_split
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
@@ -42,15 +43,17 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Random-walk labels of every image of ``infer_split``."""
     seed_everything(cfg.seed)
     runtime = start_runtime(cfg.runtime)
-    model = runtime.prepare_model(load_affinity_model(cfg, inputs.affinity_checkpoint))
+    model = runtime.prepare_model(load_affinity_model(
+        inputs.affinity_checkpoint, cfg.per_dataset.train_affinity.model, cfg.dataset))
     ids = read_split(cfg.data.root, cfg.data.infer_split)
-    walk = cfg.per_dataset.random_walk
-    bg = walk_background_score(walk.background, cfg.random_walk.bg_score,
+    walk, rw = cfg.per_dataset.random_walk, cfg.random_walk
+    bg = walk_background_score(walk.background, rw.bg_score,
                                best_seed_threshold(inputs.seed_threshold))
     with torch.no_grad():
-        stats = random_walk_split(cfg, model, ids, outputs.labels, inputs.cams,
-                                  runtime=runtime, bg_score=bg, scale=walk.scale)
-    rw = cfg.random_walk
+        stats = random_walk_split(
+            model, ids, outputs.labels, inputs.cams, root=Path(cfg.data.root),
+            n_labels=len(class_names(cfg.dataset)), beta=rw.beta, logt=rw.logt,
+            radius=rw.radius, bg_score=bg, runtime=runtime, scale=walk.scale)
     numbers = {k: stats[k] for k in ("images", "all_background", "seconds")}
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=cfg.data.infer_split, cams=str(inputs.cams),

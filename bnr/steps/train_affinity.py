@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.affinity.affinity_training import train_affinity
+from bnr.affinity.affinity_training import AffinityTrainingPlan, train_affinity
 from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
+from bnr.pipeline.resolve import weights_file
 from bnr.runtime import seed_everything
 from bnr.weights.fingerprints import verify_fingerprint
-from bnr.weights.pretrained import stage_weights
 
 DISTRIBUTED = True
 
@@ -33,18 +33,31 @@ class Outputs:
                                                    "(DVC plots its plots/metrics)"})
 
 
+def training_plan(cfg: Params) -> AffinityTrainingPlan:
+    """The values :func:`train_affinity` trains with, from the params this stage declares."""
+    data, block, sizes = cfg.data, cfg.train_affinity, cfg.per_dataset.train_affinity
+    return AffinityTrainingPlan(
+        dataset=cfg.dataset, root=data.root, split=data.infer_split, model=sizes.model,
+        weights=weights_file(cfg, "train_affinity"), seed=cfg.seed, crop=sizes.crop,
+        epochs=sizes.epochs, batch_size=sizes.batch_size, lr=sizes.lr, momentum=block.momentum,
+        weight_decay=block.weight_decay, low_bg=block.low_bg, high_bg=block.high_bg,
+        radius=block.radius, pad_label=block.pad_label, label_crf=block.label_crf,
+        num_workers=block.num_workers, protocol=cfg.protocol(),
+    )
+
+
 def check(cfg: Params, inputs: Inputs) -> None:
     verify_fingerprint(inputs.weights, "train_affinity.pretrained",
-                       stage_weights(cfg, "train_affinity"))
+                       weights_file(cfg, "train_affinity"))
     check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)], (inputs.cams, ".npz"))
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Label pairs from the CAMs, train; write the checkpoint, curves and final losses."""
     seed_everything(cfg.seed)
-    with training_session(cfg) as (runtime, ctx):
-        summary = train_affinity(cfg, outputs.checkpoint, outputs.curves, inputs.cams,
-                                 runtime=runtime, ctx=ctx)
+    with training_session(cfg.runtime) as (runtime, ctx):
+        summary = train_affinity(training_plan(cfg), outputs.checkpoint, outputs.curves,
+                                 inputs.cams, runtime=runtime, ctx=ctx)
     if not ctx.is_main:
         return {}
     last = summary["history"][-1] if summary["history"] else {}
@@ -60,7 +73,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         cfg, runtime={**runtime.record(), "processes": ctx.world_size},
         dataset=cfg.dataset, split=data.infer_split, cams=str(inputs.cams),
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        model=sizes.model, pretrained=stage_weights(cfg, "train_affinity") or None,
+        model=sizes.model, pretrained=weights_file(cfg, "train_affinity") or None,
         crop=sizes.crop, batch_size=sizes.batch_size, lr=sizes.lr,
         low_bg=aff.low_bg, high_bg=aff.high_bg, radius=aff.radius, pad_label=aff.pad_label,
         label_crf={k: v for k, v in vars(aff.label_crf).items() if k != "workers"},

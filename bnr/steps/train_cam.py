@@ -8,16 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnr.cam.training import train_cam
+from bnr.cam.training import CamTrainingPlan, train_cam
 from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.data.classes import class_names
 from bnr.engine import training_session
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
+from bnr.pipeline.resolve import weights_file
 from bnr.runtime import seed_everything
 from bnr.weights.fingerprints import verify_fingerprint
-from bnr.weights.pretrained import stage_weights
 
 DISTRIBUTED = True
 
@@ -38,9 +38,23 @@ class Outputs:
                                                    "(DVC plots its plots/metrics)"})
 
 
+def training_plan(cfg: Params) -> CamTrainingPlan:
+    """The values :func:`train_cam` trains with, from the params this stage declares."""
+    data, block, sizes = cfg.data, cfg.train_cam, cfg.per_dataset.train_cam
+    return CamTrainingPlan(
+        dataset=cfg.dataset, root=data.root, split=data.train_split, model=sizes.model,
+        init=sizes.init, weights=weights_file(cfg, "train_cam"), method=cfg.method,
+        noise_scale=cfg.noise_scale, seed=cfg.seed, crop_size=sizes.crop_size,
+        resize_long=sizes.resize_long, color_jitter=block.color_jitter, epochs=sizes.epochs,
+        batch_size=sizes.batch_size, lr=sizes.lr, weight_decay=sizes.weight_decay,
+        adam_eps=block.adam_eps, num_workers=block.num_workers, log_every=block.log_every,
+        protocol=cfg.protocol(),
+    )
+
+
 def check(cfg: Params, inputs: Inputs) -> None:
     verify_fingerprint(inputs.weights, "train_cam.pretrained",
-                       stage_weights(cfg, "train_cam"))
+                       weights_file(cfg, "train_cam"))
     check_stage_inputs(cfg.data.root, [(cfg.data.train_split, None)],
                        labels_of=class_names(cfg.dataset))
 
@@ -48,8 +62,9 @@ def check(cfg: Params, inputs: Inputs) -> None:
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Train; write the checkpoint, the curves and the final losses."""
     seed_everything(cfg.seed)
-    with training_session(cfg) as (runtime, ctx):
-        summary = train_cam(cfg, outputs.checkpoint, outputs.curves, runtime=runtime, ctx=ctx)
+    with training_session(cfg.runtime) as (runtime, ctx):
+        summary = train_cam(training_plan(cfg), outputs.checkpoint, outputs.curves,
+                            runtime=runtime, ctx=ctx)
     if not ctx.is_main:
         return {}
     last = summary["history"][-1] if summary["history"] else {}
@@ -62,7 +77,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, dataset=cfg.dataset, split=cfg.data.train_split,
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        model=cfg.per_dataset.train_cam.model, pretrained=stage_weights(cfg, "train_cam") or None,
+        model=cfg.per_dataset.train_cam.model, pretrained=weights_file(cfg, "train_cam") or None,
         attention_init=cfg.per_dataset.train_cam.init,  # replaced by loaded weights if any
         epochs=summary["epochs"], steps=summary["steps"],
         runtime={**runtime.record(), "processes": ctx.world_size},

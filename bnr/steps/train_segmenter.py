@@ -10,11 +10,10 @@ from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
+from bnr.pipeline.resolve import weights_file
 from bnr.runtime import seed_everything
-from bnr.segmenter.segmenter_model import segmenter_meta
-from bnr.segmenter.segmenter_training import train_segmenter
+from bnr.segmenter.segmenter_training import SegmenterTrainingPlan, train_segmenter
 from bnr.weights.fingerprints import verify_fingerprint
-from bnr.weights.pretrained import stage_weights
 
 DISTRIBUTED = True
 
@@ -34,9 +33,24 @@ class Outputs:
                                                    "(DVC plots its plots/metrics)"})
 
 
+def training_plan(cfg: Params) -> SegmenterTrainingPlan:
+    """The values :func:`train_segmenter` trains with, from the params this stage declares."""
+    data, block, sizes = cfg.data, cfg.train_segmenter, cfg.per_dataset.train_segmenter
+    return SegmenterTrainingPlan(
+        dataset=cfg.dataset, root=data.root, split=data.infer_split, arch=block.arch,
+        backbone=sizes.backbone, bn_momentum=sizes.bn_momentum,
+        weights=weights_file(cfg, "train_segmenter"), seed=cfg.seed, crop=sizes.crop,
+        resize_scale=sizes.resize_scale, iterations=sizes.iterations,
+        batch_size=sizes.batch_size, lr=sizes.lr, momentum=block.momentum,
+        weight_decay=block.weight_decay, poly_power=block.poly_power,
+        align_corners=block.align_corners, num_workers=block.num_workers,
+        log_every=block.log_every, protocol=cfg.protocol(),
+    )
+
+
 def check(cfg: Params, inputs: Inputs) -> None:
     verify_fingerprint(inputs.weights, "train_segmenter.pretrained",
-                       stage_weights(cfg, "train_segmenter"))
+                       weights_file(cfg, "train_segmenter"))
     check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)],
                        (inputs.pseudo_labels, ".png"))
 
@@ -44,14 +58,14 @@ def check(cfg: Params, inputs: Inputs) -> None:
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Train on the pseudo labels of ``infer_split``; write the checkpoint, curves, final loss."""
     seed_everything(cfg.seed)
-    with training_session(cfg) as (runtime, ctx):
-        summary = train_segmenter(cfg, outputs.checkpoint, outputs.curves, inputs.pseudo_labels,
+    plan = training_plan(cfg)
+    with training_session(cfg.runtime) as (runtime, ctx):
+        summary = train_segmenter(plan, outputs.checkpoint, outputs.curves, inputs.pseudo_labels,
                                   runtime=runtime, ctx=ctx)
     if not ctx.is_main:
         return {}
     seg, data = cfg.train_segmenter, cfg.data
     sizes = cfg.per_dataset.train_segmenter
-    meta = segmenter_meta(cfg)
     numbers = {
         "final_loss": summary["final_loss"],
         "train_images": summary["train_images"],
@@ -61,8 +75,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         cfg, runtime={**runtime.record(), "processes": ctx.world_size},
         dataset=cfg.dataset, split=data.infer_split, labels=str(inputs.pseudo_labels),
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
-        arch=seg.arch, backbone=meta["preset"] if seg.arch == "largefov" else "resnet101",
-        pretrained=stage_weights(cfg, "train_segmenter") or None, crop=sizes.crop,
+        arch=seg.arch, backbone=plan.backbone if seg.arch == "largefov" else "resnet101",
+        pretrained=weights_file(cfg, "train_segmenter") or None, crop=sizes.crop,
         batch_size=sizes.batch_size, iterations=summary["iterations"],
         resumed_from=summary["resumed_from"],
         seconds_per_iteration=summary["seconds_per_iteration"],

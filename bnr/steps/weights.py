@@ -11,8 +11,9 @@ from pathlib import Path
 from bnr.config.params import Params
 from bnr.data.sources import mirror_overrides
 from bnr.data.weights_download import download_known_weights
+from bnr.pipeline.resolve import weights_file
 from bnr.weights.fingerprints import CACHE_NAME, fingerprint, write_fingerprint
-from bnr.weights.pretrained import TRAINING_BLOCKS, stage_weights
+from bnr.weights.pretrained import TRAINING_BLOCKS
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def check(cfg: Params, inputs: Inputs) -> None:
     before any fingerprint is written."""
     mirror_overrides(cfg.download.mirrors)
     for block in TRAINING_BLOCKS:
-        stage_weights(cfg, block)
+        weights_file(cfg, block)
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
@@ -56,7 +57,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     files = 0
     for block, out in fingerprint_files(outputs).items():
         key = f"{block}.pretrained"
-        path = stage_weights(cfg, block)
+        path = weights_file(cfg, block)
         record = fingerprint(key, path, cache_path=Path(out).parent / CACHE_NAME, fetch=fetch)
         changed = write_fingerprint(Path(out), record)
         print(f"{out}: {key} = {path or 'from scratch'}{' (changed)' if changed else ''}")

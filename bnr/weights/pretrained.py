@@ -20,8 +20,6 @@ would be silently ignored, are an error.
 
 from __future__ import annotations
 
-from typing import Any
-
 from bnr.errors import BnrError
 
 AUTO, IMAGENET, PRETRAIN = "auto", "imagenet", "pretrain"
@@ -54,15 +52,15 @@ def pretrained_path(value: str, dataset: str, kind: str, key: str = "pretrained"
     return value if files is None else files[kind]
 
 
-def stage_weights(params: Any, block: str) -> str:
-    """The weights file ``<block>.pretrained`` means for the training stage ``block`` (one of
-    :data:`TRAINING_BLOCKS`): the dataset decides ``auto``, the stage's network family decides
-    the file (the segmenter's family follows ``train_segmenter.arch``). "" = from scratch."""
+def stage_weights(block: str, value: str, dataset: str, segmenter_arch: str = "largefov") -> str:
+    """The weights file ``value`` of ``<block>.pretrained`` means for the training stage
+    ``block`` (one of :data:`TRAINING_BLOCKS`): the ``dataset`` decides ``auto``, the stage's
+    network family decides the file (the segmenter's family follows ``segmenter_arch``,
+    ``train_segmenter.arch``). "" = from scratch."""
     if block == "train_cam":
         family = "conformer"
-    elif block == "train_affinity" or params.train_segmenter.arch == "largefov":
+    elif block == "train_affinity" or segmenter_arch == "largefov":
         family = "resnet38"
     else:
         family = "resnet101"  # torchvision's DeepLabV3: no file here
-    return pretrained_path(getattr(params, block).pretrained, params.dataset, family,
-                           f"{block}.pretrained")
+    return pretrained_path(value, dataset, family, f"{block}.pretrained")
