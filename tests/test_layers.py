@@ -7,7 +7,8 @@
   writers;
 * config knows no step package, models, data, weights or stage level;
 * the step packages and ``bnr/weights`` know no stage level (the steps call them, not the
-  other way round);
+  other way round); the affinity, pseudo-label and segmenter packages know no config (they take
+  values);
 * metrics know no model; nothing in ``bnr/`` imports a stage script;
 * post-processing (CRF, random walk, affinity labels, test-time inference) takes the class count
   explicitly (no default class count);
@@ -92,6 +93,10 @@ RULES = {
     **{
         f"{package} knows no pipeline and no step": (f"{package[4:]}/*.py", STAGE_LEVEL)
         for package in (*STEP_PACKAGES, "bnr.weights")
+    },
+    **{  # they take values (the CAM's attention diagnostics tool reads params.yaml itself)
+        f"{package} knows no config": (f"{package[4:]}/*.py", ("bnr.config",))
+        for package in ("bnr.affinity", "bnr.pseudo_labels", "bnr.segmenter")
     },
     "nothing in bnr imports a stage": ("**/*.py", ("stages",)),
 }

@@ -17,6 +17,7 @@ from bnr.data.classes import class_names
 from bnr.data.synthetic import SyntheticSpec, generate_synthetic
 from bnr.data.voc import read_split
 from bnr.errors import BnrError
+from bnr.pipeline.crf_blocks import crf_settings
 from bnr.pipeline.metrics_files import count_values, read_protocol
 from bnr.pseudo_labels.crf_labels import crf_split, evaluate_pseudo_labels
 from bnr.steps.train_affinity import training_plan as affinity_plan
@@ -163,8 +164,8 @@ def test_crf_worker_failure_names_image(work: Path, tmp_path: Path, fn, words) -
         Image.fromarray(np.zeros((SIZE, SIZE), np.uint8) + 1, mode="L").save(rw / f"{img_id}.png")
     out = tmp_path / "pseudo"
     with pytest.raises(BnrError, match=f"syn_train_000001.*{words}|{words}.*syn_train_000001"):
-        crf_split(ids, rw, out, root=Path(params.data.root), n_labels=7, crf=params.crf,
-                  progress=False, fn=fn)
+        crf_split(ids, rw, out, root=Path(params.data.root), n_labels=7,
+                  crf=crf_settings(params.crf), progress=False, fn=fn)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pseudo")] == []
 

@@ -27,7 +27,6 @@ from tqdm import tqdm
 from bnr.affinity.affinity_labels import affinity_labels_from_cam, affinity_loss, pair_labels
 from bnr.affinity.affinity_model import STRIDE, affinity_model_meta, build_affinity_model
 from bnr.cam.seeds import checked_cams
-from bnr.config.params import CrfConfig
 from bnr.data.classes import class_names
 from bnr.data.transforms import PadCropTransform
 from bnr.data.voc import read_split
@@ -46,7 +45,7 @@ from bnr.io import atomic_path, read_image, read_label_png, write_label_png
 from bnr.models.pairs import feature_affinity
 from bnr.models.resnet38 import param_groups
 from bnr.pseudo_labels.crf import crf_map, dense_crf_labels
-from bnr.pseudo_labels.crf_settings import crf_kwargs, crf_workers
+from bnr.pseudo_labels.crf_settings import CrfSettings
 from bnr.runtime import CPU, Runtime, seed_torch
 
 POLY_POWER = 0.9
@@ -81,7 +80,7 @@ def write_affinity_labels(
     low_bg: float,
     high_bg: float,
     n_labels: int,
-    crf: CrfConfig,
+    crf: CrfSettings,
     progress: bool = True,
 ) -> dict:
     """Full-resolution affinity labels of ``ids`` as PNGs in ``out_dir`` (atomic directory).
@@ -89,7 +88,7 @@ def write_affinity_labels(
     Returns counts: images, and images with no foreground class (all background, kept).
     """
     root = Path(root)
-    kw = crf_kwargs(crf)
+    kw = crf.kwargs
     items = (
         (i, (root / "JPEGImages" / f"{i}.jpg", str(cam_dir), i, low_bg, high_bg, n_labels, kw))
         for i in ids
@@ -97,7 +96,7 @@ def write_affinity_labels(
     no_fg = 0
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        results = crf_map(_affinity_label_one, items, crf_workers(crf))
+        results = crf_map(_affinity_label_one, items, crf.workers)
         for img_id, label in tqdm(results, total=len(ids), desc="affinity labels",
                                   disable=not progress):
             no_fg += int(not (label != 0).any() and not (label == 255).any())
@@ -154,7 +153,7 @@ class AffinityTrainingPlan:
     high_bg: float  # fixed background score of ha (confident background)
     radius: int  # pair radius on the 1/8 feature map
     pad_label: str  # crop padding labels: background or ignore
-    label_crf: CrfConfig  # the CRF of the la / ha labels
+    label_crf: CrfSettings  # the CRF of the la / ha labels
     num_workers: int | str  # loader workers, "auto" resolved by the runtime
     protocol: dict = field(default_factory=dict)  # the run's params: kept in the checkpoint
 

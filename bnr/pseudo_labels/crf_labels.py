@@ -14,14 +14,13 @@ from tqdm import tqdm
 
 from bnr.cam.maps import cams_to_seeds
 from bnr.cam.seeds import checked_cams
-from bnr.config.params import CrfConfig
 from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
 from bnr.errors import BnrError
 from bnr.io import atomic_path, read_image, read_label_png, write_label_png
 from bnr.metrics import confusion_matrix, iou_per_class, mean_iou
 from bnr.pseudo_labels.crf import crf_map, dense_crf_labels
-from bnr.pseudo_labels.crf_settings import crf_kwargs, crf_workers
+from bnr.pseudo_labels.crf_settings import CrfSettings
 
 
 def _crf_one(payload: tuple) -> np.ndarray:
@@ -43,18 +42,18 @@ def crf_split(
     *,
     root: Path,
     n_labels: int,
-    crf: CrfConfig,
+    crf: CrfSettings,
     progress: bool = True,
     fn: Callable[[tuple], np.ndarray] = _crf_one,
 ) -> dict:
     """Dense-CRF the labels of ``label_dir`` into ``out_dir`` (atomic dir), the images of
-    dataset ``root`` with ``n_labels`` classes, with the ``crf`` block's settings and workers.
+    dataset ``root`` with ``n_labels`` classes, with the ``crf`` settings and workers.
 
     A failing or dying worker raises a BnrError naming the image; ``out_dir`` is then left as
     it was (no partial directory). ``fn`` is the per-image worker (tests inject failures).
     """
     root = Path(root)
-    kw = crf_kwargs(crf)
+    kw = crf.kwargs
     for img_id in ids:  # fail before starting the pool
         if not (Path(label_dir) / f"{img_id}.png").is_file():
             raise BnrError(f"{Path(label_dir) / img_id}.png: random-walk label missing "
@@ -64,7 +63,7 @@ def crf_split(
     started, no_fg = time.time(), 0
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for img_id, label in tqdm(crf_map(fn, items, crf_workers(crf)), total=len(ids),
+        for img_id, label in tqdm(crf_map(fn, items, crf.workers), total=len(ids),
                                   desc="crf", disable=not progress):
             no_fg += int(not (label != 0).any())
             write_label_png(tmp / f"{img_id}.png", label)

@@ -1,17 +1,16 @@
-"""The ``crf`` / ``train_affinity.label_crf`` params blocks as arguments of the dense CRF."""
+"""A dense CRF as the library runs it: its keyword arguments and its worker count (the step
+resolves them from the ``crf`` / ``train_affinity.label_crf`` params blocks)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-from bnr.config.params import CrfConfig
+from dataclasses import dataclass, field
 
 
-def crf_kwargs(cfg: CrfConfig) -> dict:
-    """The keyword arguments of :func:`dense_crf_labels` from the ``crf`` params block."""
-    return {k: v for k, v in asdict(cfg).items() if k != "workers"}
+@dataclass(frozen=True)
+class CrfSettings:
+    """``kwargs``: the keyword arguments of :func:`bnr.pseudo_labels.crf.dense_crf_labels`
+    (Gaussian / bilateral kernels, iterations); ``workers``: processes of
+    :func:`bnr.pseudo_labels.crf.crf_map` (None = all available cores)."""
 
-
-def crf_workers(cfg: CrfConfig) -> int | None:
-    """``crf.workers``: 0 -> None (all available cores, as :func:`crf_map` counts them)."""
-    return None if cfg.workers == 0 else cfg.workers
+    kwargs: dict = field(default_factory=dict)
+    workers: int | None = None

@@ -10,10 +10,10 @@ from bnr.data.checks import check_stage_inputs
 from bnr.data.classes import class_names
 from bnr.data.voc import read_split
 from bnr.metrics import write_class_table
+from bnr.pipeline.crf_blocks import crf_settings
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
 from bnr.pseudo_labels.crf_labels import crf_split, evaluate_pseudo_labels, walk_background_score
-from bnr.pseudo_labels.crf_settings import crf_kwargs
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     data, rw, walk = cfg.data, cfg.random_walk, cfg.per_dataset.random_walk
     ids = read_split(data.root, data.infer_split)
     stats = crf_split(ids, inputs.rw_labels, outputs.pseudo_labels, root=Path(data.root),
-                      n_labels=len(class_names(cfg.dataset)), crf=cfg.crf)
+                      n_labels=len(class_names(cfg.dataset)), crf=crf_settings(cfg.crf))
     metrics, table = evaluate_pseudo_labels(
         inputs.rw_labels, outputs.pseudo_labels, inputs.cams, inputs.seed_threshold,
         dataset=cfg.dataset, root=Path(data.root), gt_dir=data.gt_dir,
@@ -65,7 +65,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         beta=rw.beta, logt=rw.logt, radius=rw.radius, random_walk="sparse",
         bg_score=walk_background_score(walk.background, rw.bg_score,
                                        metrics["seed_threshold"]),  # the walk's own
-        walk_background=walk.background, walk_scale=walk.scale, crf=crf_kwargs(cfg.crf),
+        walk_background=walk.background, walk_scale=walk.scale, crf=crf_settings(cfg.crf).kwargs,
         metric="mIoU (%) over all classes from the accumulated confusion matrix",
         per_class=str(outputs.per_class),
     ))

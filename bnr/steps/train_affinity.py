@@ -9,6 +9,7 @@ from bnr.affinity.affinity_training import AffinityTrainingPlan, train_affinity
 from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
+from bnr.pipeline.crf_blocks import crf_settings
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
 from bnr.pipeline.resolve import weights_file
@@ -41,7 +42,7 @@ def training_plan(cfg: Params) -> AffinityTrainingPlan:
         weights=weights_file(cfg, "train_affinity"), seed=cfg.seed, crop=sizes.crop,
         epochs=sizes.epochs, batch_size=sizes.batch_size, lr=sizes.lr, momentum=block.momentum,
         weight_decay=block.weight_decay, low_bg=block.low_bg, high_bg=block.high_bg,
-        radius=block.radius, pad_label=block.pad_label, label_crf=block.label_crf,
+        radius=block.radius, pad_label=block.pad_label, label_crf=crf_settings(block.label_crf),
         num_workers=block.num_workers, protocol=cfg.protocol(),
     )
 
