@@ -267,8 +267,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Classification pretraining on the generated world (bnr/weights/pretrain.py, synthetic
-    only)."""
+    """Classification pretraining on the generated world (bnr/weights/pretrain.py; synthetic)."""
 
     seed: int = spec(integer(0), 0)  # initialisation and flip seeds
     world_seed: int = spec(integer(0), 4242)  # generator seed of the world's images
