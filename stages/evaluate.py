@@ -3,8 +3,15 @@ and, for VOC 2012 with a test split, the evaluation-server archive.
 
 Its work: bnr/steps/evaluate.py; its paths: the options of its cmd in dvc.yaml."""
 
-from bnr.pipeline.stage import stage_main
-from bnr.steps import evaluate
+import sys
+from pathlib import Path
+
+# This checkout's bnr first (a DVC experiment runs in a copy of the tree): without it an
+# installed (editable) bnr of another checkout would run instead.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bnr.pipeline.stage import stage_main  # noqa: E402
+from bnr.steps import evaluate  # noqa: E402
 
 if __name__ == "__main__":
     stage_main(evaluate)

@@ -2,8 +2,15 @@
 
 Its work: bnr/steps/train_affinity.py; its paths: the options of its cmd in dvc.yaml."""
 
-from bnr.pipeline.stage import stage_main
-from bnr.steps import train_affinity
+import sys
+from pathlib import Path
+
+# This checkout's bnr first (a DVC experiment runs in a copy of the tree): without it an
+# installed (editable) bnr of another checkout would run instead.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bnr.pipeline.stage import stage_main  # noqa: E402
+from bnr.steps import train_affinity  # noqa: E402
 
 if __name__ == "__main__":
     stage_main(train_affinity)

@@ -2,6 +2,7 @@
 they declare (bnr.pipeline.declared)."""
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -107,3 +108,38 @@ def test_stage_paths_come_from_its_cmd_and_match_deps_and_outs(stage):
     assert written == outs, (stage, sorted(written ^ outs))
     assert not any(str(protocol_path(p)) in deps for p in deps if p.startswith("metrics/")
                    and stage != "report")
+
+
+def _bnr_import_after_path_insert(script: Path) -> bool:
+    """Whether ``script`` puts its own checkout first on ``sys.path`` before importing bnr."""
+    import ast
+
+    inserted = False
+    for node in ast.parse(script.read_text()).body:
+        text = ast.unparse(node)
+        if text.startswith("sys.path.insert(0, str(Path(__file__).resolve().parents[1]))"):
+            inserted = True
+        if isinstance(node, ast.ImportFrom | ast.Import) and "bnr" in text.split()[1]:
+            return inserted
+    return False
+
+
+def test_every_stage_script_runs_the_bnr_of_its_own_checkout(tmp_path):
+    """A DVC experiment runs ``python stages/<name>.py`` in a copy of the tree: the copy's bnr
+    must run, not the installed (editable) bnr of the checkout it was installed from."""
+    import shutil
+    import subprocess
+
+    scripts = sorted((REPO / "stages").glob("*.py"))
+    assert scripts and all(_bnr_import_after_path_insert(s) for s in scripts), [
+        s.name for s in scripts if not _bnr_import_after_path_insert(s)]
+    shutil.copytree(REPO / "stages", tmp_path / "stages")
+    shutil.copytree(REPO / "bnr", tmp_path / "bnr",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    stage_py = tmp_path / "bnr" / "pipeline" / "stage.py"
+    stage_py.write_text("def stage_main(step):\n    print('ran', __file__)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(tmp_path / "stages" / "report.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"ran {stage_py}" in done.stdout
