@@ -16,22 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import update_dataset, write_voc_tree, write_weights_fingerprint
+from tests.conftest import update_dataset, write_weights_fingerprint
 
 try:
-    from tests.test_bad_inputs import one_error_line, run_stage, tiny_raw
+    from tests.test_bad_inputs import one_error_line, run_stage, tiny_raw, work  # noqa: F401
 except ImportError:  # tests/ is not a package
-    from test_bad_inputs import one_error_line, run_stage, tiny_raw
+    from test_bad_inputs import one_error_line, run_stage, tiny_raw, work  # noqa: F401
 
 SPLITS = Path("ImageSets/Segmentation")
-
-
-@pytest.fixture
-def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    write_voc_tree(tmp_path / "voc", {"train": ["a", "b", "c", "d"], "val": ["e"]},
-                   num_classes=7)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def dumped(change: Callable[[dict], object]) -> Callable[[Path], str]:
