@@ -13,6 +13,7 @@ import yaml
 
 import bnr.weights.pretrain as pretrain_module
 from bnr.config.params import PretrainConfig, parse_params
+from bnr.data.drawing import rotate
 from bnr.data.pretrain_world import (
     PALETTES,
     PATTERNS,
@@ -24,7 +25,7 @@ from bnr.data.pretrain_world import (
     shape_mask,
     world_rng,
 )
-from bnr.data.synthetic import CONTEXTS, SYNTHETIC_CLASSES, _rot, _shape_mask
+from bnr.data.synthetic import CONTEXTS, SYNTHETIC_CLASSES, _shape_mask
 from bnr.errors import BnrError
 from bnr.models.conformer import create_conformer, detect_checkpoint_layout, load_pretrained
 from bnr.models.deeplab import create_segmenter
@@ -101,7 +102,7 @@ def test_world_classes_are_disjoint_from_the_demo():
         for cls in range(1, len(SYNTHETIC_CLASSES)):
             demo = _shape_mask(cls, yy, xx, 20)
             for angle in np.linspace(0, 2 * np.pi, 12, endpoint=False):
-                ry, rx = _rot(yy, xx, angle)
+                ry, rx = rotate(yy, xx, angle)
                 for scale in (0.8, 1.0, 1.25):
                     mask = shape_mask(shape, ry, rx, 20 * scale)
                     iou = (mask & demo).sum() / (mask | demo).sum()

@@ -353,3 +353,35 @@ def test_bfloat16_channels_last_runtime_trains(work: Path, tmp_path: Path) -> No
     assert all(np.isfinite(h["loss"]) for h in summary["history"])
     state = load_checkpoint(tmp_path / "s.pt", {"kind": "segmenter"})["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+def test_ground_truth_labels_train_on_the_masks(work: Path, monkeypatch) -> None:
+    """train_segmenter.labels: ground_truth trains on datasets.<d>.data.gt_dir of the same
+    split (the fully supervised ceiling); pseudo on the crf stage's folder; a missing mask is
+    one line before any work."""
+    step = importlib.import_module("bnr.steps.train_segmenter")
+    monkeypatch.chdir(work)
+    params = tiny_params(work / "data" / "synthetic")
+    seen = []
+    monkeypatch.setattr(step, "train_segmenter", lambda plan, ckpt, curves, labels, **k: (
+        seen.append(Path(labels)) or {"final_loss": 0.0, "train_images": 6, "iterations": 4,
+                                      "seconds_this_run": 0, "resumed_from": 0,
+                                      "seconds_per_iteration": 0}))
+    gt = dataclasses.replace(params, train_segmenter=dataclasses.replace(
+        params.train_segmenter, labels="ground_truth"))
+    run_step("train_segmenter", params)
+    run_step("train_segmenter", gt)
+    assert seen == [Path("data/pseudo_labels"), work / "data" / "synthetic" / "SegmentationClass"]
+    assert read_protocol("metrics/train_segmenter.json")["trained_on"] == "ground_truth"
+    inputs = step.Inputs(pseudo_labels=Path("data/pseudo_labels"), weights=Path("w.json"))
+    monkeypatch.setattr(step, "verify_fingerprint", lambda *a: None)
+    first = read_split(gt.data.root, "train")[0]
+    mask = work / "data" / "synthetic" / "SegmentationClass" / f"{first}.png"
+    saved = mask.read_bytes()
+    mask.unlink()
+    try:
+        with pytest.raises(BnrError, match="mask of an image of split 'train' is missing"):
+            step.check(gt, inputs)
+        step.check(params, inputs)  # the pseudo labels do not need the masks
+    finally:
+        mask.write_bytes(saved)

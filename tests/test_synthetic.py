@@ -66,3 +66,59 @@ def test_context_is_background_in_the_mask():
     # the context ellipse changes pixels outside every object, but those stay background (0)
     assert all(info["context"].values())
     assert (label == 0).mean() > 0.3
+
+
+# VOC 2012's proportions (docs/results.md "The world"): foreground a quarter to a third of the
+# labelled pixels, objects from small to half the image, about 1.5 classes per image.
+VOC_LIKE = {"foreground_mean": (0.20, 0.40), "object_p10_max": 0.06, "object_p90_min": 0.25,
+            "object_max_min": 0.45, "classes_per_image": (1.3, 1.7)}
+
+
+def _check_voc_like(split_stats):
+    fg, obj = (split_stats["pixels"][k] for k in ("foreground_fraction", "object_area_fraction"))
+    lo, hi = VOC_LIKE["foreground_mean"]
+    assert lo <= fg["mean"] <= hi, fg
+    assert fg["p10"] < fg["median"] < fg["p90"]
+    assert obj["p10"] <= VOC_LIKE["object_p10_max"], obj  # small objects exist
+    assert obj["p90"] >= VOC_LIKE["object_p90_min"], obj  # and large ones
+    assert obj["max"] >= VOC_LIKE["object_max_min"], obj  # up to half the image
+    lo, hi = VOC_LIKE["classes_per_image"]
+    assert lo <= split_stats["mean_classes_per_image"] <= hi
+
+
+def test_default_world_has_voc_proportions(tmp_path):
+    """The default generator, on its own first 150 train images: the statistics it records
+    are the pixels' (recomputed here from the written masks) and sit in VOC's range."""
+    spec = SyntheticSpec(num_train=150, num_val=1)
+    stats = generate_synthetic(tmp_path / "syn", spec)
+    _check_voc_like(stats["train"])
+    root = tmp_path / "syn"
+    fg = []
+    for img_id in (root / "ImageSets/Segmentation/train.txt").read_text().split():
+        lab = np.array(Image.open(root / "SegmentationClass" / f"{img_id}.png"))
+        fg.append(((lab != 0) & (lab != 255)).sum() / (lab != 255).sum())
+    assert abs(np.mean(fg) - stats["train"]["pixels"]["foreground_fraction"]["mean"]) < 1e-3
+
+
+def test_old_world_sizes_fail_the_voc_check(tmp_path):
+    """The check can fail: the earlier generator's objects (radius 11-22 px, 1-3 classes
+    uniform) covered 6 % of the pixels."""
+    spec = SyntheticSpec(num_train=60, num_val=1, object_radius=(11.0, 22.0),
+                         class_count_probs=(1.0, 1.0, 1.0), truncation=0.0)
+    stats = generate_synthetic(tmp_path / "syn", spec)
+    assert stats["train"]["pixels"]["foreground_fraction"]["mean"] < 0.1
+    try:
+        _check_voc_like(stats["train"])
+    except AssertionError:
+        return
+    raise AssertionError("the old world passed the VOC-proportions check")
+
+
+def test_committed_dataset_statistics_are_voc_like():
+    """metrics/dataset.json (written by the download stage of the committed run)."""
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).parents[1] / "metrics" / "dataset.json").read_text())
+    assert doc["dataset"] == "synthetic"
+    for split in ("train", "val"):
+        _check_voc_like(doc["splits"][split])

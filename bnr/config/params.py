@@ -146,6 +146,9 @@ class SyntheticConfig:
     num_val: int = spec(integer(1, 10**7), 200)
     image_size: int = spec(integer(32, 1024), 128)
     max_objects: int = spec(integer(1, 3), 3)
+    class_count_probs: tuple = spec(number_list(number(0, 1), 1, 3), (0.6, 0.3, 0.1))
+    object_radius: tuple = spec(number_list(number(1, 512), 2, 2, ordered=True), (14.0, 60.0))
+    truncation: float = spec(number(0, 1), 0.3)
     context_prob: float = spec(number(0, 1), 0.85)
     stray_context_prob: float = spec(number(0, 1), 0.08)
     clutter: int = spec(integer(0, 64), 12)
@@ -220,6 +223,7 @@ class RandomWalkConfig:
 class TrainSegmenterConfig:
     arch: str = spec(choice("largefov", "deeplabv3_resnet101"), "largefov")
     pretrained: str = spec(string(), "auto")  # backbone weights (bnr/weights/pretrained.py)
+    labels: str = spec(choice("pseudo", "ground_truth"), "pseudo")  # ground_truth: the ceiling
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0, 10), 5e-4)
     poly_power: float = spec(number(0, 100), 0.9)

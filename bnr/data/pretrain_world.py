@@ -8,7 +8,7 @@ gradient, concentric, pinwheel, speckle; none of them a demo context texture (wa
 bricks, grass, dots, checker) or the demo's stripes), drawn at random: a nuisance, like the
 colours' jitter. (Classes defined by shape x pattern with random colours stayed at chance for
 this small model within the CPU budget; with colour families it learns.) Backgrounds reuse the
-demo's generic cluttered colour field (``synthetic._background``), half of the time with a
+demo's generic cluttered colour field (``drawing.cluttered_background``), half of the time with a
 large patch of smooth "marble" noise.
 
 An image holds 1 to ``max_objects`` objects of distinct classes; its target is multi-hot over
@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from bnr.data.synthetic import _background, _mix, _rot
+from bnr.data.drawing import cluttered_background, mix, rotate
 from bnr.data.transforms import normalize
 
 SHAPES = ("ellipse", "chevron", "kite", "crescent", "horseshoe", "arrow", "ell", "tee",
@@ -89,7 +89,7 @@ def _solid(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, r: float) -
 
 
 def _gradient(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarray:
-    ry, _ = _rot(dy, dx, rng.uniform(0, 2 * np.pi))
+    ry, _ = rotate(dy, dx, rng.uniform(0, 2 * np.pi))
     return np.clip(0.5 + ry / (2 * r), 0, 1)
 
 
@@ -127,14 +127,14 @@ def _marble(rng: np.random.Generator, size: int) -> np.ndarray:
     noise = ndimage.gaussian_filter(rng.standard_normal((size, size)), size / 24)
     t = 0.5 + 0.5 * np.sin(noise * rng.uniform(20, 40))
     a, b = _colour_pair(rng)
-    return _mix(a, b, t)
+    return mix(a, b, t)
 
 
 def render_world_image(spec: WorldSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
     """One image (H, W, 3) uint8 and its sorted class indices (0-based into PRETRAIN_CLASSES)."""
     size = spec.image_size
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
-    img = _background(rng, size, spec.clutter)
+    img = cluttered_background(rng, size, spec.clutter)
     if rng.random() < 0.5:
         cy, cx = rng.uniform(0, size, 2)
         ry, rx = rng.uniform(0.2, 0.5, 2) * size
@@ -153,13 +153,13 @@ def render_world_image(spec: WorldSpec, rng: np.random.Generator) -> tuple[np.nd
                 break
         placed.append((cy, cx, r))
         shape, colour = PRETRAIN_CLASSES[cls].split("-")
-        dy, dx = _rot(yy - cy, xx - cx, rng.uniform(0, 2 * np.pi))
+        dy, dx = rotate(yy - cy, xx - cx, rng.uniform(0, 2 * np.pi))
         mask = shape_mask(shape, dy, dx, r)
         base = np.array(PALETTES[colour])
         light = np.clip(base + rng.uniform(-0.12, 0.12, 3), 0, 1)
         dark = base * rng.uniform(0.3, 0.6)
         pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-        tex = _mix(light, dark, PATTERN_FNS[pattern](rng, dy, dx, r))
+        tex = mix(light, dark, PATTERN_FNS[pattern](rng, dy, dx, r))
         img[mask] = tex[mask]
         masks.append(mask)
     # an object more than half hidden by the ones drawn after it is not labelled

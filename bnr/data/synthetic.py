@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bnr.data.classes import SYNTHETIC_CLASSES
+from bnr.data.drawing import cluttered_background, mix, rotate
 from bnr.io import atomic_path, label_png_bytes
 
 # the context texture of each class of SYNTHETIC_CLASSES (index 0: background)
@@ -50,6 +51,9 @@ class SyntheticSpec:
     num_val: int = 200
     image_size: int = 128
     max_objects: int = 3
+    class_count_probs: tuple[float, ...] = (0.6, 0.3, 0.1)  # P(1, 2, ... classes), normalised
+    object_radius: tuple[float, float] = (14.0, 60.0)  # object radius range, px at 128 px
+    truncation: float = 0.3  # up to this fraction of an object's radius may leave the image
     context_prob: float = 0.85
     stray_context_prob: float = 0.08
     clutter: int = 12
@@ -60,54 +64,45 @@ class SyntheticSpec:
 # textures: (rng, yy, xx) -> (H, W, 3) float in [0, 1]
 
 
-def _rot(yy: np.ndarray, xx: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    c, s = np.cos(angle), np.sin(angle)
-    return c * yy - s * xx, s * yy + c * xx
-
-
-def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    return a * (1 - t[..., None]) + b * t[..., None]
-
-
 def _waves(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     phase = rng.uniform(0, 2 * np.pi)
     t = 0.5 + 0.5 * np.sin(yy / 2.2 + 2.0 * np.sin(xx / 7.0 + phase))
-    return _mix(np.array([0.05, 0.25, 0.55]), np.array([0.35, 0.65, 0.95]), t)
+    return mix(np.array([0.05, 0.25, 0.55]), np.array([0.35, 0.65, 0.95]), t)
 
 
 def _rails(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    ry, rx = _rot(yy, xx, rng.uniform(-0.3, 0.3))
+    ry, rx = rotate(yy, xx, rng.uniform(-0.3, 0.3))
     ties = (np.mod(rx + rng.uniform(0, 9), 9) < 3).astype(float)
     rail = (np.mod(ry, 14) < 2.5).astype(float)
     base = np.array([0.45, 0.40, 0.35]) + 0.08 * rng.standard_normal(yy.shape + (3,)) * 0.5
-    out = _mix(base, np.array([0.35, 0.2, 0.08]), ties * 0.9)
-    return _mix(out, np.array([0.8, 0.8, 0.85]), rail)
+    out = mix(base, np.array([0.35, 0.2, 0.08]), ties * 0.9)
+    return mix(out, np.array([0.8, 0.8, 0.85]), rail)
 
 
 def _bricks(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     row = np.floor(yy / 6.0)
     shift = np.where(np.mod(row, 2) == 0, 0.0, 6.0)
     mortar = (np.mod(yy, 6) < 1.2) | (np.mod(xx + shift, 12) < 1.2)
-    return _mix(np.array([0.65, 0.22, 0.12]), np.array([0.85, 0.82, 0.75]), mortar.astype(float))
+    return mix(np.array([0.65, 0.22, 0.12]), np.array([0.85, 0.82, 0.75]), mortar.astype(float))
 
 
 def _grass(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     h, w = yy.shape
     streaks = rng.random((1, w)) * 0.6 + 0.4 * rng.random((h, w))
     streaks = ndimage.uniform_filter1d(streaks, 5, axis=0)
-    return _mix(np.array([0.1, 0.35, 0.05]), np.array([0.45, 0.8, 0.2]), streaks)
+    return mix(np.array([0.1, 0.35, 0.05]), np.array([0.45, 0.8, 0.2]), streaks)
 
 
 def _dots(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     oy, ox = rng.uniform(0, 8, 2)
     d = np.hypot(np.mod(yy + oy, 8) - 4, np.mod(xx + ox, 8) - 4)
-    return _mix(np.array([0.95, 0.9, 0.55]), np.array([0.55, 0.1, 0.55]), (d < 2.2).astype(float))
+    return mix(np.array([0.95, 0.9, 0.55]), np.array([0.55, 0.1, 0.55]), (d < 2.2).astype(float))
 
 
 def _checker(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    ry, rx = _rot(yy, xx, rng.uniform(0, np.pi / 2))
+    ry, rx = rotate(yy, xx, rng.uniform(0, np.pi / 2))
     t = (np.mod(np.floor(ry / 5) + np.floor(rx / 5), 2)).astype(float)
-    return _mix(np.array([0.1, 0.1, 0.1]), np.array([0.9, 0.9, 0.9]), t)
+    return mix(np.array([0.1, 0.1, 0.1]), np.array([0.9, 0.9, 0.9]), t)
 
 
 CONTEXT_TEXTURES: dict[str, Texture] = {
@@ -132,9 +127,9 @@ OBJECT_LOOK = {
 
 def _object_texture(cls: int, rng: np.random.Generator, yy, xx) -> np.ndarray:
     base, stripe, period = OBJECT_LOOK[cls]
-    ry, _ = _rot(yy, xx, rng.uniform(0, np.pi))
+    ry, _ = rotate(yy, xx, rng.uniform(0, np.pi))
     t = (np.mod(ry, period) < period / 2).astype(float)
-    out = _mix(np.array(base), np.array(stripe), t)
+    out = mix(np.array(base), np.array(stripe), t)
     return out * rng.uniform(0.8, 1.1)
 
 
@@ -163,18 +158,6 @@ def _shape_mask(cls: int, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarra
     raise ValueError(f"unknown synthetic class {cls}")
 
 
-def _background(rng: np.random.Generator, size: int, clutter: int) -> np.ndarray:
-    """Smooth random colour field + fine noise + small random strokes, (H, W, 3) in [0, 1]."""
-    coarse = rng.uniform(0.15, 0.85, (4, 4, 3))
-    field = ndimage.zoom(coarse, (size / 4, size / 4, 1), order=1)[:size, :size]
-    img = field + 0.05 * rng.standard_normal((size, size, 3))
-    for _ in range(clutter):
-        y, x = rng.integers(0, size, 2)
-        h, w = rng.integers(1, 7, 2)
-        img[y : y + h, x : x + w] = rng.uniform(0, 1, 3)
-    return img
-
-
 def render_image(
     spec: SyntheticSpec, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -185,17 +168,19 @@ def render_image(
     """
     size = spec.image_size
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
-    img = _background(rng, size, spec.clutter)
+    img = cluttered_background(rng, size, spec.clutter)
     label = np.zeros((size, size), np.uint8)
     n_fg = len(SYNTHETIC_CLASSES) - 1
-    count = int(rng.integers(1, spec.max_objects + 1))
+    probs = np.asarray(spec.class_count_probs[: spec.max_objects], float)
+    count = 1 + int(rng.choice(len(probs), p=probs / probs.sum()))
     classes = sorted(rng.choice(np.arange(1, n_fg + 1), size=count, replace=False).tolist())
     scale = size / 128.0
     objects = []
     for cls in classes:
-        r = rng.uniform(11, 22) * scale
+        r = rng.uniform(*spec.object_radius) * scale
+        inner = min(r * (1 - spec.truncation), size / 2)  # centre's margin from the border
         for _ in range(20):  # keep objects mostly apart so each stays visible
-            cy, cx = rng.uniform(r, size - r, 2)
+            cy, cx = rng.uniform(inner, size - inner, 2)
             if all(np.hypot(cy - oy, cx - ox) > 0.8 * (r + orr) for oy, ox, orr, _ in objects):
                 break
         objects.append((cy, cx, r, cls))
@@ -220,7 +205,7 @@ def render_image(
             tex = CONTEXT_TEXTURES[CONTEXTS[cls]](rng, yy, xx)
             img[region] = tex[region]
     for cy, cx, r, cls in objects:
-        dy, dx = _rot(yy - cy, xx - cx, rng.uniform(0, 2 * np.pi) if cls != 3 else 0.0)
+        dy, dx = rotate(yy - cy, xx - cx, rng.uniform(0, 2 * np.pi) if cls != 3 else 0.0)
         mask = _shape_mask(cls, dy, dx, r)
         tex = _object_texture(cls, rng, yy, xx)
         img[mask] = tex[mask]
@@ -253,6 +238,7 @@ def generate_synthetic(root: str | Path, spec: SyntheticSpec) -> dict:
             (tmp / sub).mkdir(parents=True)
         labels: dict[str, list[int]] = {}
         per_image: dict[str, dict] = {}
+        areas: dict[str, dict] = {"train": {}, "val": {}}
         for split, count in (("train", spec.num_train), ("val", spec.num_val)):
             ids = []
             for i in range(count):
@@ -263,6 +249,7 @@ def generate_synthetic(root: str | Path, spec: SyntheticSpec) -> dict:
                 (tmp / "JPEGImages" / f"{img_id}.jpg").write_bytes(jpg)
                 (tmp / "SegmentationClass" / f"{img_id}.png").write_bytes(png)
                 labels[img_id] = info["classes"]
+                areas[split][img_id] = label_areas(label)
                 per_image[img_id] = {
                     "split": split,
                     "context": {str(k): v for k, v in info["context"].items()},
@@ -274,7 +261,34 @@ def generate_synthetic(root: str | Path, spec: SyntheticSpec) -> dict:
         info_doc = {"spec": asdict(spec), "classes": SYNTHETIC_CLASSES, "contexts": CONTEXTS,
                     "images": per_image}
         (tmp / "synthetic_info.json").write_text(json.dumps(info_doc, sort_keys=True))
-    return synthetic_statistics(labels, per_image, n_fg)
+    stats = synthetic_statistics(labels, per_image, n_fg)
+    for split, split_areas in areas.items():
+        stats[split]["pixels"] = area_statistics(split_areas.values())
+    return stats
+
+
+def label_areas(label: np.ndarray) -> dict:
+    """Foreground fraction of the labelled pixels (255 excluded) of one label map (H, W) and the
+    fraction each present class covers."""
+    labelled = max(int((label != IGNORE).sum()), 1)
+    classes = [int(c) for c in np.unique(label) if c not in (0, IGNORE)]
+    return {"foreground": float(((label != 0) & (label != IGNORE)).sum() / labelled),
+            "objects": [float((label == c).sum() / labelled) for c in classes]}
+
+
+def _percentiles(values: list[float]) -> dict:
+    v = np.asarray(values, float) if values else np.zeros(1)
+    return {"mean": round(float(v.mean()), 4), "p10": round(float(np.percentile(v, 10)), 4),
+            "median": round(float(np.median(v)), 4),
+            "p90": round(float(np.percentile(v, 90)), 4), "max": round(float(v.max()), 4)}
+
+
+def area_statistics(per_image: Iterable[dict]) -> dict:
+    """Foreground fraction per image and area per object (a class in an image; a fraction of
+    the labelled pixels): mean, p10, median, p90, max over a split (``label_areas`` items)."""
+    items = list(per_image)
+    return {"foreground_fraction": _percentiles([a["foreground"] for a in items]),
+            "object_area_fraction": _percentiles([o for a in items for o in a["objects"]])}
 
 
 def synthetic_statistics(labels: dict, per_image: dict, n_fg: int) -> dict:

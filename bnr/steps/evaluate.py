@@ -106,6 +106,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         align_corners=opts["align_corners"], resize=opts["resize"], method=cfg.method,
         noise_scale=cfg.noise_scale, seed=cfg.seed,
         arch=cfg.train_segmenter.arch, backbone=cfg.per_dataset.train_segmenter.backbone,
+        segmenter_trained_on=cfg.train_segmenter.labels,
         metric="mIoU (%) over all classes from the accumulated confusion matrix",
         runtime=runtime.record(), server_archive=server, train_overlap=train_overlap(cfg),
         per_class=str(outputs.per_class),

@@ -1,4 +1,6 @@
-"""Stage train_segmenter: DeepLab (LargeFOV on ResNet-38d) trained on the CRF pseudo labels."""
+"""Stage train_segmenter: DeepLab (LargeFOV on ResNet-38d) trained on the CRF pseudo labels,
+or, with ``train_segmenter.labels: ground_truth``, on the ground-truth masks of the same split
+(``datasets.<d>.data.gt_dir``): the fully supervised ceiling of the same segmenter and schedule."""
 
 from __future__ import annotations
 
@@ -48,20 +50,32 @@ def training_plan(cfg: Params) -> SegmenterTrainingPlan:
     )
 
 
+def label_dir(cfg: Params, inputs: Inputs) -> Path:
+    """The masks the segmenter learns from: the CRF pseudo labels, or the ground truth."""
+    if cfg.train_segmenter.labels == "ground_truth":
+        return Path(cfg.data.root) / cfg.data.gt_dir
+    return Path(inputs.pseudo_labels)
+
+
 def check(cfg: Params, inputs: Inputs) -> None:
     verify_fingerprint(inputs.weights, "train_segmenter.pretrained",
                        weights_file(cfg, "train_segmenter"))
-    check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)],
-                       (inputs.pseudo_labels, ".png"))
+    gt_dir = cfg.data.gt_dir
+    if cfg.train_segmenter.labels == "ground_truth":  # every image of the split needs its mask
+        check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, gt_dir)])
+    else:
+        check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)],
+                           (inputs.pseudo_labels, ".png"))
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
-    """Train on the pseudo labels of ``infer_split``; write the checkpoint, curves, final loss."""
+    """Train on the pseudo labels (or ground truth) of ``infer_split``; write the checkpoint,
+    curves, final loss."""
     seed_everything(cfg.seed)
     plan = training_plan(cfg)
     with training_session(cfg.runtime) as (runtime, ctx):
-        summary = train_segmenter(plan, outputs.checkpoint, outputs.curves, inputs.pseudo_labels,
-                                  runtime=runtime, ctx=ctx)
+        summary = train_segmenter(plan, outputs.checkpoint, outputs.curves,
+                                  label_dir(cfg, inputs), runtime=runtime, ctx=ctx)
     if not ctx.is_main:
         return {}
     seg, data = cfg.train_segmenter, cfg.data
@@ -73,7 +87,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     }
     write_metrics(outputs.metrics, numbers, protocol_record(
         cfg, runtime={**runtime.record(), "processes": ctx.world_size},
-        dataset=cfg.dataset, split=data.infer_split, labels=str(inputs.pseudo_labels),
+        dataset=cfg.dataset, split=data.infer_split, labels=str(label_dir(cfg, inputs)),
+        trained_on=seg.labels,
         method=cfg.method, noise_scale=cfg.noise_scale, seed=cfg.seed,
         arch=seg.arch, backbone=plan.backbone if seg.arch == "largefov" else "resnet101",
         pretrained=weights_file(cfg, "train_segmenter") or None, crop=sizes.crop,
