@@ -258,7 +258,7 @@ def add_experiments_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_experiments(args: argparse.Namespace) -> int:
     from bnr.io import write_text
-    from bnr.pipeline.report import dvc_experiments, experiments_section
+    from bnr.pipeline.report_experiments import dvc_experiments, experiments_section
 
     exp_json, note = dvc_experiments()
     text = "\n".join(["# bnr experiments", "", *experiments_section(exp_json, note)]) + "\n"
