@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,14 +72,11 @@ def ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
-def tick_label(value: float, values: Sequence[float]) -> str:
-    """``value`` with as many decimals as the spacing of ``values`` needs (``1e-03`` for tiny)."""
+def tick_label(value: float) -> str:
+    """``value`` as short as it is exact (``0.25``, ``600``), tiny values as ``1e-03``."""
     if value != 0 and abs(value) < 1e-2:
         return f"{value:.0e}"
-    spacing = min((abs(b - a) for a, b in zip(values, values[1:], strict=False) if b != a),
-                  default=abs(value) or 1.0)
-    decimals = max(0, -math.floor(math.log10(spacing)) if spacing < 1 else 0)
-    return f"{value:.{decimals}f}"
+    return f"{round(value, 9):g}"
 
 
 def _bounds(values: list[float], log: bool) -> tuple[float, float]:
@@ -117,13 +113,13 @@ def render(chart: Chart) -> Image.Image:
     for t in xt:
         x = px(t, 10 ** y0 if chart.log_y else y0)[0]
         draw.line([(x, plot[3]), (x, plot[3] + 4)], fill=(0, 0, 0))
-        draw.text((x, plot[3] + 6), tick_label(t, xt), fill=(0, 0, 0), font=font, anchor="ma")
+        draw.text((x, plot[3] + 6), tick_label(t), fill=(0, 0, 0), font=font, anchor="ma")
     yt = [float(e) for e in range(int(y0), int(y1) + 1)] if chart.log_y else ticks(y0, y1)
     for t in yt:
         value = 10 ** t if chart.log_y else t
         y = px(x0, value)[1]
         draw.line([(plot[0] - 4, y), (plot[2], y)], fill=(225, 225, 225))
-        label = f"1e{int(t)}" if chart.log_y else tick_label(t, yt)
+        label = f"1e{int(t)}" if chart.log_y else tick_label(t)
         draw.text((plot[0] - 6, y), label, fill=(0, 0, 0), font=font, anchor="rm")
     draw.text((WIDTH / 2, 8), chart.title, fill=(0, 0, 0), font=font, anchor="ma")
     draw.text(((plot[0] + plot[2]) / 2, HEIGHT - 14), chart.x_label, fill=(0, 0, 0), font=font,
