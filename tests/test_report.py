@@ -308,3 +308,21 @@ def test_chart_axis_labels_and_missing_columns(tmp_path: Path) -> None:
         charts.read_columns(tmp_path / "a.csv", "threshold")
     with pytest.raises(BnrError, match="no points"):
         charts.render(charts.Chart("empty", "x", "y", (charts.Series("s", ()),)))
+
+
+def test_overlay_panels_carry_titles_and_a_legend() -> None:
+    import numpy as np
+
+    from bnr.pipeline.visualize import SEGMENTATION_TITLES, colorize_labels, titled_panel
+
+    label = np.zeros((32, 40), np.uint8)
+    label[8:16, 8:16] = 2
+    tiles = [np.full((32, 40, 3), 128, np.uint8), colorize_labels(label), colorize_labels(label)]
+    out = titled_panel(tiles, SEGMENTATION_TITLES, ["background", "a", "b"])
+    plain_width = 3 * 40 + 2 * 2
+    assert out.shape[1] == plain_width and out.shape[0] > 32 + 16
+    assert (out[:16] < 100).any()  # title text above the tiles
+    legend = out[16 + 32:].reshape(-1, 3)
+    assert (legend == colorize_labels(np.array([[2]]))[0, 0]).all(axis=1).any()  # class b
+    with pytest.raises(ValueError, match="3 tiles but 2 titles"):
+        titled_panel(tiles, SEGMENTATION_TITLES[:2], ["background"])
