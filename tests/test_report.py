@@ -326,3 +326,26 @@ def test_overlay_panels_carry_titles_and_a_legend() -> None:
     assert (legend == colorize_labels(np.array([[2]]))[0, 0]).all(axis=1).any()  # class b
     with pytest.raises(ValueError, match="3 tiles but 2 titles"):
         titled_panel(tiles, SEGMENTATION_TITLES[:2], ["background"])
+
+
+def test_dvc_plots_are_curated() -> None:
+    """`dvc plots show` on the committed metrics: one plot per question, no dvclive counters,
+    the losses of a stage together, the learning rates on a log axis (.dvc/plots/log_y.json)."""
+    import os
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    done = subprocess.run(["dvc", "plots", "show", "--json"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plots = json.loads(done.stdout)
+    assert not plots.get("errors")
+    vega = [n for n, items in plots["data"].items() if items[0]["type"] == "vega"]
+    assert len(vega) == 9 and not [n for n in vega if "/" in n or ".tsv" in n], vega
+    rates = plots["data"]["Learning rate per training stage (log scale)"][0]["content"]
+    assert rates["encoding"]["y"]["scale"]["type"] == "log"
+    losses = plots["data"]["train_cam: training losses (L = L_cls + L_M**)"][0]["content"]
+    assert len(losses["encoding"]["strokeDash"]["scale"]["domain"]) == 3
