@@ -236,14 +236,17 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--against", default="HEAD",
                    help="git revision (default HEAD) or a folder of metrics JSON files")
     p.add_argument("--metrics", default="metrics", help="the fresh run's folder (metrics)")
-    p.add_argument("--tolerance", type=float, default=1.5, help="mIoU points (default 1.5)")
-    p.add_argument("--threshold-tolerance", type=float, default=0.1,
-                   help="background thresholds, absolute (default 0.1)")
-    p.add_argument("--rel-tolerance", type=float, default=0.1,
-                   help="losses and other floats, relative (default 0.1)")
+    p.add_argument("--tolerances", default=str(compare.TOLERANCES_FILE),
+                   help="the per-figure tolerance file (default: bnr/pipeline/tolerances.yaml)")
+    p.add_argument("--tolerance", type=float, help="mIoU points for every mIoU figure")
+    p.add_argument("--threshold-tolerance", type=float,
+                   help="background thresholds, absolute, for every threshold")
+    p.add_argument("--rel-tolerance", type=float,
+                   help="losses and other floats, relative, for every such figure")
     p.set_defaults(func=lambda args: compare.run_compare(
-        args.against, Path(args.metrics),
-        compare.Tolerances(args.tolerance, args.threshold_tolerance, args.rel_tolerance)))
+        args.against, Path(args.metrics), compare.with_overrides(
+            compare.load_tolerances(Path(args.tolerances)), args.tolerance,
+            args.threshold_tolerance, args.rel_tolerance)))
 
 
 def add_experiments_parser(sub: argparse._SubParsersAction) -> None:
@@ -258,7 +261,7 @@ def add_experiments_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_experiments(args: argparse.Namespace) -> int:
     from bnr.io import write_text
-    from bnr.pipeline.report import dvc_experiments, experiments_section
+    from bnr.pipeline.report_experiments import dvc_experiments, experiments_section
 
     exp_json, note = dvc_experiments()
     text = "\n".join(["# bnr experiments", "", *experiments_section(exp_json, note)]) + "\n"

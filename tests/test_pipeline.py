@@ -62,6 +62,11 @@ def clone(tmp_path_factory) -> Path:
     for rel in ("dvc.lock",):
         (dest / rel).unlink(missing_ok=True)
     shutil.rmtree(dest / "metrics", ignore_errors=True)
+    # The report's one committed input (not a stage's output): the fully supervised row.
+    fully = dest / "metrics" / "fully_supervised.json"
+    fully.parent.mkdir()
+    fully.write_text(json.dumps({"split": "val", "miou_mean": 50.0, "miou_std": 1.0, "runs": [
+        {"seed": 0, "miou": 50.0, "per_class": {"background": 90.0}}], "note": "tiny test"}))
     raw = yaml.safe_load((dest / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(raw), sort_keys=False))
     env = _env()
@@ -103,6 +108,9 @@ def test_dvc_repro_end_to_end(clone):
     pseudo = json.loads((clone / "metrics" / "pseudo_labels.json").read_text())
     assert {"miou_random_walk", "miou_crf"} <= set(pseudo)
     assert len(list((clone / "data" / "pseudo_labels").glob("*.png"))) == 12
+    report = (clone / "metrics" / "report.md").read_text()
+    assert "| Fully supervised (segmenter on ground truth) | val |" in report
+    assert "](report_figures/seeds_threshold.png)" in report and "## Provenance" in report
     values = check_metrics_layout(clone)  # every metrics file has its protocol file
     print(f"declared metrics hold {values} values")
     assert values <= MAX_VALUES
@@ -160,7 +168,10 @@ def check_dvc_views(clone: Path, env: dict) -> None:
     workspace = next(r for r in rows if r["rev"] == "workspace")
     assert list(workspace["data"]["metrics"])[:3] == list(STEP_MIOUS)  # exp show's column order
     plots = json.loads(_run(["dvc", "plots", "show", "--json"], clone, env))
-    assert not plots.get("errors")
+    # the tiny run is shorter than the training stages' log interval: no step curves (the
+    # curated training plots are checked on the committed metrics: tests/test_report.py)
+    assert not [e for e in plots.get("errors", []) if not (
+        e["type"] == "FileNotFoundError" and "/plots/metrics/train/" in e["source"])]
     bars = [name for name, items in plots["data"].items() if name.startswith("Per-class IoU")
             and items[0]["content"]["mark"]["type"] == "bar"]
     assert len(bars) == 4, list(plots["data"])

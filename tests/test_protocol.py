@@ -39,3 +39,28 @@ def test_environment_records_cpu_capability_threads_and_gpu(monkeypatch) -> None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
     assert protocol.environment()["gpu"] == "NVIDIA H200"
+
+
+def test_git_state_names_the_changed_files_and_the_record_has_a_date(tmp_path) -> None:
+    import subprocess
+
+    from bnr.pipeline.protocol import git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "a")
+    assert git_state(tmp_path)["dirty"] is False and git_state(tmp_path)["changed"] == []
+    (tmp_path / "a.py").write_text("2\n")
+    state = git_state(tmp_path)
+    assert state["dirty"] is True and state["changed"] == ["a.py"]
+    from types import SimpleNamespace
+
+    from bnr.pipeline.protocol import protocol_record
+
+    record = protocol_record(SimpleNamespace(protocol=lambda: {}), split="train")
+    assert record["date"][:2] == "20" and record["date"].endswith("+00:00")

@@ -279,7 +279,8 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     overlays = sorted(Path("metrics/overlays/segmentation").iterdir())
     assert len(overlays) == 2
     with Image.open(overlays[0]) as im:
-        assert im.size == (3 * SIZE + 4, SIZE)  # image | gt | prediction
+        width, height = im.size  # image | gt | prediction, titled, a legend below
+        assert width == 3 * SIZE + 4 and height > SIZE + 16
     table = Path("metrics/segmentation_per_class.csv").read_text().splitlines()
     assert table[0].startswith("class,iou") and table[1].startswith("background,")
     assert table[-1].startswith("mIoU,")

@@ -4,35 +4,80 @@ Float results differ across CPU kernels (ISA, thread count), so figures reproduc
 only on the same machine and environment; on another machine they must hold within a tolerance.
 Only top-level numbers present on both sides are compared (nested blocks such as ``protocol``,
 per-class dicts and loss dicts are skipped, and so are ``*.protocol.json`` sibling files).
-Each field gets the tolerance of its kind:
+A figure listed in ``bnr/pipeline/tolerances.yaml`` (``<file>:<field>``) gets the allowance
+measured for it there (across seeds, CPU kernels and thread counts; the table prints where it
+comes from); ``--tolerance`` / ``--threshold-tolerance`` / ``--rel-tolerance`` override the
+file for every figure of their kind. Any other field gets the tolerance of its kind (the
+file's ``defaults``):
 
-- ``miou*``: mIoU points, absolute (``--tolerance``, default 1.5);
-- ``*threshold``: a background threshold picked on a grid, absolute (``--threshold-tolerance``);
+- ``miou*``: mIoU points, absolute;
+- ``*threshold``: a background threshold picked on a grid, absolute;
 - ``*seconds*`` / ``*per_second*`` / ``*per_iteration*``: timings, not compared;
 - other integers: counts fixed by the configuration (images, steps), exact, except counts of
-  all-background images, which follow the maps: relative (``--rel-tolerance``), at least 2;
-- other floats (losses): relative (``--rel-tolerance``, default 0.1).
+  all-background images, which follow the maps: relative, at least 2;
+- other floats (losses): relative.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bnr.config.yaml_load import load_yaml
 from bnr.errors import BnrError
 
 TIMING_MARKS = ("seconds", "per_second", "per_iteration")
+TOLERANCES_FILE = Path(__file__).with_name("tolerances.yaml")
 
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Allowed |fresh - committed| per kind (see the module docstring)."""
+    """Allowed |fresh - committed| per kind (see the module docstring), and per figure
+    (``{"seeds.json:miou": (allowed, where it comes from)}``); ``sources`` says where each
+    kind's default comes from."""
 
     miou: float = 1.5
     threshold: float = 0.1
     relative: float = 0.1
+    figures: Mapping[str, tuple[float, str]] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+def load_tolerances(path: Path = TOLERANCES_FILE) -> Tolerances:
+    """The tolerance file (``figures``: ``{file:field: {allowed, from}}``, ``defaults``:
+    ``{miou|threshold|relative: {allowed, from}}``); a one-line BnrError when malformed."""
+    data = load_yaml(path, "tolerance file")
+    try:
+        figures = {str(k): (float(v["allowed"]), str(v["from"]))
+                   for k, v in (data.get("figures") or {}).items()}
+        defaults = {k: (float(v["allowed"]), str(v["from"]))
+                    for k, v in (data.get("defaults") or {}).items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise BnrError(f"{path}: each entry needs a numeric 'allowed' and a 'from' "
+                       f"({type(exc).__name__}: {exc})") from None
+    unknown = set(defaults) - {"miou", "threshold", "relative"}
+    if unknown:
+        raise BnrError(f"{path}: unknown defaults {sorted(unknown)} (miou, threshold, relative)")
+    if any(v[0] < 0 for v in [*figures.values(), *defaults.values()]):
+        raise BnrError(f"{path}: an allowed difference is negative")
+    base = Tolerances()
+    return Tolerances(**{k: defaults.get(k, (getattr(base, k), ""))[0]
+                         for k in ("miou", "threshold", "relative")},
+                      figures=figures, sources={k: v[1] for k, v in defaults.items()})
+
+
+def tolerance_rows(tol: Tolerances) -> list[tuple[str, str, str]]:
+    """``(figure, allowed, where it comes from)`` of each listed figure, then the defaults."""
+    units = {"miou": "mIoU points", "threshold": "", "relative": "relative"}
+    rows = [(f"`{k}`", f"{a:g}" + (" mIoU points" if k.split(":")[-1].startswith("miou")
+                                    else ""), src) for k, (a, src) in tol.figures.items()]
+    for kind in ("miou", "threshold", "relative"):
+        rows.append((f"any other `{kind}` figure", f"{getattr(tol, kind):g} {units[kind]}".strip(),
+                     tol.sources.get(kind, "built-in default")))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -45,6 +90,8 @@ class Comparison:
     fresh: float
     allowed: float
     kind: str
+
+    source: str = ""
 
     @property
     def diff(self) -> float:
@@ -93,12 +140,17 @@ def compare_numbers(file: str, committed: dict, fresh: dict, tol: Tolerances) ->
     """Comparisons of the numeric fields present in both JSON objects (committed order)."""
     old, new = top_level_numbers(committed), top_level_numbers(fresh)
     out = []
-    for field, value in old.items():
-        kind = field_kind(field, value)
-        if kind is None or field not in new:
+    for name, value in old.items():
+        kind = field_kind(name, value)
+        if kind is None or name not in new:
             continue
-        out.append(Comparison(file, field, float(value), float(new[field]),
-                              allowed_difference(kind, float(value), tol), kind))
+        allowed, source = tol.figures.get(f"{file}:{name}", (None, ""))
+        if allowed is None:
+            allowed = allowed_difference(kind, float(value), tol)
+            source = tol.sources.get("relative" if "count" in kind else kind, "") \
+                if kind != "count" else "a count fixed by the configuration"
+        out.append(Comparison(file, name, float(value), float(new[name]), allowed, kind,
+                              source))
     return out
 
 
@@ -155,22 +207,41 @@ def compare_metrics(committed: dict[str, object], fresh: dict[str, object],
 
 
 def format_table(rows: list[Comparison]) -> str:
-    """A plain-text table: file, field, committed, fresh, difference, allowed, status."""
-    header = ("file", "field", "committed", "fresh", "diff", "allowed", "status")
+    """A plain-text table: file, field, committed, fresh, difference, allowed, status and
+    where the allowance comes from."""
+    header = ("file", "field", "committed", "fresh", "diff", "allowed", "status",
+              "allowed from")
     body = [(r.file, r.field, f"{r.committed:g}", f"{r.fresh:g}", f"{r.diff:+.4g}",
              f"{r.allowed:.4g}" + (" mIoU" if r.kind == "miou" else ""),
-             "ok" if r.ok else "OUTSIDE") for r in rows]
+             "ok" if r.ok else "OUTSIDE", r.source or "-") for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in [header, *body])
 
 
+def with_overrides(tol: Tolerances, miou: float | None = None, threshold: float | None = None,
+                   relative: float | None = None) -> Tolerances:
+    """``tol`` with the kinds given on the command line applied to every figure of that kind
+    (the per-figure allowances of those kinds dropped)."""
+    given = {k: v for k, v in (("miou", miou), ("threshold", threshold),
+                               ("relative", relative)) if v is not None}
+    for name, value in given.items():
+        if not value >= 0:
+            option = {"miou": "--tolerance", "threshold": "--threshold-tolerance",
+                      "relative": "--rel-tolerance"}[name]
+            raise BnrError(f"{option} must be a number >= 0, got {value}")
+
+    def kind(key: str) -> str | None:
+        kind = field_kind(key.split(":")[-1], 0.0)
+        return "relative" if kind in ("float_count", "count") else kind
+
+    figures = {k: v for k, v in tol.figures.items() if kind(k) not in given}
+    sources = {**tol.sources, **{k: "the command line" for k in given}}
+    return replace(tol, **given, figures=figures, sources=sources)
+
+
 def run_compare(against: str, metrics: Path, tol: Tolerances) -> int:
     """Print the table and each figure outside its tolerance; 0 if all hold, else 1."""
-    for name, value in (("--tolerance", tol.miou), ("--threshold-tolerance", tol.threshold),
-                        ("--rel-tolerance", tol.relative)):
-        if not value >= 0:
-            raise BnrError(f"{name} must be a number >= 0, got {value}")
     against_path = Path(against)
     if against_path.is_dir():
         committed = read_metrics_dir(against_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import bnr
 
 
 def git_state(cwd: str | Path = ".") -> dict:
-    """The git commit of the working tree and whether it had uncommitted changes."""
+    """The git commit of the working tree, whether it had uncommitted changes to tracked files,
+    and which (``changed``, at most 50 paths: a tree dirty only by pipeline outputs such as
+    dvc.lock and metrics/ is a clean run of its commit)."""
     def run(*args: str) -> str:
         try:
             return subprocess.run(
@@ -23,8 +26,10 @@ def git_state(cwd: str | Path = ".") -> dict:
             return ""
 
     commit = run("rev-parse", "HEAD")
-    dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
-    return {"commit": commit or None, "dirty": dirty}
+    if not commit:
+        return {"commit": None, "dirty": None}
+    changed = run("diff", "--name-only", "HEAD").splitlines()  # staged or not, tracked only
+    return {"commit": commit, "dirty": bool(changed), "changed": changed[:50]}
 
 
 def cpu_model_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
@@ -66,5 +71,8 @@ def environment() -> dict:
 
 
 def protocol_record(params: Any, **fields: Any) -> dict:
-    """The ``protocol`` block: evaluation fields given by the stage, plus params, git, env."""
-    return {**fields, "params": params.protocol(), "git": git_state(), "env": environment()}
+    """The ``protocol`` block: evaluation fields given by the stage, plus params, git, env and
+    the date it was written (UTC, to the second)."""
+    date = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return {**fields, "params": params.protocol(), "git": git_state(), "env": environment(),
+            "date": date}

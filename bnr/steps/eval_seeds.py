@@ -23,7 +23,13 @@ from bnr.io import atomic_path, write_json, write_text
 from bnr.metrics import mean_iou, per_class_table, write_class_table
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.visualize import class_token_attention, colorize_labels, heat_overlay, panel
+from bnr.pipeline.visualize import (
+    SEED_TITLES,
+    class_token_attention,
+    colorize_labels,
+    heat_overlay,
+    titled_panel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +109,8 @@ def sweep_end_note(thresholds: np.ndarray, best: int, block: str) -> str | None:
 
 def write_overlays(cfg: Params, dataset: VocSegmentation, threshold: float, inputs: Inputs,
                    out: Path) -> None:
-    """image | ground truth | seed CAM | seeds | class-token attention, for the first images."""
+    """image | ground truth | seed CAM M* | seeds | class-token attention, for the first
+    images, titled, with the class colours and the heat ramp below."""
     model = load_cam_model(inputs.cam_checkpoint, cfg.per_dataset.train_cam.model, cfg.dataset)
     size = cfg.per_dataset.infer_seeds.scales[len(cfg.per_dataset.infer_seeds.scales) // 2]
     with atomic_path(out) as tmp:
@@ -117,4 +124,5 @@ def write_overlays(cfg: Params, dataset: VocSegmentation, threshold: float, inpu
             attn = class_token_attention(model, EvalTransform()(image, None)[0], size)
             tiles = [image, colorize_labels(mask), heat_overlay(image, heat),
                      colorize_labels(seeds), heat_overlay(image, attn)]
-            Image.fromarray(panel(tiles)).save(tmp / f"{item['id']}.png")
+            Image.fromarray(titled_panel(tiles, SEED_TITLES, class_names(cfg.dataset),
+                                         heat=True)).save(tmp / f"{item['id']}.png")

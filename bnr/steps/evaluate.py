@@ -18,7 +18,7 @@ from bnr.io import atomic_path, read_image, read_label_png
 from bnr.metrics import mean_iou, per_class_table, write_class_table
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.visualize import colorize_labels, panel
+from bnr.pipeline.visualize import SEGMENTATION_TITLES, colorize_labels, titled_panel
 from bnr.runtime import start_runtime
 from bnr.segmenter.evaluation import evaluate_split, write_label_tar, write_server_archive
 from bnr.segmenter.segmenter_model import load_segmenter
@@ -128,4 +128,5 @@ def write_overlays(cfg: Params, ids: list[str], pred_dir: Path, out: Path) -> No
             gt = read_mask(root / cfg.data.gt_dir / f"{img_id}.png", n, image.shape[:2])
             pred = read_label_png(pred_dir / f"{img_id}.png")
             tiles = [image, colorize_labels(gt), colorize_labels(pred)]
-            Image.fromarray(panel(tiles)).save(tmp / f"{img_id}.png")
+            Image.fromarray(titled_panel(tiles, SEGMENTATION_TITLES, class_names(cfg.dataset))
+                            ).save(tmp / f"{img_id}.png")
