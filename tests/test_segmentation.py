@@ -386,3 +386,23 @@ def test_ground_truth_labels_train_on_the_masks(work: Path, monkeypatch) -> None
         step.check(params, inputs)  # the pseudo labels do not need the masks
     finally:
         mask.write_bytes(saved)
+
+
+def test_classifier_init_and_head_multiplier_are_options() -> None:
+    """datasets.<d>.train_segmenter.classifier_init: TransCAM's Kaiming fan-out gives logits of
+    std ~10 on a from-scratch backbone in training (an initial loss far above ln S);
+    DeepLab-v1's N(0, 0.01) starts near 0. head_lr_mult sets the new layers' groups."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    stds = {}
+    for init in ("kaiming", "normal"):
+        torch.manual_seed(0)
+        model = create_segmenter("largefov", "resnet38d_tiny", 7, classifier_init=init).train()
+        with torch.no_grad():
+            stds[init] = float(model(x).std())
+    assert stds["kaiming"] > 5.0 > 1.0 > stds["normal"], stds  # measured 11.5 and 0.23
+    with pytest.raises(BnrError, match="unknown classifier init"):
+        create_segmenter("largefov", "resnet38d_tiny", 7, classifier_init="xavier")
+    groups = param_groups(model, 0.01, 5e-4, (1.0, 2.0, 3.0, 6.0))
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.02, 0.03, 0.06])
+    assert [g["lr_mult"] for g in param_groups(model, 0.01)] == [1.0, 2.0, 10.0, 20.0]

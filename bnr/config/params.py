@@ -1,14 +1,12 @@
 """Load and validate ``params.yaml`` into typed dataclasses.
 
-Every key is declared once here, with its type and allowed range. A wrong type, an unknown key or
-an out-of-range value stops with one line naming the key and the value (``bnr.config.param_spec``).
-
-Dataset-dependent settings live in one block per dataset under ``datasets:``, split into
-sub-blocks by use: ``data`` (root, splits), ``train_cam``, ``infer_seeds``, ``eval_seeds``,
-``train_affinity``, ``random_walk``, ``train_segmenter``, ``evaluate`` (presets, schedules...).
-``Params.per_dataset`` is the block of the dataset selected by the top-level ``dataset`` key
-(``Params.data`` its ``data`` sub-block), so ``dvc exp run -S dataset=voc2012`` alone switches
-to the paper's configuration.
+Every key is declared once here, with its type and allowed range; a wrong type, an unknown key or
+an out-of-range value stops with one line naming the key and the value (``param_spec``).
+Dataset-dependent settings live in one block per dataset under ``datasets:``, in sub-blocks by
+use (``data``, ``train_cam``, ``infer_seeds``, ``eval_seeds``, ``train_affinity``, ``random_walk``,
+``train_segmenter``, ``evaluate``). ``Params.per_dataset`` is the block of the dataset the
+top-level ``dataset`` key selects (``Params.data`` its ``data`` sub-block), so ``dvc exp run -S
+dataset=voc2012`` alone switches to the paper's configuration.
 """
 
 from __future__ import annotations
@@ -111,6 +109,8 @@ class SegmenterTrainingSizes:  # datasets.<d>.train_segmenter: backbone and sche
     resize_scale: tuple = spec(number_list(number(0, 8, lo_open=True), 2, 2, ordered=True),
                                (0.5, 1.5))
     bn_momentum: float = spec(number(0, 1, lo_open=True), 3e-4)  # head BN (TransCAM)
+    head_lr_mult: float = spec(number(0, 1000, lo_open=True), 10.0)  # head convs (TransCAM 10)
+    classifier_init: str = spec(choice("kaiming", "normal"), "kaiming")  # TransCAM kaiming
 
 
 @dataclass(frozen=True)
@@ -334,14 +334,8 @@ class Params:
     def protocol(self) -> dict:
         """The params every metrics file records (the selected dataset block included)."""
         blocks = dataclasses.asdict(self.per_dataset)
-        return {
-            "dataset": self.dataset,
-            "seed": self.seed,
-            "method": self.method,
-            "noise_scale": self.noise_scale,
-            "data": blocks.pop("data"),
-            "per_dataset": blocks,
-        }
+        return {"dataset": self.dataset, "seed": self.seed, "method": self.method,
+                "noise_scale": self.noise_scale, "data": blocks.pop("data"), "per_dataset": blocks}
 
 
 TOP_LEVEL: dict[str, Check] = {

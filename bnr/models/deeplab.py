@@ -52,6 +52,8 @@ class DeepLabLargeFOV(nn.Module):
     ``head_conv`` 3x3 dilation 12 (C -> 512, no bias) -> ``head_bn`` -> ReLU -> ``head_conv2``
     1x1 (512 -> 512, no bias) -> ``head_bn2`` -> ReLU -> ``nn.Dropout(0.5)`` -> ``classifier``
     1x1 (512 -> S, with bias). ``bn_momentum``: the head BatchNorms' momentum (TransCAM 0.0003).
+    ``classifier_init``: ``kaiming`` (TransCAM: Kaiming fan-out, initial logits of std ~10 on a
+    from-scratch backbone) | ``normal`` (DeepLab-v1: N(0, 0.01), initial logits near 0).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class DeepLabLargeFOV(nn.Module):
         dilation: int = 12,
         dropout: float = 0.5,
         bn_momentum: float = 0.1,
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -76,6 +79,11 @@ class DeepLabLargeFOV(nn.Module):
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
         for conv in (self.head_conv, self.head_conv2, self.classifier):  # TransCAM __initial__
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        if classifier_init == "normal":  # DeepLab-v1's classifier: Gaussian std 0.01, bias 0
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
+        elif classifier_init != "kaiming":
+            raise BnrError(f"unknown classifier init {classifier_init!r} (kaiming | normal)")
         for bn in (self.head_bn, self.head_bn2):  # convs-only optimizer groups (TransCAM)
             bn.weight.requires_grad_(False)
             bn.bias.requires_grad_(False)
@@ -156,6 +164,7 @@ def create_segmenter(
     num_classes: int,
     pretrained: str | os.PathLike[str] = "",
     bn_momentum: float = 0.1,
+    classifier_init: str = "kaiming",
 ) -> nn.Module:
     """A fresh segmenter: ``arch`` in :data:`ARCHS`; ``backbone_preset`` names the ResNet-38d
     preset (``resnet38d`` | ``resnet38d_tiny``; ignored by ``deeplabv3_resnet101``);
@@ -182,7 +191,8 @@ def create_segmenter(
     backbone = PRESETS[backbone_preset](freeze_bn=path is not None)
     if path is not None:
         load_imagenet_weights(backbone, path)
-    return DeepLabLargeFOV(backbone, num_classes, bn_momentum=bn_momentum)
+    return DeepLabLargeFOV(backbone, num_classes, bn_momentum=bn_momentum,
+                           classifier_init=classifier_init)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,8 +200,9 @@ def create_segmenter(
 
 
 def _build_segmenter(preset: str, num_classes: int, pretrained: str, arch: str = "largefov",
-                     bn_momentum: float = 0.1) -> nn.Module:
-    return create_segmenter(arch, preset, num_classes, pretrained, bn_momentum=bn_momentum)
+                     bn_momentum: float = 0.1, classifier_init: str = "kaiming") -> nn.Module:
+    return create_segmenter(arch, preset, num_classes, pretrained, bn_momentum=bn_momentum,
+                            classifier_init=classifier_init)
 
 
 register_model("segmenter", ModelKind("deeplab", tuple(PRESETS), _build_segmenter,

@@ -360,7 +360,8 @@ LR_MULTS = (1.0, 2.0, 10.0, 20.0)
 
 
 def param_groups(
-    model: nn.Module, lr: float = 0.01, weight_decay: float = 5e-4
+    model: nn.Module, lr: float = 0.01, weight_decay: float = 5e-4,
+    lr_mults: tuple[float, float, float, float] | None = None,
 ) -> list[dict[str, object]]:
     """The 4 optimizer groups of PSA's ``get_parameter_groups`` + ``train_aff.py``.
 
@@ -370,6 +371,7 @@ def param_groups(
     exactly one group; frozen ones (BatchNorm, conv1a, stage b2 under AffinityNet) in none.
     Each group has ``params``, ``lr``, ``weight_decay``, ``lr_mult`` and ``name``; groups may be
     empty (ResNet-38d and AffinityNet convs have no biases), which torch optimizers accept.
+    ``lr_mults``: the four multipliers (None: PSA's ``LR_MULTS``, 1 / 2 / 10 / 20).
     """
     new_ids = {id(p) for m in getattr(model, "new_layers", ()) for p in m.parameters()}
     buckets: list[list[nn.Parameter]] = [[], [], [], []]
@@ -387,7 +389,7 @@ def param_groups(
             "lr_mult": mult,
             "name": names[i],
         }
-        for i, (params, mult) in enumerate(zip(buckets, LR_MULTS, strict=True))
+        for i, (params, mult) in enumerate(zip(buckets, lr_mults or LR_MULTS, strict=True))
     ]
 
 

@@ -27,12 +27,14 @@ def segmenter_meta(arch: str, preset: str, dataset: str) -> dict:
 
 
 def build_segmenter(arch: str, preset: str, dataset: str, bn_momentum: float,
-                    weights: str = "") -> nn.Module:
+                    weights: str = "", classifier_init: str = "kaiming") -> nn.Module:
     """A fresh segmenter (:func:`segmenter_meta`'s arguments; head BatchNorm momentum
-    ``bn_momentum``), its backbone from the ``weights`` file ("" = from scratch)."""
+    ``bn_momentum``; LargeFOV classifier init ``kaiming`` | ``normal``), its backbone from the
+    ``weights`` file ("" = from scratch)."""
     meta = segmenter_meta(arch, preset, dataset)
+    extra = {"classifier_init": classifier_init} if arch == "largefov" else {}
     return create_model("segmenter", meta["preset"], num_classes=meta["num_classes"],
-                        pretrained=weights, arch=meta["arch"], bn_momentum=bn_momentum)
+                        pretrained=weights, arch=meta["arch"], bn_momentum=bn_momentum, **extra)
 
 
 def segmenter_from_checkpoint(path: Path, expected_meta: dict | None = None) -> nn.Module:

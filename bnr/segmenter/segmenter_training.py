@@ -120,6 +120,8 @@ class SegmenterTrainingPlan:
     arch: str  # largefov or deeplabv3_resnet101
     backbone: str  # LargeFOV backbone preset
     bn_momentum: float  # head BatchNorm momentum
+    head_lr_mult: float  # new layers' weights x this, their biases x 2 this (TransCAM 10)
+    classifier_init: str  # LargeFOV classifier: kaiming (TransCAM) | normal (DeepLab-v1)
     weights: str  # pretrained backbone weights file ("" = from scratch)
     seed: int
     crop: int
@@ -171,7 +173,8 @@ def train_segmenter(
 
     seed_torch(plan.seed)
     model = build_segmenter(plan.arch, plan.backbone, plan.dataset, plan.bn_momentum,
-                            plan.weights)
+                            plan.weights, plan.classifier_init)
+    mults = (1.0, 2.0, plan.head_lr_mult, 2 * plan.head_lr_mult)
     max_it, batch = plan.iterations, plan.batch_size
 
     def step(net: nn.Module, item: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -194,7 +197,7 @@ def train_segmenter(
                      "batch_size": batch, "iterations": max_it},
     )
     out = fit(loop, model,
-              lambda m: torch.optim.SGD(param_groups(m, plan.lr, plan.weight_decay),
+              lambda m: torch.optim.SGD(param_groups(m, plan.lr, plan.weight_decay, mults),
                                         lr=plan.lr, momentum=plan.momentum,
                                         weight_decay=plan.weight_decay),
               dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,
