@@ -41,3 +41,14 @@ def test_mixed_splits_are_refused(tmp_path):
     exps = {"a": _files(0, 90.0), "b": _files(1, 90.0, split="train")}
     with pytest.raises(BnrError, match="different splits"):
         record_runs(["a", "b"], tmp_path / "fs.json", read=_reader(exps))
+
+
+def test_a_run_folder_is_read_too(tmp_path):
+    run = tmp_path / "run"
+    for path, text in _files(2, 85.0).items():
+        (run / path).parent.mkdir(parents=True, exist_ok=True)
+        (run / path).write_text(text)
+    doc = record_runs([str(run)], tmp_path / "fs.json")
+    assert doc["runs"][0]["seed"] == 2 and doc["miou_mean"] == 85.0
+    with pytest.raises(BnrError, match="not found"):
+        record_runs([str(tmp_path)], tmp_path / "fs.json")

@@ -406,3 +406,37 @@ def test_classifier_init_and_head_multiplier_are_options() -> None:
     groups = param_groups(model, 0.01, 5e-4, (1.0, 2.0, 3.0, 6.0))
     assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.02, 0.03, 0.06])
     assert [g["lr_mult"] for g in param_groups(model, 0.01)] == [1.0, 2.0, 10.0, 20.0]
+
+
+IGNORE = 255
+
+
+def test_class_weights_from_label_shares(tmp_path) -> None:
+    """sqrt_median_frequency: w = sqrt(median share / share) over the labelled pixels (255 and
+    absent classes aside); the weighted loss is the weighted mean, = the plain loss at w = 1."""
+    from bnr.io import write_label_png
+    from bnr.segmenter.segmenter_training import label_class_weights, segmentation_loss
+
+    lab = np.zeros((10, 10), np.uint8)
+    lab[:, :1] = 1  # 10 % class 1, 90 % background, class 2 absent, a 255 row ignored
+    lab[0] = 255
+    write_label_png(tmp_path / "a.png", lab)
+    w = label_class_weights([tmp_path / "a.png"], 3)
+    f0, f1 = 81 / 90, 9 / 90
+    med = (f0 + f1) / 2
+    assert w.tolist() == pytest.approx([(med / f0) ** 0.5, (med / f1) ** 0.5, 1.0], rel=1e-5)
+    torch.manual_seed(0)
+    logits, label = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 8, 8))
+    label[0, 0] = IGNORE
+    plain = segmentation_loss(logits, label)
+    assert segmentation_loss(logits, label, class_weights=torch.ones(3)) == pytest.approx(
+        float(plain), rel=1e-6)
+    up = torch.nn.functional.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=True)
+    per_pixel = torch.nn.functional.cross_entropy(up, label, ignore_index=IGNORE,
+                                                  reduction="none")
+    weights = torch.tensor([0.1, 5.0, 1.0])
+    valid = label != IGNORE
+    expected = (per_pixel[valid] * weights[label[valid]]).sum() / weights[label[valid]].sum()
+    got = segmentation_loss(logits, label, class_weights=weights)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert float(got) != pytest.approx(float(plain), rel=1e-3)

@@ -111,6 +111,7 @@ class SegmenterTrainingSizes:  # datasets.<d>.train_segmenter: backbone and sche
     bn_momentum: float = spec(number(0, 1, lo_open=True), 3e-4)  # head BN (TransCAM)
     head_lr_mult: float = spec(number(0, 1000, lo_open=True), 10.0)  # head convs (TransCAM 10)
     classifier_init: str = spec(choice("kaiming", "normal"), "kaiming")  # TransCAM kaiming
+    class_weights: str = spec(choice("none", "sqrt_median_frequency"), "none")  # TransCAM none
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ files from their git refs (``metrics/segmentation.json``, its protocol and per-c
 each is ``cache: false``, so it is in the experiment's commit) and writes
 ``metrics/fully_supervised.json``, which the report and the README show.
 
-    python scripts/record_fully_supervised.py EXP [EXP ...]
+    python scripts/record_fully_supervised.py EXP [EXP ...]   # experiment names or run folders
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ FILES = ("metrics/segmentation.json", "metrics/segmentation.protocol.json",
 
 
 def git_file(ref: str, path: str) -> str:
-    """The text of ``path`` at git ``ref``; a one-line error when either does not exist."""
+    """The text of ``path`` at git ``ref`` (or under the folder ``ref``: a run's working copy);
+    a one-line error when either does not exist."""
+    if Path(ref).is_dir():
+        file = Path(ref) / path
+        if not file.is_file():
+            raise BnrError(f"{file}: not found (did the run reach the evaluate stage?)")
+        return file.read_text()
     done = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
     if done.returncode:
         raise BnrError(f"{ref}:{path}: not found ({done.stderr.strip().splitlines()[-1:]})")
@@ -37,7 +43,8 @@ def git_file(ref: str, path: str) -> str:
 
 
 def experiment_ref(name: str) -> str:
-    """The git ref of DVC experiment ``name`` (``refs/exps/.../<name>``) or a commit-ish."""
+    """The git ref of DVC experiment ``name`` (``refs/exps/.../<name>``), else ``name`` itself
+    (a commit-ish or a run folder)."""
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
                           capture_output=True, text=True).stdout.split()
     hits = [r for r in refs if r.rsplit("/", 1)[-1] == name]

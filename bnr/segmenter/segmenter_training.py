@@ -4,8 +4,9 @@ DeepLab (``train_segmenter.arch``) trained on the CRF pseudo labels of ``infer_s
 (``<label_dir>/<id>.png``): random rescale by a factor in the dataset block's
 ``train_segmenter.resize_scale``, horizontal flip, ImageNet normalisation, random crop
 ``train_segmenter.crop`` (image padding 0, label padding 255 = ignored), cross-entropy on the
-logits upsampled to the crop, poly SGD with DeepLab's (and TransCAM's) learning-rate groups
-(:func:`bnr.models.resnet38.param_groups`).
+logits upsampled to the crop (optionally weighted per class, ``class_weights``; TransCAM: plain),
+poly SGD with DeepLab's (and TransCAM's) learning-rate groups
+(:func:`bnr.models.resnet38.param_groups`, the head's multiplier ``head_lr_mult``).
 A resume checkpoint every ``checkpoint_every`` iterations (a "block"); the batch of iteration
 ``it`` and its augmentation depend only on ``(seed, it)``, so a resumed run ends with the same
 weights as an uninterrupted one (on the same machine).
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,14 +101,39 @@ def iteration_batches(
 
 
 def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ctx: DistContext = SINGLE,
-                      align_corners: bool = True) -> torch.Tensor:
+                      align_corners: bool = True,
+                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """logits (B, S, h, w) upsampled bilinearly to label (B, H, W) (``align_corners``: TransCAM
     True); cross-entropy averaged over the labelled pixels (255 ignored) of the whole global
-    batch (all processes of ``ctx``). A batch with no labelled pixel gives 0 (not NaN)."""
+    batch (all processes of ``ctx``). With ``class_weights`` (S,), each pixel's term is weighted
+    by its label's weight and the sum divided by the sum of those weights (a weighted mean).
+    A batch with no labelled pixel gives 0 (not NaN)."""
     up = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=align_corners)
-    total = F.cross_entropy(up, label, ignore_index=IGNORE_INDEX, reduction="sum")
-    labelled = (label != IGNORE_INDEX).sum().to(total.dtype)
+    total = F.cross_entropy(up, label, weight=class_weights, ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    valid = label != IGNORE_INDEX
+    if class_weights is None:
+        labelled = valid.sum().to(total.dtype)
+    else:
+        labelled = class_weights[label[valid]].sum().to(total.dtype)
     return ddp_mean(total, labelled, ctx, min_count=1.0)
+
+
+def label_class_weights(paths: Sequence[Path], num_classes: int) -> torch.Tensor:
+    """``sqrt_median_frequency``: w_c = sqrt(median_c' f_c' / f_c), f_c the share of class c among
+    the labelled pixels of the label PNGs ``paths`` (median over the classes present; an absent
+    class gets 1). Rare classes weigh more, the square root halves the effect of the usual
+    median-frequency balancing (Eigen and Fergus, ICCV 2015). Returns (S,) float32."""
+    counts = np.zeros(num_classes, np.float64)
+    for path in paths:
+        lab = read_label_png(path)
+        counts += np.bincount(lab[lab < num_classes].ravel(), minlength=num_classes)
+    freq = counts / max(counts.sum(), 1.0)
+    present = freq > 0
+    weights = np.ones(num_classes)
+    if present.any():
+        weights[present] = np.sqrt(np.median(freq[present]) / freq[present])
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -120,6 +147,7 @@ class SegmenterTrainingPlan:
     arch: str  # largefov or deeplabv3_resnet101
     backbone: str  # LargeFOV backbone preset
     bn_momentum: float  # head BatchNorm momentum
+    class_weights: str  # loss weights: none (TransCAM) | sqrt_median_frequency of the labels
     head_lr_mult: float  # new layers' weights x this, their biases x 2 this (TransCAM 10)
     classifier_init: str  # LargeFOV classifier: kaiming (TransCAM) | normal (DeepLab-v1)
     weights: str  # pretrained backbone weights file ("" = from scratch)
@@ -158,7 +186,7 @@ def train_segmenter(
     ``stop_after_iteration`` ends the call once that many iterations are done, as an
     interruption would (progress after the last checkpoint is lost and redone on resume).
     ``runtime`` / ``ctx``: device, precision and torchrun place (only the main process writes).
-    Returns a summary (iterations, timings, final mean loss).
+    Returns a summary (iterations, timings, final mean loss, the class weights used).
     """
     root = Path(plan.root)
     if not root.is_dir():
@@ -175,13 +203,15 @@ def train_segmenter(
     model = build_segmenter(plan.arch, plan.backbone, plan.dataset, plan.bn_momentum,
                             plan.weights, plan.classifier_init)
     mults = (1.0, 2.0, plan.head_lr_mult, 2 * plan.head_lr_mult)
+    weights = (label_class_weights(label_paths, meta["num_classes"]).to(runtime.device)
+               if plan.class_weights == "sqrt_median_frequency" else None)
     max_it, batch = plan.iterations, plan.batch_size
 
     def step(net: nn.Module, item: dict) -> tuple[torch.Tensor, dict[str, float]]:
         with runtime.autocast():
             logits = net(runtime.to_device(item["image"]))  # (B/N, S, h/8, w/8)
         return segmentation_loss(logits.float(), item["label"].to(runtime.device), ctx,
-                                 plan.align_corners), {}
+                                 plan.align_corners, weights), {}
 
     loop = Loop(
         stage="train_segmenter", seed=plan.seed, meta=meta, protocol=plan.protocol,
@@ -209,4 +239,5 @@ def train_segmenter(
     return {"iterations": max_it, "resumed_from": start, "history": history,
             "train_images": len(dataset), "seconds_this_run": seconds,
             "seconds_per_iteration": round(seconds / max(1, max_it - start), 4),
-            "final_loss": history[-1]["loss"] if history else None}
+            "final_loss": history[-1]["loss"] if history else None,
+            "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}

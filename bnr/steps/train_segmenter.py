@@ -42,6 +42,7 @@ def training_plan(cfg: Params) -> SegmenterTrainingPlan:
         dataset=cfg.dataset, root=data.root, split=data.infer_split, arch=block.arch,
         backbone=sizes.backbone, bn_momentum=sizes.bn_momentum,
         head_lr_mult=sizes.head_lr_mult, classifier_init=sizes.classifier_init,
+        class_weights=sizes.class_weights,
         weights=weights_file(cfg, "train_segmenter"), seed=cfg.seed, crop=sizes.crop,
         resize_scale=sizes.resize_scale, iterations=sizes.iterations,
         batch_size=sizes.batch_size, lr=sizes.lr, momentum=block.momentum,
@@ -98,7 +99,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         seconds_per_iteration=summary["seconds_per_iteration"],
         lr=sizes.lr, lr_mult={"backbone": 1, "backbone_bias": 2, "head": sizes.head_lr_mult,
                               "head_bias": 2 * sizes.head_lr_mult},
-        classifier_init=sizes.classifier_init,
+        classifier_init=sizes.classifier_init, class_weights=sizes.class_weights,
+        class_weight_values=summary.get("class_weights"),
         momentum=seg.momentum, weight_decay=seg.weight_decay, poly_power=seg.poly_power,
         resize_scale=list(sizes.resize_scale), flip=True,
     ))
