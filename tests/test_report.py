@@ -175,7 +175,7 @@ def test_fully_supervised_row(tmp_path: Path) -> None:
     text = build_report("synthetic", paths_of(folder), folder / "report.md")
     row = row_of(text, "Fully supervised (segmenter on ground truth)")
     assert row[1] == "val" and row[3] == "61.0 ± 1.4 (n=2)"
-    assert "trained on ground-truth masks; 2 runs" in row[2]
+    assert "trained on ground-truth masks; seeds 0, 1" in row[2]
     assert row_of(text, "disc")[-1] == "72.0"  # the per-class column: mean over the runs
     assert "Fully supervised: same segmenter, ground-truth masks" in text
     (folder / "fully_supervised.json").write_text(json.dumps({"split": "val"}))
