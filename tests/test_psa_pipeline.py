@@ -105,8 +105,8 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     walk = json.loads(Path("metrics/random_walk.json").read_text())
     walk_proto = read_protocol("metrics/random_walk.json")
     assert walk["images"] == 6 and walk_proto["beta"] == 14
-    # the demo's walk: 4x upscaled, background score = eval_seeds' threshold (0.3 here)
-    assert walk_proto["scale"] == 4 and walk_proto["background"] == "seed_threshold"
+    # the demo's walk: 2x upscaled, background score = eval_seeds' threshold (0.3 here)
+    assert walk_proto["scale"] == 2 and walk_proto["background"] == "seed_threshold"
     assert walk_proto["bg_score"] == 0.3
     assert not np.asarray(Image.open(f"data/rw_labels/{ids[0]}.png")).any()  # no-fg image
 
@@ -122,7 +122,7 @@ def test_stages_end_to_end(work: Path, monkeypatch) -> None:
     assert proto["dataset"] == "synthetic" and proto["split"] == "train"
     assert proto["ground_truth"] == "SegmentationClass" and proto["seed"] == 0
     assert proto["beta"] == 14 and proto["logt"] == 4 and proto["bg_score"] == 0.3  # threshold
-    assert proto["walk_background"] == "seed_threshold" and proto["walk_scale"] == 4
+    assert proto["walk_background"] == "seed_threshold" and proto["walk_scale"] == 2
     assert proto["crf"]["gt_prob"] == 0.7 and "noise_scale" in proto and "method" in proto
     table = Path("metrics/pseudo_labels_per_class.csv").read_text().splitlines()
     assert table[0].startswith("class,seeds,random_walk,crf") and len(table) == 1 + 7 + 1

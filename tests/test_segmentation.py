@@ -234,7 +234,7 @@ def test_non_finite_loss_is_clear(work: Path, tmp_path: Path, monkeypatch) -> No
     import bnr.segmenter.segmenter_training as seg
 
     monkeypatch.setattr(seg, "segmentation_loss",
-                        lambda logits, label, ctx, align: logits.sum() * float("nan"))
+                        lambda logits, label, *rest: logits.sum() * float("nan"))
     params = tiny_params(work / "data" / "synthetic")
     with pytest.raises(BnrError, match="loss is not finite at block 1, iteration 1"):
         train_segmenter(segmenter_plan(params), tmp_path / "n.pt", tmp_path / "c",

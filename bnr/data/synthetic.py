@@ -7,7 +7,10 @@ rails) that is drawn around it most of the time (``context_prob``) and seldom wi
 learns "waves mean disc" activates its CAM and attention on the background.
 
 Images are cluttered (smooth random colour field, noise, small random strokes), hold 1 to
-``max_objects`` objects of distinct classes, and are deterministic from ``seed``: the same seed
+``max_objects`` objects of distinct classes (``class_count_probs``), of radius
+``object_radius`` (px at 128 px, up to ``truncation`` of it outside the image): by default VOC
+2012's proportions (foreground about a quarter of the labelled pixels, objects from 3 % of the
+image to two thirds, 1.5 classes per image). They are deterministic from ``seed``: the same seed
 gives byte-identical files (each image draws from its own ``numpy`` generator seeded from
 ``(seed, split, index)``).
 

@@ -207,8 +207,8 @@ def chain_rows(dataset: str, metrics: dict, protocols: dict, per_class: dict,
         mean = {c: sum(r["per_class"].get(c, 0.0) for r in runs) / len(runs)
                 for c in runs[0].get("per_class", {})}
         rows.append({"key": "fully", "label": FULLY, "split": fully["split"],
-                     "setting": "trained on ground-truth masks; seeds "
-                                + ", ".join(str(r["seed"]) for r in runs),
+                     "setting": "trained on ground-truth masks; seed" + "s" * (len(runs) > 1)
+                                + " " + ", ".join(str(r["seed"]) for r in runs),
                      "ours": (f"{fully['miou_mean']:.1f} ± {fully['miou_std']:.1f} "
                               f"(n={len(runs)})" if len(runs) > 1
                               else f"{fully['miou_mean']:.1f} (n=1)"),
