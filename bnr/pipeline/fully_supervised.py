@@ -55,7 +55,8 @@ def experiment_ref(name: str) -> str:
 
 def run_record(metrics: dict, protocol: dict, per_class_csv: str, source: str) -> dict:
     """One run of the ceiling from its three files; refuses a run not trained on the ground
-    truth (``segmenter_trained_on`` in the protocol) or not evaluated on ``val``."""
+    truth (``segmenter_trained_on`` in the protocol). Runs on different splits are refused
+    together, by :func:`summary`."""
     trained_on = protocol.get("segmenter_trained_on")
     if trained_on != "ground_truth":
         raise BnrError(f"{source}: metrics/segmentation.protocol.json says the segmenter was "
