@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/dvc ] && export PATH="$PWD/.venv/bin:$PATH"
 SEEDS=${SEEDS:-"0 1 2"}
 SOURCES=${SOURCES:-"transcam"}
-ARMS=("method=transcam" "method=bnr noise_scale=0.0" "method=bnr noise_scale=1.0"
+ARMS=("method=transcam" "method=bnr noise_scale=none" "method=bnr noise_scale=1.0"
       "method=bnr noise_scale=2.0")
 for src in $SOURCES; do
   for seed in $SEEDS; do

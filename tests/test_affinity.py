@@ -142,8 +142,7 @@ def test_affinity_loss_empty_terms_are_zero() -> None:
 def test_combine_rules_hand() -> None:
     la = np.array([0, 0, 3, 3], np.uint8)
     ha = np.array([0, 3, 0, 3], np.uint8)
-    assert combine_affinity_labels(la, ha, "transcam").tolist() == [0, 255, 3, 3]
-    assert combine_affinity_labels(la, ha, "psa").tolist() == [0, 255, 0, 3]
+    assert combine_affinity_labels(la, ha).tolist() == [0, 255, 3, 3]  # PSA's rule: [0, 255, 0, 3]
 
 
 def test_cam_labels_ties_go_to_background() -> None:

@@ -160,7 +160,8 @@ def test_memory_estimates_of_the_shipped_params_fit_a_small_machine() -> None:
     from bnr.pipeline.memory import CONFORMER_ATTENTION, estimates
     from tests.conftest import REPO
 
-    assert CONFORMER_ATTENTION == {n: (c.num_heads, c.depth) for n, c in PRESETS.items()}
+    assert CONFORMER_ATTENTION == {n: (c.num_heads, c.depth, c.patch_size)
+                                   for n, c in PRESETS.items()}
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["runtime"]["device"] = "cpu"
     for dataset in ("synthetic", "voc2012", "coco2014"):

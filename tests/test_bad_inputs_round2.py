@@ -49,7 +49,8 @@ def _set(path: str, value: object) -> Callable[[Path], str]:
 
 SANE_NUMBER_CASES = [  # (id, key, value, text of the line)
     ("inf-noise-scale", "noise_scale", float("inf"),
-     "noise_scale must be a finite number >= 0 and <= 100, got inf"),
+     "noise_scale must be none (without noise: M** = M*) or a finite number > 0 and <= 100, "
+     "got inf"),
     ("minus-inf-lr", "datasets.synthetic.train_cam.lr", float("-inf"),
      "datasets.synthetic.train_cam.lr must be a finite number"),
     ("nan-weight-decay", "datasets.synthetic.train_cam.weight_decay", float("nan"),
@@ -58,7 +59,7 @@ SANE_NUMBER_CASES = [  # (id, key, value, text of the line)
      "datasets.synthetic.eval_seeds.threshold_step must be a finite number"),
     ("huge-int-as-float", "random_walk.beta", 10**400,
      "random_walk.beta must be a finite number"),
-    ("absurd-noise-scale", "noise_scale", 1e300, "noise_scale must be a number >= 0 and <= 100"),
+    ("absurd-noise-scale", "noise_scale", 1e300, "noise_scale must be none (without noise"),
     ("absurd-lr", "datasets.synthetic.train_affinity.lr", 1e6,
      "datasets.synthetic.train_affinity.lr must be a number > 0 and <= 10, got 1000000.0"),
     ("seed-beyond-torch", "seed", 2**64, "seed must be an integer >= 0 and < 2**63, got "),
@@ -95,7 +96,8 @@ def test_dvc_writes_1e400_as_inf_and_it_is_refused(work: Path, capsys) -> None:
     assert "noise_scale: .inf" in text
     code, err = run_stage(work, capsys, "train_cam", text)
     assert code == 1
-    one_error_line(err, "p.yaml: noise_scale must be a finite number")
+    one_error_line(err, "p.yaml: noise_scale must be none (without noise: M** = M*) or a finite "
+                        "number")
 
 
 def test_long_values_are_cut_in_the_error_line(work: Path, capsys) -> None:

@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnr.cam.maps import (
-    aggregate_attention,
     cam_from_outputs,
     cams_to_seeds,
     multiscale_cam,
@@ -15,24 +14,6 @@ from bnr.cam.maps import (
 from bnr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
-
-
-def _attn(blocks, b, heads, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    shape = (b, heads, n + 1, n + 1)
-    return [torch.softmax(torch.randn(*shape, generator=g), -1) for _ in range(blocks)]
-
-
-def test_aggregate_attention_matches_einsum():
-    attn = _attn(4, 2, 3, 6)
-    stacked = torch.stack(attn)  # (L, B, H, 1+N, 1+N)
-    a_sum = torch.einsum("lbhij->bij", stacked) / 3  # sum over blocks of the head mean
-    a_mean = a_sum / 4
-    torch.testing.assert_close(aggregate_attention(attn, "sum"), a_sum[:, 1:, 1:])
-    torch.testing.assert_close(aggregate_attention(attn, "mean"), a_mean[:, 1:, 1:])
-    torch.testing.assert_close(aggregate_attention(stacked, "sum"), a_sum[:, 1:, 1:])
-    with pytest.raises(ValueError):
-        aggregate_attention(attn, "max")
 
 
 def test_refine_cam_matches_einsum():
@@ -110,6 +91,29 @@ def test_multiscale_cam_matches_reference(batch_passes):
     assert out.shape == (2, 20, 28)
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     torch.testing.assert_close(out, _reference(model, image, [1, 3], [16, 32], True))
+
+
+def test_seeds_follow_the_normalised_cams_not_the_raw_scores():
+    """The seed threshold applies after the per-class min-max normalisation (paper; TransCAM):
+    a CAM 100 times smaller gives the same seeds."""
+
+    class Smaller(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            out = self.model(x)
+            return {**out, "cam": out["cam"] / 100}
+
+    model = FakeCamModel().eval()
+    image = torch.randn(3, 20, 28)
+    kw = {"flip": True, "patch_multiple": 8, "resample": "bilinear"}
+    seeds = cams_to_seeds(multiscale_cam(model, image, [1, 3], [16, 32], **kw), [1, 3], 0.5)
+    smaller = cams_to_seeds(multiscale_cam(Smaller(model), image, [1, 3], [16, 32], **kw),
+                            [1, 3], 0.5)
+    assert (seeds != 0).any() and (seeds == 0).any()
+    np.testing.assert_array_equal(seeds, smaller)
 
 
 def test_multiscale_cam_keep_aspect_and_no_classes():

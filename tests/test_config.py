@@ -34,10 +34,12 @@ def test_switching_dataset_switches_the_whole_block(raw):
 @pytest.mark.parametrize(
     "path, value, message",
     [
-        (["noise_scale"], "abc", "params.yaml: noise_scale must be a number >= 0 and <= 100, "
-         "got 'abc'"),
-        (["noise_scale"], -1, "params.yaml: noise_scale must be a number >= 0 and <= 100, "
-         "got -1"),
+        (["noise_scale"], "abc", "params.yaml: noise_scale must be none (without noise: M** = "
+         "M*) or a number > 0 and <= 100, got 'abc'"),
+        (["noise_scale"], 0, "params.yaml: noise_scale must be none (without noise: M** = M*) "
+         "or a number > 0 and <= 100, got 0"),
+        (["noise_scale"], -1, "params.yaml: noise_scale must be none (without noise: M** = M*) "
+         "or a number > 0 and <= 100, got -1"),
         (["method"], "cam", "params.yaml: method must be one of bnr, transcam, got 'cam'"),
         (["dataset"], "imagenet", "params.yaml: dataset must be one of synthetic, voc2012, "
          "coco2014, got 'imagenet'"),

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pytest
 
+from bnr.config.params import load_params
 from bnr.errors import BnrError
+from bnr.pipeline.crf_blocks import crf_settings
 from bnr.pseudo_labels.crf import crf_map, dense_crf_labels, dense_crf_probs
 
 pytestmark = pytest.mark.numerics  # float kernels: CI runs it again under AVX2
@@ -123,3 +125,24 @@ def test_crf_map_worker_crash_names_the_image(start_method: str | None) -> None:
     items = [(f"2008_00000{i}", i) for i in range(6)]
     with pytest.raises(BnrError, match=r"^2008_000003: CRF worker process died"):
         list(crf_map(_maybe_die, items, workers=2, start_method=start_method))
+
+
+# The dense CRFs of TransCAM (REFERENCE.md, "Dense CRF (label version)" and the segmenter test's
+# deeplab/utils/DenseCRF.py), typed from the reference, not from params.yaml: PSA's probability
+# CRF (bilateral sxy 80, srgb 13) or any other default fails here. A deliberate difference is a
+# named option (docs/fidelity.md), not a changed default.
+TRANSCAM_LABEL_CRF = {"gt_prob": 0.7, "gauss_sxy": 3, "gauss_compat": 3, "bilateral_sxy": 50,
+                      "bilateral_srgb": 5, "bilateral_compat": 10, "iterations": 10}
+TRANSCAM_TEST_CRF = {"gauss_sxy": 3, "gauss_compat": 3, "bilateral_sxy": 32, "bilateral_srgb": 13,
+                     "bilateral_compat": 10, "iterations": 1}
+
+
+def test_the_default_crfs_are_transcams() -> None:
+    from dataclasses import asdict
+
+    from tests.conftest import REPO
+
+    cfg = load_params(REPO / "params.yaml")
+    assert crf_settings(cfg.crf).kwargs == TRANSCAM_LABEL_CRF
+    assert crf_settings(cfg.train_affinity.label_crf).kwargs == TRANSCAM_LABEL_CRF
+    assert asdict(cfg.evaluate.test_crf) == TRANSCAM_TEST_CRF

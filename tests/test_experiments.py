@@ -7,7 +7,7 @@ CSV = """Experiment,State,metrics/seeds.json:miou,seed,method,noise_scale,infer_
 w,Success,10.0,0,bnr,1.0,transcam
 a,Success,4.0,0,transcam,1.0,transcam
 b,Success,6.0,1,transcam,1.0,transcam
-c,Success,8.0,0,bnr,0.0,transcam
+c,Success,8.0,0,bnr,none,transcam
 d,Success,12.0,0,bnr,2.0,transcam
 e,Success,30.0,0,transcam,1.0,clsattn
 f,Success,,1,bnr,2.0,transcam

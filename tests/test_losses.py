@@ -13,13 +13,35 @@ def _soft_margin(z, y):
 
 
 def _inputs(seed=0, b=2, s=4, h=3, w=3, blocks=5):
+    cam, attn_sum, labels, blocks, _ = _inputs_and_heads(seed, b, s, h, w, blocks)
+    return cam, attn_sum, labels, blocks
+
+
+def _inputs_and_heads(seed=0, b=2, s=4, h=3, w=3, blocks=5):
+    """Also the per-block, per-head attention (L, B, H, 1+N, 1+N) the model's sum comes from."""
     g = torch.Generator().manual_seed(seed)
     n = h * w
     heads = torch.softmax(torch.randn(blocks, b, 2, n + 1, n + 1, generator=g), -1)
     attn_sum = heads.mean(2).sum(0)  # (B, 1+N, 1+N)
     cam = torch.randn(b, s, h, w, generator=g)
     labels = torch.tensor([[1, 1, 0, 1], [1, 0, 1, 0]], dtype=torch.float32)
-    return cam, attn_sum, labels, blocks
+    return cam, attn_sum, labels, blocks, heads
+
+
+def _m_double_star(cam, heads, noise_scale):
+    """Eq. 5-7 from the per-block maps, one patch at a time (no shortcut the code takes):
+    A*[i, j] = sum over blocks of the head mean, A-bar*[i, j] = its mean over blocks,
+    M*_s[i] = sum_j A*[i, j] M_s[j], M**_s[i] = sum_j noise_scale A-bar*[i, j] M*_s[j]."""
+    b, s = cam.shape[:2]
+    m = cam.flatten(2)  # (B, S, N)
+    n = m.shape[-1]
+    out = torch.zeros(b, s, n)
+    for k in range(b):
+        a_star = sum(heads[layer, k].mean(0) for layer in range(heads.shape[0]))[1:, 1:]
+        a_bar = heads[:, k].mean((0, 1))[1:, 1:]  # mean over blocks and heads
+        m_star = torch.stack([(a_star[i] * m[k]).sum(-1) for i in range(n)], -1)  # (S, N)
+        out[k] = torch.stack([(noise_scale * a_bar[i] * m_star).sum(-1) for i in range(n)], -1)
+    return out  # (B, S, N)
 
 
 def test_classification_loss_is_one_loss_on_summed_logits():
@@ -31,21 +53,23 @@ def test_classification_loss_is_one_loss_on_summed_logits():
 
 
 @pytest.mark.parametrize("noise_scale", [1.0, 2.0])
-def test_bnr_loss_matches_einsum(noise_scale):
-    cam, attn_sum, labels, blocks = _inputs()
-    a_star = attn_sum[:, 1:, 1:]
-    a_bar_star = a_star / blocks
-    m_star = torch.einsum("bij,bsj->bsi", a_star, cam.flatten(2))
-    m_2star = torch.einsum("bij,bsj->bsi", noise_scale * a_bar_star, m_star)
-    z = m_2star.mean(-1)
+def test_bnr_loss_matches_the_equations_written_out(noise_scale):
+    cam, attn_sum, labels, blocks, heads = _inputs_and_heads()
+    z = _m_double_star(cam, heads, noise_scale).mean(-1)  # GAP (eq. 8)
     expected = _soft_margin(z[:, 1:], labels[:, 1:])
     torch.testing.assert_close(bnr_loss(cam, attn_sum, labels, blocks, noise_scale), expected)
+    assert float(expected) > 0  # a loss: a sign flip would fail the comparison
 
 
-def test_noise_scale_zero_is_without_noise():
+def test_without_noise_is_m_star_and_the_scale_has_no_jump_at_zero():
     cam, attn_sum, labels, blocks = _inputs()
     m_star = torch.einsum("bij,bsj->bsi", attn_sum[:, 1:, 1:], cam.flatten(2)).reshape(cam.shape)
-    torch.testing.assert_close(noisy_refined_cam(cam, attn_sum, blocks, 0.0), m_star)
+    torch.testing.assert_close(noisy_refined_cam(cam, attn_sum, blocks, None), m_star)
+    # a number is the formula all the way down: 0 and 1e-6 agree (both ~0), neither is M*
+    near = noisy_refined_cam(cam, attn_sum, blocks, 1e-6)
+    torch.testing.assert_close(noisy_refined_cam(cam, attn_sum, blocks, 0.0), near, atol=1e-5,
+                               rtol=0)
+    assert (near - m_star).abs().max() > 0.1
 
 
 def test_gradients_reach_a_star_but_not_a_bar_star():

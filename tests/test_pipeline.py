@@ -204,8 +204,10 @@ STATUS_CASES = [
     ("file bnr/models/pairs.py", {"pretrain", "train_affinity", "random_walk", "train_segmenter",
                                   "evaluate"}),
     ("file bnr/engine.py", {"pretrain", "train_cam", "train_affinity", "train_segmenter"}),
-    # the walk reads the threshold
-    ("file bnr/pseudo_labels/crf_labels.py", {"random_walk", "crf"}),
+    # CRF code: only the CRF stage (the walk's background helpers live beside the walk)
+    ("file bnr/pseudo_labels/crf_labels.py", {"crf"}),
+    # the walk's background score: the walk, and the CRF stage that records it
+    ("file bnr/affinity/random_walk.py", {"random_walk", "crf"}),
     # pretrained weights (the weights stage's fingerprints; the weights stage itself runs on every
     # repro and is not counted): with the default keys (auto: from scratch on synthetic) an
     # edited pretrain file marks only its stage ...

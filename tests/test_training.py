@@ -79,10 +79,30 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_root, tmp_path):
     assert not list((tmp_path / "resumed" / "runs").glob("*/last.pt"))  # cleaned up
 
 
-def test_methods_train_differently(tiny_root, tmp_path):
+def test_methods_train_differently(tiny_root, tmp_path, monkeypatch):
+    """transcam never computes L_M** (it would raise here) and logs loss = loss_cls; bnr
+    computes it at every step and ends with other weights."""
+    import bnr.cam.losses as losses
+
+    real_bnr_loss, calls = losses.bnr_loss, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real_bnr_loss(*args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("method=transcam computed the BNR loss")
+
+    monkeypatch.setattr(losses, "bnr_loss", forbidden)
     a = _train(tiny_params(tiny_root, method="transcam"), tmp_path, "t")
+    monkeypatch.setattr(losses, "bnr_loss", counted)
     b = _train(tiny_params(tiny_root, method="bnr", noise_scale=2.0), tmp_path, "b")
     assert "loss_bnr" not in a["history"][0] and "loss_bnr" in b["history"][0]
+    assert all(h["loss"] == pytest.approx(h["loss_cls"]) for h in a["history"])
+    assert len(calls) >= 4  # 2 epochs x 2 batches
+    ta = load_checkpoint(tmp_path / "t" / "cam.pt", {"kind": "cam"})["model"]
+    tb = load_checkpoint(tmp_path / "b" / "cam.pt", {"kind": "cam"})["model"]
+    assert any(not torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def test_nan_loss_stops_with_step_and_terms(tiny_root, tmp_path, monkeypatch):

@@ -101,25 +101,17 @@ def cam_labels(cams: np.ndarray, keys: Sequence[int], bg_score: float) -> np.nda
     return ids[np.argmax(scores, axis=0)]  # (H, W)
 
 
-def combine_affinity_labels(la: np.ndarray, ha: np.ndarray, rule: str = "transcam") -> np.ndarray:
-    """Merge the two CRF label maps into one with 255 = ignore.
+def combine_affinity_labels(la: np.ndarray, ha: np.ndarray) -> np.ndarray:
+    """Merge the two CRF label maps into one with 255 = ignore (TransCAM ``voc12/data.py``).
 
     ``la`` (high background score 0.60): its foreground pixels are confident foreground and keep
-    their class; its background pixels are unsure -> 255, except:
-
-    * ``rule="transcam"`` (TransCAM ``voc12/data.py``, the REFERENCE's "la+ha==0"): pixels that
-      are background in both ``la`` and ``ha`` -> 0;
-    * ``rule="psa"`` (PSA ``voc12/data.py``): every pixel that is background in ``ha`` -> 0,
-      even where ``la`` says foreground.
+    their class; its background pixels are unsure -> 255, except those that are background in
+    ``ha`` too -> 0 (the REFERENCE's "la+ha==0"; PSA instead sets every background pixel of
+    ``ha`` to 0, even where ``la`` says foreground).
     """
-    if rule not in ("transcam", "psa"):
-        raise ValueError(f"rule must be 'transcam' or 'psa', got {rule!r}")
     out = la.astype(np.uint8, copy=True)
     out[la == 0] = IGNORE
-    if rule == "transcam":
-        out[(la == 0) & (ha == 0)] = 0
-    else:
-        out[ha == 0] = 0
+    out[(la == 0) & (ha == 0)] = 0
     return out
 
 
@@ -133,7 +125,6 @@ def affinity_labels_from_cam(
     n_labels: int,
     crf_fn: CrfLabelFn | None = None,
     stride: int = 8,
-    rule: str = "transcam",
 ) -> np.ndarray:
     """Affinity training labels from CAMs: image (H, W, 3) uint8, cams (K, H, W) in [0, 1].
 
@@ -155,5 +146,5 @@ def affinity_labels_from_cam(
         crf_fn = dense_crf_labels
     la = crf_fn(image, cam_labels(cams, keys, low_bg), n_labels)  # (H, W)
     ha = crf_fn(image, cam_labels(cams, keys, high_bg), n_labels)  # (H, W)
-    label = combine_affinity_labels(np.asarray(la), np.asarray(ha), rule)  # (H, W)
+    label = combine_affinity_labels(np.asarray(la), np.asarray(ha))  # (H, W)
     return np.ascontiguousarray(label[::stride, ::stride])  # (ceil(H/s), ceil(W/s))

@@ -28,28 +28,21 @@ import torch.nn.functional as F
 from bnr.errors import BnrError
 
 
-def cams_with_background(
-    cams: np.ndarray | torch.Tensor,
-    bg_score: float | None = 0.42,
-    bg_power: float | None = None,
-) -> torch.Tensor:
-    """Prepend the background row: cams (K, H, W) -> scores (1 + K, H, W) float32.
-
-    ``bg_power`` set (PSA: 16) gives ``(1 - max_k cams) ** bg_power``; otherwise the constant
-    ``bg_score`` (TransCAM: 0.42).
-    """
+def cams_with_background(cams: np.ndarray | torch.Tensor, bg_score: float) -> torch.Tensor:
+    """Prepend the constant background score (TransCAM: 0.42) as row 0: cams (K, H, W) ->
+    scores (1 + K, H, W) float32."""
     c = torch.as_tensor(np.asarray(cams) if isinstance(cams, np.ndarray) else cams)
     c = c.to(torch.float32)
     if c.ndim != 3:
         raise BnrError(f"cams must be (K, H, W), got {tuple(c.shape)}")
-    if bg_power is not None:
-        peak = c.amax(dim=0, keepdim=True) if c.shape[0] else torch.zeros((1, *c.shape[1:]))
-        bg = (1.0 - peak).pow(bg_power)  # (1, H, W)
-    elif bg_score is not None:
-        bg = torch.full((1, *c.shape[1:]), float(bg_score))  # (1, H, W)
-    else:
-        raise ValueError("give bg_score or bg_power")
+    bg = torch.full((1, *c.shape[1:]), float(bg_score))  # (1, H, W)
     return torch.cat([bg, c], dim=0)  # (1 + K, H, W)
+
+
+def walk_background_score(background: str, fixed: float, seed_threshold: float) -> float:
+    """The random walk's background score: ``fixed`` (``random_walk.bg_score``, TransCAM's) or,
+    for ``datasets.<d>.random_walk.background: seed_threshold``, eval_seeds' best threshold."""
+    return seed_threshold if background == "seed_threshold" else fixed
 
 
 def downsample_scores(scores: torch.Tensor, stride: int = 8) -> torch.Tensor:
@@ -224,39 +217,29 @@ def random_walk_segmentation(
     dst: torch.Tensor,
     beta: float = 14,
     logt: int = 7,
-    bg_score: float | None = 0.42,
-    bg_power: float | None = None,
+    bg_score: float = 0.42,
     method: str = "sparse",
     stride: int = 8,
-    image: np.ndarray | None = None,
     n_labels: int | None = None,
 ) -> np.ndarray:
     """Full PSA / TransCAM propagation for one image: cams (K, H, W), keys (K,) 1-based class
     ids, aff (P,) from AffinityNet on the zero-padded image (grid ceil(H/8) x ceil(W/8)). The walk
     runs on ``aff``'s device and in its dtype (the stage: the runtime's device, float64).
 
-    Returns (H, W) uint8 class ids. With ``image`` (H, W, 3) uint8, the result is refined by
-    :func:`bnr.pseudo_labels.crf.dense_crf_labels` with ``n_labels`` (TransCAM), the class count
-    with background, which must then be given; when given, every key must be below it. Only the
-    background and the present classes are propagated; absent classes stay zero in PSA's
-    21-row version, so the arg-max is the same.
+    Returns (H, W) uint8 class ids (the CRF is the crf stage's). ``n_labels``, the class count
+    with background, checks the keys when given: each must be below it. Only the background and
+    the present classes are propagated; absent classes stay zero in PSA's 21-row version, so the
+    arg-max is the same.
     """
     if len(keys) != (cams.shape[0] if cams.ndim == 3 else -1):
         raise BnrError(f"{len(keys)} class keys for CAMs of shape {tuple(cams.shape)}")
-    if image is not None and n_labels is None:
-        raise BnrError("random_walk_segmentation: a CRF image needs n_labels (the class count)")
     if n_labels is not None and any(not 0 < int(k) < n_labels for k in keys):
         raise BnrError(f"class keys must be foreground ids in 1..{n_labels - 1}: {list(keys)}")
     height, width = cams.shape[1:]
-    scores = downsample_scores(cams_with_background(cams, bg_score, bg_power), stride)
+    scores = downsample_scores(cams_with_background(cams, bg_score), stride)
     walk = {"sparse": random_walk_sparse, "dense": random_walk_dense}[method]
     scores = scores.to(device=aff.device, dtype=aff.dtype)  # the walk runs where aff lives
     rw = walk(scores, aff, src.to(aff.device), dst.to(aff.device), beta=beta, logt=logt)
     rows = upsample_argmax(rw.float(), (height, width), stride).cpu()  # (H, W)
     ids = torch.tensor([0, *keys], dtype=torch.uint8)
-    labels = ids[rows].numpy()  # (H, W)
-    if image is not None:
-        from bnr.pseudo_labels.crf import dense_crf_labels
-
-        labels = dense_crf_labels(image, labels, n_labels)
-    return labels
+    return ids[rows].numpy()  # (H, W)

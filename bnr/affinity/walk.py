@@ -93,7 +93,7 @@ def random_walk_split(
     The images of dataset ``root`` (``n_labels`` classes); the walk's affinity power ``beta``,
     ``2**logt`` steps, pair ``radius`` and fixed background score ``bg_score``
     (``random_walk`` block; the step decides the score,
-    :func:`bnr.pseudo_labels.crf_labels.walk_background_score`);
+    :func:`bnr.affinity.random_walk.walk_background_score`);
     ``scale``: the upscaling of image and CAMs (module docstring).
     """
     root = Path(root)

@@ -30,6 +30,7 @@ from bnr.data.classes import class_names
 from bnr.data.transforms import EvalTransform
 from bnr.data.voc import VocSegmentation
 from bnr.errors import BnrError
+from bnr.models.attention import mean_patch_attention
 
 
 def patch_labels(mask: np.ndarray, patch: int) -> np.ndarray:
@@ -76,7 +77,7 @@ def diagnose(model: torch.nn.Module, dataset: VocSegmentation, images: int) -> d
         image, mask = item["image"], np.asarray(item["mask"])
         h, w = (image.shape[-2] // patch) * patch, (image.shape[-1] // patch) * patch
         out = model(image[None, :, :h, :w])
-        attn = (out["attn_sum"][0, 1:, 1:] / model.num_blocks).numpy()  # (N, N)
+        attn = mean_patch_attention(out["attn_sum"], model.num_blocks)[0].numpy()  # A-bar* (N, N)
         for key, value in attention_stats(attn, patch_labels(mask[:h, :w], patch)).items():
             totals.setdefault(key, []).append(value)
     return {key: round(float(np.mean(v)), 6) for key, v in totals.items()} | {

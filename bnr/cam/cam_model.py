@@ -9,8 +9,25 @@ from pathlib import Path
 from torch import nn
 
 from bnr.data.classes import class_names
-from bnr.models import conformer  # noqa: F401 (registers its kind)
+from bnr.errors import BnrError
+from bnr.models import conformer  # (importing it registers its kind)
 from bnr.models.registry import create_model, model_from_checkpoint
+
+
+def check_patch_multiples(preset: str, sizes: dict[str, list[int]], preset_key: str) -> None:
+    """Refuse input sizes the Conformer ``preset`` cannot split into patches, before any work.
+
+    ``sizes``: params key -> its side lengths (px); each must be a multiple of the preset's patch
+    size. ``preset_key`` names the key that chose the preset. One line (BnrError) naming both.
+    An unknown preset is left to the model registry's own error.
+    """
+    if preset not in conformer.PRESETS:
+        return
+    patch = conformer.PRESETS[preset].patch_size
+    for key, sides in sizes.items():
+        if bad := [s for s in sides if s % patch]:
+            raise BnrError(f"params.yaml: {key} must be a multiple of the patch size {patch} of "
+                           f"{preset_key}={preset}, got {bad[0]}")
 
 
 def cam_model_meta(preset: str, dataset: str) -> dict:

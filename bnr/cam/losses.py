@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bnr.cam.maps import refine_cam
+from bnr.models.attention import mean_patch_attention, patch_attention
 
 
 def classification_loss(cnn_logits: Tensor, token_logits: Tensor, labels: Tensor) -> Tensor:
@@ -19,23 +20,25 @@ def classification_loss(cnn_logits: Tensor, token_logits: Tensor, labels: Tensor
     return F.multilabel_soft_margin_loss((cnn_logits + token_logits)[:, 1:], labels[:, 1:])
 
 
-def noisy_refined_cam(cam: Tensor, attn_sum: Tensor, num_blocks: int, noise_scale: float) -> Tensor:
+def noisy_refined_cam(
+    cam: Tensor, attn_sum: Tensor, num_blocks: int, noise_scale: float | None
+) -> Tensor:
     """M** = (noise_scale . A-bar*) . M*, with M* = A* . M (eq. 5-6): (B, S, h, w).
 
     ``attn_sum`` (B, 1+N, 1+N) is the block SUM of head-mean attention, so A* = its patch part
     (gradients flow) and A-bar* = A* / num_blocks, detached (no gradient, eq. 7).
-    ``noise_scale == 0`` means "without noise" (paper Table 5): M** = M*.
+    ``noise_scale=None`` is "without noise" (paper Table 5): M** = M*. The formula is continuous
+    in a number: 0 gives M** = 0 (no gradient), not M*.
     """
-    attn_patch = attn_sum[:, 1:, 1:]  # (B, 1+N, 1+N) -> (B, N, N)
-    refined = refine_cam(cam, attn_patch)  # M*
-    if noise_scale == 0:
+    refined = refine_cam(cam, patch_attention(attn_sum))  # M* = A* . M (eq. 5)
+    if noise_scale is None:
         return refined
-    noise = (attn_patch / num_blocks).detach() * noise_scale  # noise_scale . A-bar*
+    noise = mean_patch_attention(attn_sum, num_blocks).detach() * noise_scale  # eq. 6-7
     return refine_cam(refined, noise)
 
 
 def bnr_loss(
-    cam: Tensor, attn_sum: Tensor, labels: Tensor, num_blocks: int, noise_scale: float
+    cam: Tensor, attn_sum: Tensor, labels: Tensor, num_blocks: int, noise_scale: float | None
 ) -> Tensor:
     """L_M**: multi-label soft margin on z = GAP(M**) (eq. 8), foreground channels."""
     z = noisy_refined_cam(cam, attn_sum, num_blocks, noise_scale).mean(dim=(2, 3))  # (B, S)
@@ -43,7 +46,7 @@ def bnr_loss(
 
 
 def total_loss(
-    outputs: dict, labels: Tensor, method: str, noise_scale: float, num_blocks: int
+    outputs: dict, labels: Tensor, method: str, noise_scale: float | None, num_blocks: int
 ) -> tuple[Tensor, dict[str, float]]:
     """L = L_cls + L_M** for ``bnr`` (eq. 9), L_cls alone for ``transcam``.
 

@@ -15,31 +15,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from bnr.data.transforms import normalize
+from bnr.models.attention import patch_attention
 from bnr.runtime import CPU, Runtime
 
 RESAMPLES = ("pil_bicubic", "bilinear")
-
-
-def aggregate_attention(attn: Sequence[Tensor] | Tensor, reduce: str) -> Tensor:
-    """Head-mean, then block ``sum`` (A, eq. 3-4) or block ``mean`` (A-bar, eq. 7).
-
-    ``attn``: per-block softmax weights, a list of (B, H, 1+N, 1+N) or a stacked
-    (L, B, H, 1+N, 1+N) tensor. Returns the patch-to-patch part A* or A-bar*, (B, N, N): the
-    class-token row and column are dropped without renormalisation.
-    """
-    if reduce not in ("sum", "mean"):
-        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    total = None
-    count = 0
-    for block in attn:  # accumulate block by block: never holds all blocks' head-means at once
-        head_mean = block.mean(dim=1)  # (B, H, 1+N, 1+N) -> (B, 1+N, 1+N)
-        total = head_mean if total is None else total + head_mean
-        count += 1
-    if total is None:
-        raise ValueError("no attention blocks given")
-    if reduce == "mean":
-        total = total / count
-    return total[:, 1:, 1:]  # (B, 1+N, 1+N) -> (B, N, N)
 
 
 def refine_cam(cam: Tensor, attn_patch: Tensor) -> Tensor:
@@ -67,14 +46,14 @@ def cam_from_outputs(outputs: dict, source: str = "transcam") -> Tensor:
     """
     cam, attn = outputs["cam"], outputs["attn_sum"]
     if source == "transcam":
-        return refine_cam(cam, attn[:, 1:, 1:])
+        return refine_cam(cam, patch_attention(attn))
     if source == "conv":
         return cam
     if source == "clsattn":
         b, _, h, w = cam.shape
         return attn[:, 0, 1:].reshape(b, 1, h, w) * cam  # (B, N) -> (B, 1, h, w), broadcast
     if source == "attnagg":
-        return refine_cam(cam, attn[:, 1:, 1:].transpose(1, 2))
+        return refine_cam(cam, patch_attention(attn).transpose(1, 2))
     raise ValueError(f"source must be one of {', '.join(CAM_SOURCES)}, got {source!r}")
 
 

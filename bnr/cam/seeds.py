@@ -6,6 +6,7 @@ float16 in [0, 1] at the image's original size, only for the image's classes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -143,3 +144,15 @@ def checked_cams(cam_dir: Path, img_id: str, image_hw: tuple[int, int]):
             f"differs from its image {image_hw[1]}x{image_hw[0]} (re-run infer_seeds)"
         )
     return classes, cams
+
+
+def best_seed_threshold(path: Path) -> float:
+    """The best background threshold eval_seeds chose (its threshold file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BnrError(f"{path}: not found (run the eval_seeds stage)")
+    try:
+        value = json.loads(path.read_text())["best_threshold"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BnrError(f"{path}: no best_threshold ({exc})") from None
+    return float(value)

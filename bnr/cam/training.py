@@ -33,7 +33,7 @@ class CamTrainingPlan:
     init: str  # attention initialisation (official, mimetic)
     weights: str  # pretrained weights file ("" = from scratch)
     method: str  # transcam or bnr (the loss)
-    noise_scale: float  # BNR's noise scale
+    noise_scale: float | None  # BNR's noise scale (eq. 6); None: without noise, M** = M*
     seed: int
     crop_size: int
     resize_long: tuple  # (low, high) of the random long-side resize
@@ -100,7 +100,8 @@ def train_cam(
         period_batches=lambda e: epoch_batches(len(dataset), plan.batch_size, plan.seed, e),
         total_steps=per_epoch * plan.epochs, num_workers=plan.num_workers,
         log_every=plan.log_every,
-        live_params={"method": plan.method, "noise_scale": plan.noise_scale,
+        live_params={"method": plan.method,
+                     "noise_scale": "none" if plan.noise_scale is None else plan.noise_scale,
                      "seed": plan.seed, "model": plan.model, "lr": plan.lr},
     )
     out = fit(loop, model, adamw, dataset, step, model_out, curves_out, runtime=runtime, ctx=ctx,

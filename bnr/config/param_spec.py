@@ -69,6 +69,25 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
     return check
 
 
+def none_or_number(lo: float, hi: float, none_means: str) -> Check:
+    """``none`` (a named off switch, e.g. "without noise") or a finite number ``lo < x <= hi``.
+
+    The off switch is a word, not ``lo``, so that the setting has no jump at a number's end.
+    """
+    in_range = number(lo, hi, lo_open=True)
+
+    def check(key: str, value: Any) -> str | float:
+        if value == "none":
+            return value
+        try:
+            return in_range(key, value)
+        except ParamsError as exc:  # "... must be [a finite] number ..." names the word too
+            raise ParamsError(str(exc).replace(" must be ", f" must be none ({none_means}) or ",
+                                               1)) from None
+
+    return check
+
+
 def integer(lo: int | None = None, hi: int | None = None) -> Check:
     """A whole number, optionally bounded (inclusive); always within int64 (torch's seeds and
     sizes), so ``hi`` defaults to 2**63 - 1."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnr.config.param_checks import check_constraints
 from bnr.config.param_spec import (
     Check,
     ParamsError,
@@ -28,6 +29,7 @@ from bnr.config.param_spec import (
     integer,
     mapping_of_strings,
     nested,
+    none_or_number,
     number,
     number_list,
     spec,
@@ -313,7 +315,7 @@ class Params:
     dataset: str
     seed: int
     method: str
-    noise_scale: float
+    noise_scale: float | str  # > 0, or "none": without noise (M** = M*)
     per_dataset: DatasetConfig  # the datasets.<dataset> block of the selected dataset
     download: DownloadConfig
     train_cam: TrainCamConfig
@@ -343,7 +345,7 @@ TOP_LEVEL: dict[str, Check] = {
     "dataset": choice(*DATASETS),
     "seed": integer(0),
     "method": choice(*METHODS),
-    "noise_scale": number(0, 100),
+    "noise_scale": none_or_number(0, 100, "without noise: M** = M*"),
 }
 
 
@@ -375,8 +377,6 @@ def parse_params(raw: Any) -> Params:
                 parsed, data=dataclasses.replace(parsed.data, name=name))
     for key, cls in STAGE_BLOCKS.items():
         values[key] = build(cls, raw.get(key) or {}, key)
-    from bnr.config.param_checks import check_constraints  # (it imports this module)
-
     params = Params(**values, raw=raw)
     check_constraints(params)
     return params

@@ -17,7 +17,8 @@ TransCAM changes (REFERENCE.md, "The method"):
   output is the class activation map M (B, S, h, w) and GAP(M) are the CNN logits;
 * the last fusion block uses stride 1 (``last_fusion_stride=1``), so M lies on the patch grid;
 * every transformer block also returns its softmax attention (B, heads, 1+N, 1+N); the model
-  accumulates the head-mean attention block by block into ``attn_sum`` (B, 1+N, 1+N).
+  folds them block by block into A = ``attn_sum`` (B, 1+N, 1+N) with
+  ``bnr.models.attention.aggregate_attention`` (eq. 3-4).
 
 Module and attribute names follow the official implementation (pengzhiliang/Conformer), so its
 checkpoint ``Conformer_small_patch16.pth`` loads 1:1; the OpenMMLab (mmpretrain) file is mapped by
@@ -29,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from bnr.checkpoints import key_mismatches, load_weights_only
 from bnr.errors import BnrError
+from bnr.models.attention import aggregate_attention
 from bnr.models.mimetic import mimetic_attention_
 from bnr.models.registry import ModelKind, register_model
 
@@ -539,23 +541,30 @@ class Conformer(nn.Module):
         x_t = self.trans_patch_conv(x_base)  # -> (B, D, h, w)
         x_t = x_t.flatten(2).transpose(1, 2)  # -> (B, N, D)
         x_t = torch.cat([self.cls_token.expand(B, -1, -1), x_t], dim=1)  # -> (B, 1+N, D)
-        x_t, attn = self.trans_1(x_t)
-
-        # Fold each block's head-mean attention into the running sum at once and let the
-        # per-head tensor go, so at most one block's (B, heads, 1+N, 1+N) map is alive.
-        attn_sum = attn.mean(dim=1)  # (B, heads, 1+N, 1+N) -> (B, 1+N, 1+N)
-        attn_blocks = [attn] if keep_attn_blocks else None
-        del attn
-        for name in self._block_names:
-            x, x_t, attn = getattr(self, name)(x, x_t)  # CNN map shrinks in stages 2, 3
-            attn_sum = attn_sum + attn.mean(dim=1)
-            if attn_blocks is not None:
-                attn_blocks.append(attn)
-            del attn
-        feats: dict[str, Any] = {"cnn": x, "tokens": x_t, "attn_sum": attn_sum}
-        if attn_blocks is not None:
-            feats["attn_blocks"] = attn_blocks
+        feats: dict[str, Any] = {}
+        kept: list[torch.Tensor] | None = [] if keep_attn_blocks else None
+        feats["attn_sum"] = aggregate_attention(self._run_blocks(x, x_t, feats, kept))  # A
+        if kept is not None:
+            feats["attn_blocks"] = kept
         return feats
+
+    def _run_blocks(self, x: torch.Tensor, x_t: torch.Tensor, feats: dict[str, Any],
+                    kept: list[torch.Tensor] | None) -> Iterator[torch.Tensor]:
+        """Run the blocks in order, yielding each one's attention (B, heads, 1+N, 1+N).
+
+        The final CNN map and tokens go to ``feats["cnn"]`` and ``feats["tokens"]``; ``kept``
+        (if given) collects the attention maps. A map is released before the next block runs, so
+        :func:`aggregate_attention` folds them with one per-head map alive at a time.
+        """
+        x_t, attn = self.trans_1(x_t)  # block 1: the transformer alone
+        for name in [None, *self._block_names]:  # None: block 1, already run
+            if name is not None:
+                x, x_t, attn = getattr(self, name)(x, x_t)  # CNN map shrinks in stages 2, 3
+            if kept is not None:
+                kept.append(attn)
+            yield attn
+            del attn
+        feats["cnn"], feats["tokens"] = x, x_t
 
     def forward_head(self, feats: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Classifiers: ``cam`` (B, S, h, w), ``cnn_logits`` (B, S), ``token_logits`` (B, S)."""

@@ -17,7 +17,7 @@ import pandas as pd
 
 ARMS = (
     ("TransCAM (baseline)", {"method": "transcam"}),
-    ("BNR without noise", {"method": "bnr", "noise_scale": 0.0}),
+    ("BNR without noise", {"method": "bnr", "noise_scale": "none"}),
     ("BNR x1", {"method": "bnr", "noise_scale": 1.0}),
     ("BNR x2", {"method": "bnr", "noise_scale": 2.0}),
 )
@@ -49,12 +49,17 @@ def read_exp_csv(text: str) -> pd.DataFrame:
     out = pd.DataFrame({
         "experiment": df[_column(df, "Experiment")] if "Experiment" in df else df.index,
         "method": df[_column(df, "method")],
-        "noise_scale": pd.to_numeric(df[_column(df, "noise_scale")], errors="coerce"),
+        "noise_scale": df[_column(df, "noise_scale")].map(_noise_scale),
         "seed": pd.to_numeric(df[_column(df, "seed")], errors="coerce"),
         "source": df[_column(df, "infer_seeds.source")],
         "miou": pd.to_numeric(df[_column(df, "miou")], errors="coerce"),
     })
     return out.dropna(subset=["miou"])
+
+
+def _noise_scale(value: Any) -> Any:
+    """A csv cell of ``noise_scale``: ``none`` kept, a number as a float (1 and 1.0 alike)."""
+    return value if value == "none" else pd.to_numeric(value, errors="coerce")
 
 
 def arm_table(runs: pd.DataFrame, source: str = "transcam") -> pd.DataFrame:

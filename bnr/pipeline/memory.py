@@ -16,10 +16,11 @@ from typing import Any
 from bnr.data.classes import class_names
 from bnr.errors import BnrError
 
-# (heads, transformer blocks) of each Conformer preset (bnr.models.conformer.PRESETS; a test
-# keeps them equal): params are checked without importing the models.
-CONFORMER_ATTENTION: dict[str, tuple[int, int]] = {"conformer_s": (6, 12),
-                                                   "conformer_tiny": (2, 3)}
+# (heads, transformer blocks, patch size) of each Conformer preset (bnr.models.conformer.PRESETS;
+# a test keeps them equal). Every stage runs this check, so importing the models here would put
+# conformer.py in every stage's dvc.yaml deps.
+CONFORMER_ATTENTION: dict[str, tuple[int, int, int]] = {"conformer_s": (6, 12, 16),
+                                                        "conformer_tiny": (2, 3, 8)}
 RESNET38_STEM_CHANNELS = 64  # ResNet-38d's first convolution, at the input resolution
 GB = 1e9
 ESTIMATED = ("train_cam", "infer_seeds", "train_affinity", "train_segmenter", "eval_seeds",
@@ -54,12 +55,10 @@ def resolved(cfg: Any) -> tuple[str, int]:
 def _attention(model: str, side: int, images: int, blocks_kept: bool, size: int) -> float:
     """Bytes of the softmax attention maps of ``images`` inputs of ``side`` px (all blocks'
     when ``blocks_kept``, as training keeps them for the backward pass)."""
-    from bnr.config.param_checks import CONFORMER_PATCH
-
-    if model not in CONFORMER_ATTENTION or model not in CONFORMER_PATCH:
+    if model not in CONFORMER_ATTENTION:
         return 0.0
-    heads, depth = CONFORMER_ATTENTION[model]
-    tokens = (side // CONFORMER_PATCH[model]) ** 2 + 1
+    heads, depth, patch = CONFORMER_ATTENTION[model]
+    tokens = (side // patch) ** 2 + 1
     return float(images) * heads * (depth if blocks_kept else 1) * tokens**2 * size
 
 

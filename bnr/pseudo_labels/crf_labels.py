@@ -3,7 +3,6 @@ the seeds (best eval_seeds threshold), the random-walk and the CRF labels."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bnr.cam.maps import cams_to_seeds
-from bnr.cam.seeds import checked_cams
+from bnr.cam.seeds import best_seed_threshold, checked_cams
 from bnr.data.classes import class_names
 from bnr.data.voc import read_mask, read_split
 from bnr.errors import BnrError
@@ -69,24 +68,6 @@ def crf_split(
             write_label_png(tmp / f"{img_id}.png", label)
     return {"images": len(ids), "all_background": no_fg,
             "seconds": round(time.time() - started, 1)}
-
-
-def walk_background_score(background: str, fixed: float, seed_threshold: float) -> float:
-    """The random walk's background score: ``fixed`` (``random_walk.bg_score``, TransCAM's) or,
-    for ``datasets.<d>.random_walk.background: seed_threshold``, eval_seeds' best threshold."""
-    return seed_threshold if background == "seed_threshold" else fixed
-
-
-def best_seed_threshold(path: Path) -> float:
-    """The best background threshold eval_seeds chose (its threshold file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BnrError(f"{path}: not found (run the eval_seeds stage)")
-    try:
-        value = json.loads(path.read_text())["best_threshold"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BnrError(f"{path}: no best_threshold ({exc})") from None
-    return float(value)
 
 
 def _iter_eval(ids: Sequence[str], progress: bool) -> Iterator[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bnr.affinity.random_walk import walk_background_score
 from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.data.classes import class_names
@@ -13,7 +14,7 @@ from bnr.metrics import write_class_table
 from bnr.pipeline.crf_blocks import crf_settings
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pseudo_labels.crf_labels import crf_split, evaluate_pseudo_labels, walk_background_score
+from bnr.pseudo_labels.crf_labels import crf_split, evaluate_pseudo_labels
 
 
 @dataclass(frozen=True)

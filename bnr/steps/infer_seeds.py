@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from bnr.cam.cam_model import load_cam_model
+from bnr.cam.cam_model import check_patch_multiples, load_cam_model
 from bnr.cam.seeds import infer_split_cams
 from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
@@ -31,6 +31,11 @@ class Outputs:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
+    if cfg.infer_seeds.resize == "square":  # keep_aspect rounds each side to the patch
+        d = f"datasets.{cfg.dataset}"
+        check_patch_multiples(cfg.per_dataset.train_cam.model,
+                              {f"{d}.infer_seeds.scales": list(cfg.per_dataset.infer_seeds.scales)},
+                              f"{d}.train_cam.model")
     check_stage_inputs(cfg.data.root, [(cfg.data.infer_split, None)],
                        labels_of=class_names(cfg.dataset))
 

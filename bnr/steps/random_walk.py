@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 
 from bnr.affinity.affinity_model import load_affinity_model
+from bnr.affinity.random_walk import walk_background_score
 from bnr.affinity.walk import random_walk_split
+from bnr.cam.seeds import best_seed_threshold
 from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
 from bnr.data.classes import class_names
 from bnr.data.voc import read_split
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pseudo_labels.crf_labels import best_seed_threshold, walk_background_score
 from bnr.runtime import seed_everything, start_runtime
 
 

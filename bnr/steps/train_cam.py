@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bnr.cam.cam_model import check_patch_multiples
 from bnr.cam.training import CamTrainingPlan, train_cam
 from bnr.config.params import Params
 from bnr.data.checks import check_stage_inputs
@@ -44,7 +45,8 @@ def training_plan(cfg: Params) -> CamTrainingPlan:
     return CamTrainingPlan(
         dataset=cfg.dataset, root=data.root, split=data.train_split, model=sizes.model,
         init=sizes.init, weights=weights_file(cfg, "train_cam"), method=cfg.method,
-        noise_scale=cfg.noise_scale, seed=cfg.seed, crop_size=sizes.crop_size,
+        noise_scale=None if cfg.noise_scale == "none" else cfg.noise_scale,
+        seed=cfg.seed, crop_size=sizes.crop_size,
         resize_long=sizes.resize_long, color_jitter=block.color_jitter, epochs=sizes.epochs,
         batch_size=sizes.batch_size, lr=sizes.lr, weight_decay=sizes.weight_decay,
         adam_eps=block.adam_eps, num_workers=block.num_workers, log_every=block.log_every,
@@ -53,6 +55,9 @@ def training_plan(cfg: Params) -> CamTrainingPlan:
 
 
 def check(cfg: Params, inputs: Inputs) -> None:
+    name, sizes = f"datasets.{cfg.dataset}.train_cam", cfg.per_dataset.train_cam
+    check_patch_multiples(sizes.model, {f"{name}.crop_size": [sizes.crop_size]},
+                          f"{name}.model")
     verify_fingerprint(inputs.weights, "train_cam.pretrained",
                        weights_file(cfg, "train_cam"))
     check_stage_inputs(cfg.data.root, [(cfg.data.train_split, None)],
