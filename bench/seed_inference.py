@@ -89,7 +89,8 @@ def seed_maps(model: Any, images: list, batch_passes: bool, scales: tuple[int, .
     classes = list(range(1, model.num_classes))
     return [
         multiscale_cam(
-            model, img, classes, scales, flip=True, batch_passes=batch_passes, patch_multiple=8
+            model, img, classes, scales, flip=True, batch_passes=batch_passes, patch_multiple=8,
+            resample="bilinear",  # the images are normalised floats (random)
         )
         for img in images
     ]

@@ -44,16 +44,19 @@ def short_load_reason(exc: BaseException) -> str:
     return reason[:120]
 
 
-def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint",
+                      mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; a one-line BnrError naming ``path``
-    when the file is missing, not a torch file, or holds anything but tensors and plain data."""
+    when the file is missing, not a torch file, or holds anything but tensors and plain data.
+    ``mmap``: the tensors stay in the file until read (a cheap look at the plain data)."""
     path = Path(path)
     if not path.is_file():
         raise BnrError(f"{path}: {what} not found")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols, naming weights_only
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True,
+                              **({"mmap": True} if mmap else {}))
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file
         raise BnrError(f"{path}: unreadable {what}: not a torch file of tensors "
                        f"({short_load_reason(exc)})") from None
@@ -107,9 +110,10 @@ def load_state_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_checkpoint(path: Path, expected_meta: dict) -> dict:
-    """Load a checkpoint (weights_only) and check its ``meta`` matches ``expected_meta``."""
-    state = load_weights_only(path)
+def load_checkpoint(path: Path, expected_meta: dict, mmap: bool = False) -> dict:
+    """Load a checkpoint (weights_only) and check its ``meta`` matches ``expected_meta``;
+    ``mmap``: its tensors are read only when used (to look at ``meta`` / ``protocol``)."""
+    state = load_weights_only(path, mmap=mmap)
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise BnrError(f"{path}: not a bnr checkpoint (no 'model' and 'meta' entries)")
     for key, value in expected_meta.items():

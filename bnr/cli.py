@@ -79,13 +79,23 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
 
 
 def load_any_checkpoint(path: Path) -> tuple[str, torch.nn.Module, dict]:
-    """``(kind, model in eval mode, checkpoint)`` of a segmenter or CAM checkpoint."""
-    from bnr.models.registry import import_all_families, model_from_checkpoint
+    """``(kind, model in eval mode, checkpoint)`` of a segmenter or CAM checkpoint: its ``meta``
+    (read without its tensors) names the kind, whose loader loads the network (a CAM network
+    through :func:`bnr.cam.cam_model.load_cam_model`)."""
+    from bnr.checkpoints import load_checkpoint
 
-    import_all_families()
-    model, state = model_from_checkpoint(path)
-    kind = state["meta"].get("kind")
-    if kind not in ("segmenter", "cam"):
+    state = load_checkpoint(path, {}, mmap=True)
+    meta = state["meta"]
+    kind = meta.get("kind")
+    if kind == "cam":
+        from bnr.cam.cam_model import load_cam_model
+
+        model = load_cam_model(path, str(meta.get("preset")), str(meta.get("dataset")))
+    elif kind == "segmenter":
+        from bnr.segmenter.segmenter_model import segmenter_from_checkpoint
+
+        model = segmenter_from_checkpoint(path)
+    else:
         raise BnrError(f"{path}: checkpoint kind {kind!r} cannot predict (need a segmenter or "
                        "CAM checkpoint)")
     return kind, model, state

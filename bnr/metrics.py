@@ -49,6 +49,13 @@ def mean_iou(conf: np.ndarray) -> float:
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
 
+def sweep_mious(confs: np.ndarray) -> tuple[np.ndarray, int]:
+    """(mIoU per threshold in [0, 1], index of the best) of the (T, C, C) confusion matrices of
+    a threshold sweep (eval_seeds' scoring: :func:`mean_iou` of each, the first best on ties)."""
+    mious = np.array([mean_iou(c) for c in confs])
+    return mious, int(np.nanargmax(mious))
+
+
 def per_class_table(conf: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
     """A per-class table: IoU (%), ground-truth and predicted pixel counts, then a mIoU row."""
     iou = iou_per_class(conf)

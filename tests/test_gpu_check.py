@@ -1,5 +1,6 @@
 """bench/gpu_check.py in its CPU smoke mode: every section runs and reports positive, finite
-numbers (this checks that the script works, never its timings)."""
+numbers (this checks that the script works, never its timings); its seed mIoU section scores
+seeds exactly as the infer_seeds and eval_seeds steps do."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,24 +96,113 @@ def test_smoke_numbers_are_positive_and_finite(smoke: tuple[int, dict, str]) -> 
 
 def test_seed_cams_in_both_precisions(one_torch_thread: None) -> None:
     """Seed CAMs in float32 and in bfloat16 autocast come back as CPU float32 maps."""
-    bench = _load()
-    from bnr.models.conformer import create_conformer
+    _load()
+    from bench.gpu_check_cam import seed_cams, seed_item
+    from bnr.cam.cam_model import build_cam_model
 
     torch.manual_seed(1)
-    model = create_conformer("conformer_tiny", 21).eval()
-    image = torch.randn(3, 40, 48, generator=torch.Generator().manual_seed(0))
-    cpu = torch.device("cpu")
+    model = build_cam_model("conformer_tiny", "voc2012", "official").eval()
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    options = {"scales": (32, 64), "patch_multiple": model.cfg.patch_size,
+               "resample": "pil_bicubic"}
     for bf16 in (False, True):
-        cams = bench.seed_cams(model, image, range(1, 21), (32, 64), cpu, bf16, True, 8)
-        assert cams.shape == (20, 40, 48) and cams.dtype == torch.float32
-        assert float(cams.max()) > 0 and torch.isfinite(cams).all()
+        classes, cams = seed_cams(model, seed_item(image, range(1, 21)), options,
+                                  torch.device("cpu"), bf16)
+        assert list(classes) == list(range(1, 21))
+        assert cams.shape == (20, 40, 48) and cams.dtype == np.float32
+        assert float(cams.max()) > 0 and np.isfinite(cams).all()
+
+
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, dict]:
+    """The infer_seeds and eval_seeds steps (``run_step``) on a tiny synthetic set (48x48
+    images, scales 32 and 64: both resampled) with a random CAM network saved where dvc.yaml
+    puts models/cam.pt: (working directory, params, eval_seeds' numbers)."""
+    import yaml
+
+    from bnr.cam.cam_model import build_cam_model, cam_model_meta
+    from bnr.checkpoints import save_checkpoint
+    from bnr.config.params import parse_params
+    from bnr.data.synthetic import SyntheticSpec, generate_synthetic
+    from bnr.pipeline.stage import stage_paths
+    from bnr.runtime import seed_torch
+    from bnr.steps import infer_seeds
+    from tests.conftest import run_step, update_dataset
+
+    work = tmp_path_factory.mktemp("seeds")
+    root = work / "data" / "synthetic"
+    generate_synthetic(root, SyntheticSpec(num_train=4, num_val=1, image_size=48, clutter=2))
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["dataset"] = "synthetic"
+    raw["runtime"]["num_threads"] = 1
+    raw["eval_seeds"]["overlays"] = 1
+    update_dataset(raw, "synthetic", data={"root": str(root)}, infer_seeds={"scales": [32, 64]})
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = parse_params(raw)
+    preset = params.per_dataset.train_cam.model
+    inputs, _ = stage_paths(infer_seeds, REPO / "dvc.yaml", {"dataset": "synthetic"})
+    seed_torch(0)
+    model = build_cam_model(preset, "synthetic", params.per_dataset.train_cam.init)
+    save_checkpoint(work / inputs.cam_checkpoint,
+                    {"model": model.state_dict(), "meta": cam_model_meta(preset, "synthetic")})
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        try:
+            run_step("infer_seeds", params)
+            numbers = run_step("eval_seeds", params)
+        finally:
+            torch.set_num_threads(threads)
+    return work, params, numbers
+
+
+def test_seed_scoring_equals_eval_seeds(seed_run: tuple[Path, object, dict]) -> None:
+    """Section 3 scores seeds as the pipeline does: its confusion matrices equal eval_seeds'
+    sweep over infer_seeds' CAM files (same resampling, options, float16 storage, thresholds),
+    and its float32 row reports eval_seeds' mIoU and threshold."""
+    work, params, numbers = seed_run
+    bench = _load()
+    from bench.gpu_check_cam import seed_confusions
+    from bnr.cam.cam_model import load_cam_model
+    from bnr.cam.seeds import seed_miou_sweep
+    from bnr.data.classes import class_names
+    from bnr.data.voc import VocSegmentation
+    from bnr.pipeline.stage import stage_paths
+    from bnr.steps import eval_seeds, infer_seeds
+
+    inputs, _ = stage_paths(eval_seeds, REPO / "dvc.yaml", {"dataset": "synthetic"})
+    names, data = class_names("synthetic"), params.data
+    ckpt = work / inputs.cam_checkpoint
+    model = load_cam_model(ckpt, params.per_dataset.train_cam.model, "synthetic")
+    dataset = VocSegmentation(data.root, data.seed_eval_split, names, mask_dir=data.gt_dir)
+    thresholds = eval_seeds.sweep_thresholds(params)
+    options = infer_seeds.seed_options(params, model.cfg.patch_size)
+    ours = sum(seed_confusions(model, dataset[i], thresholds, len(names), options,
+                               torch.device("cpu"), False) for i in range(len(dataset)))
+    theirs = seed_miou_sweep(work / inputs.cams, Path(data.root), dataset.ids, data.gt_dir,
+                             len(names), thresholds, progress=False)
+    assert np.array_equal(ours, theirs)
+
+    out = work / "gpu_check.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = bench.main(["--device", "cpu", "--smoke", "--sections", "miou", "--json", str(out),
+                         "--params", str(work / "params.yaml"), "--checkpoint", str(ckpt),
+                         "--miou-images", str(len(dataset))])
+    result = json.loads(out.read_text())["sections"]["miou"]
+    assert rc == 0 and result["status"] == "ok", result
+    fp32 = result["rows"][0]
+    assert fp32["variant"] == "float32" and result["images"] == numbers["images"]
+    assert round(fp32["best_miou"], 3) == numbers["miou"]
+    assert fp32["best_threshold"] == numbers["best_threshold"]
 
 
 def test_budget_shrinks_timed_iterations() -> None:
-    bench = _load()
+    _load()
+    from bench.gpu_check_common import timed_loop
+
     calls = []
-    n, elapsed = bench.timed_loop(lambda: calls.append(1), torch.device("cpu"), 2, 50,
-                                  deadline=0.0, min_iters=3)  # deadline passed: the minimum
+    n, elapsed = timed_loop(lambda: calls.append(1), torch.device("cpu"), 2, 50,
+                            deadline=0.0, min_iters=3)  # deadline passed: the minimum
     assert n == 3 and len(calls) == 2 + 1 + 3 and elapsed >= 0
 
 

@@ -60,7 +60,7 @@ def test_multiscale_cam_bfloat16_close_to_float32() -> None:
     model, image = _cam_model(), _object_image()
     with torch.no_grad(), BF16.autocast():  # the network really runs in bfloat16
         assert model(image[None, :, :32, :32])["cam"].dtype == torch.bfloat16
-    kw = dict(patch_multiple=8, flip=True)
+    kw = dict(patch_multiple=8, flip=True, resample="bilinear")
     for source in ("transcam", "conv"):
         out = multiscale_cam(model, image, [1, 3, 5], [32, 64], source=source, runtime=BF16,
                              **kw)
@@ -93,7 +93,7 @@ def test_multiscale_cam_bfloat16_close_to_float32() -> None:
 @pytest.mark.parametrize("batch_passes", [True, False])
 def test_multiscale_cam_float32_runtime_is_identical(batch_passes: bool) -> None:
     model, image = _cam_model(), torch.randn(3, 40, 56)
-    kw = dict(patch_multiple=8, flip=True, batch_passes=batch_passes)
+    kw = dict(patch_multiple=8, flip=True, batch_passes=batch_passes, resample="bilinear")
     plain = multiscale_cam(model, image, [1, 3], [32, 64], **kw)
     for runtime in (CPU, FP32):
         assert torch.equal(multiscale_cam(model, image, [1, 3], [32, 64], runtime=runtime, **kw),

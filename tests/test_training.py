@@ -153,7 +153,8 @@ def test_seed_inference_and_sweep(tiny_root, tmp_path):
 
     ds = VocSegmentation(tiny_root, "train", ("background", *"abcdef"), with_mask=False)
     out = tmp_path / "cams"
-    assert infer_split_cams(model, ds, out, [32], patch_multiple=8, progress=False) == 8
+    assert infer_split_cams(model, ds, out, [32], patch_multiple=8, resample="pil_bicubic",
+                            progress=False) == 8
     classes, cams = load_cams(out, ds.ids[0], (32, 32))
     assert list(classes) == ds.labels[ds.ids[0]] and cams.shape == (len(classes), 32, 32)
     assert cams.dtype == np.float32 and cams.min() >= 0 and cams.max() <= 1.001

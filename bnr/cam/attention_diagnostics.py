@@ -85,8 +85,7 @@ def diagnose(model: torch.nn.Module, dataset: VocSegmentation, images: int) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bnr.cam.cam_model import build_cam_model, cam_model_meta
-    from bnr.checkpoints import load_checkpoint, load_state_strict
+    from bnr.cam.cam_model import load_cam_model
     from bnr.config.params import load_params
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,11 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        sizes = params.per_dataset.train_cam
-        state = load_checkpoint(Path(args.model), cam_model_meta(sizes.model, params.dataset))
-        # the weights come from the checkpoint
-        model = build_cam_model(sizes.model, params.dataset, sizes.init)
-        load_state_strict(model, state["model"], args.model)
+        model = load_cam_model(Path(args.model), params.per_dataset.train_cam.model,
+                               params.dataset)
         dataset = VocSegmentation(params.data.root, params.data.seed_eval_split,
                                   class_names(params.dataset), with_mask=True,
                                   transform=EvalTransform(), mask_dir=params.data.gt_dir)

@@ -50,5 +50,7 @@ def build_cam_model(preset: str, dataset: str, init: str, weights: str = "") -> 
 
 
 def load_cam_model(path: Path, preset: str, dataset: str) -> nn.Module:
-    """The trained CAM network of ``path`` in eval mode (strict, meta-checked)."""
+    """The trained CAM network of ``path`` in eval mode (strict, meta-checked; weights only):
+    the one loader of a CAM checkpoint (infer_seeds, eval_seeds, ``bnr predict``, the attention
+    diagnostics, bench/gpu_check.py)."""
     return model_from_checkpoint(path, cam_model_meta(preset, dataset), "train_cam")[0]

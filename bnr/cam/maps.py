@@ -115,13 +115,14 @@ def multiscale_cam(
     batch_passes: bool = True,
     patch_multiple: int = 16,
     source: str = "transcam",
-    resample: str = "bilinear",
+    resample: str,
     runtime: Runtime = CPU,
 ) -> Tensor:
     """Seed CAMs of one image, exactly as TransCAM infers them (``source``: cam_from_outputs).
 
     ``image``: normalised (3, H, W), or the uint8 image ((H, W, 3) array or (3, H, W) tensor),
-    which ``resample="pil_bicubic"`` (TransCAM) needs (:func:`scaled_input`). For each scale
+    which ``resample="pil_bicubic"`` (TransCAM) needs (:func:`scaled_input`; required: the
+    pipeline's value is ``infer_seeds.resample``). For each scale
     (and its flip), the image is resized, M* is
     computed, its foreground channels are upsampled bilinearly to (H, W), absent classes are
     zeroed and flipped passes un-flipped; the passes are summed, ReLU'd and each class is

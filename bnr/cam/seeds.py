@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,24 +23,43 @@ from bnr.io import atomic_path
 from bnr.runtime import CPU, Runtime
 
 
+def item_seed_cams(
+    model: nn.Module,
+    item: dict,
+    scales: Sequence[int],
+    *,
+    resample: str,
+    runtime: Runtime = CPU,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seed CAMs of one dataset ``item`` (its uint8 ``image``, its ``labels``) as
+    :func:`infer_split_cams` stores them: ``classes`` (K,) int64 (1-based, the image's classes)
+    and ``cams`` (K, H, W) float16, from :func:`bnr.cam.maps.multiscale_cam` with ``resample``
+    (required: the pipeline's is ``infer_seeds.resample``) and its other keyword ``options``
+    (``flip``, ``resize``, ``batch_passes``, ``patch_multiple``, ``source``)."""
+    image = np.asarray(item["image"])  # (H, W, 3) uint8
+    classes = [int(c) for c in torch.nonzero(item["labels"][1:]).flatten() + 1]
+    cams = multiscale_cam(model, image, classes, scales, resample=resample, runtime=runtime,
+                          **options)  # (K, H, W) CPU float32
+    return np.asarray(classes, np.int64), cams.numpy().astype(np.float16)
+
+
 def infer_split_cams(
     model: nn.Module,
     dataset: VocSegmentation,
     out_dir: Path,
     scales: Sequence[int],
     *,
-    flip: bool = True,
-    resize: str = "square",
-    batch_passes: bool = True,
-    patch_multiple: int = 16,
-    source: str = "transcam",
-    resample: str = "pil_bicubic",
+    resample: str,
     progress: bool = True,
     runtime: Runtime = CPU,
+    **options: Any,
 ) -> int:
-    """Write the seed CAMs of every image of ``dataset`` into ``out_dir`` (atomically).
-    ``resample``: how each pass resizes the image (:func:`bnr.cam.maps.scaled_input`; TransCAM:
-    PIL bicubic on the uint8 image, then normalisation).
+    """Write the seed CAMs of every image of ``dataset`` into ``out_dir`` (atomically),
+    :func:`item_seed_cams` of each. ``resample``: how each pass resizes the image
+    (:func:`bnr.cam.maps.scaled_input`; TransCAM: PIL bicubic on the uint8 image, then
+    normalisation); ``options``: the other keyword arguments of
+    :func:`bnr.cam.maps.multiscale_cam`.
 
     The network runs on ``runtime`` (``model`` already prepared for it); the saved CAMs are
     computed in float32 after the network and stored as float16 whatever the precision.
@@ -49,14 +69,9 @@ def infer_split_cams(
         tmp.mkdir()
         for index in tqdm(range(len(dataset)), desc="infer_seeds", disable=not progress):
             item = dataset[index]
-            image = np.asarray(item["image"])  # (H, W, 3) uint8
-            classes = [int(c) for c in torch.nonzero(item["labels"][1:]).flatten() + 1]
-            cams = multiscale_cam(model, image, classes, scales, flip=flip, resize=resize,
-                                  batch_passes=batch_passes, patch_multiple=patch_multiple,
-                                  source=source, resample=resample,
-                                  runtime=runtime)  # (K, H, W) CPU float32
-            np.savez(tmp / f"{item['id']}.npz", classes=np.asarray(classes, np.int64),
-                     cams=cams.numpy().astype(np.float16))
+            classes, cams = item_seed_cams(model, item, scales, resample=resample,
+                                           runtime=runtime, **options)
+            np.savez(tmp / f"{item['id']}.npz", classes=classes, cams=cams)
     return len(dataset)
 
 

@@ -48,6 +48,37 @@ class CamTrainingPlan:
     protocol: dict = field(default_factory=dict)  # the run's params: kept in the checkpoint
 
 
+def cam_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                  adam_eps: float) -> torch.optim.Optimizer:
+    """AdamW of the CAM network: no weight decay on ``model.no_weight_decay()``'s parameters."""
+    no_decay = getattr(model, "no_weight_decay", lambda: set())()
+    decay = [p for n, p in model.named_parameters() if n not in no_decay]
+    keep = [p for n, p in model.named_parameters() if n in no_decay]
+    return torch.optim.AdamW(
+        [{"params": decay}, {"params": keep, "weight_decay": 0.0}],
+        lr=lr, weight_decay=weight_decay, eps=adam_eps,
+    )
+
+
+def cam_training_step(
+    method: str, noise_scale: float, num_blocks: int, runtime: Runtime = CPU
+) -> Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]:
+    """The engine's step function of CAM training: ``step(net, batch) -> (loss, terms)``, the
+    forward pass of ``batch["image"]`` under ``runtime``'s autocast, the loss (``method``:
+    transcam or bnr, eq. 9) in float32 on its outputs; ``terms`` without the total."""
+
+    def step(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        images = runtime.to_device(batch["image"])  # (B/N, 3, crop, crop)
+        labels = batch["labels"].to(runtime.device)  # (B/N, S)
+        with runtime.autocast():
+            outputs = net(images)
+        loss, parts = total_loss(float_outputs(outputs), labels, method, noise_scale,
+                                 num_blocks)
+        return loss, {k: v for k, v in parts.items() if k != "loss"}
+
+    return step
+
+
 def train_cam(
     plan: CamTrainingPlan,
     model_out: Path,
@@ -75,22 +106,9 @@ def train_cam(
     num_blocks = model.cfg.depth
 
     def adamw(m: nn.Module) -> torch.optim.Optimizer:
-        no_decay = getattr(m, "no_weight_decay", lambda: set())()
-        decay = [p for n, p in m.named_parameters() if n not in no_decay]
-        keep = [p for n, p in m.named_parameters() if n in no_decay]
-        return torch.optim.AdamW(
-            [{"params": decay}, {"params": keep, "weight_decay": 0.0}],
-            lr=plan.lr, weight_decay=plan.weight_decay, eps=plan.adam_eps,
-        )
+        return cam_optimizer(m, plan.lr, plan.weight_decay, plan.adam_eps)
 
-    def step(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        images = runtime.to_device(batch["image"])  # (B/N, 3, crop, crop)
-        labels = batch["labels"].to(runtime.device)  # (B/N, S)
-        with runtime.autocast():
-            outputs = net(images)
-        loss, parts = total_loss(float_outputs(outputs), labels, plan.method,
-                                 plan.noise_scale, num_blocks)
-        return loss, {k: v for k, v in parts.items() if k != "loss"}
+    step = cam_training_step(plan.method, plan.noise_scale, num_blocks, runtime)
 
     key = run_key(asdict(plan), dataset.ids, source_digest(), runtime.precision)
     per_epoch = len(epoch_batches(len(dataset), plan.batch_size, plan.seed, 0))

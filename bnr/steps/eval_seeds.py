@@ -20,7 +20,7 @@ from bnr.data.classes import class_names
 from bnr.data.transforms import EvalTransform
 from bnr.data.voc import VocSegmentation
 from bnr.io import atomic_path, write_json, write_text
-from bnr.metrics import mean_iou, per_class_table, write_class_table
+from bnr.metrics import per_class_table, sweep_mious, write_class_table
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
 from bnr.pipeline.visualize import (
@@ -60,12 +60,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     names = class_names(cfg.dataset)
     sweep, data = cfg.per_dataset.eval_seeds, cfg.data
     dataset = VocSegmentation(data.root, data.seed_eval_split, names, mask_dir=data.gt_dir)
-    thresholds = threshold_grid(sweep.threshold_start, sweep.threshold_stop,
-                                sweep.threshold_step)
+    thresholds = sweep_thresholds(cfg)
     confs = seed_miou_sweep(inputs.cams, Path(data.root), dataset.ids, data.gt_dir,
                             len(names), thresholds)
-    mious = np.array([mean_iou(c) for c in confs])
-    best = int(np.nanargmax(mious))
+    mious, best = sweep_mious(confs)
     at_end = sweep_end_note(thresholds, best, f"datasets.{cfg.dataset}.eval_seeds")
     write_text(outputs.sweep, pd.DataFrame(
         {"threshold": thresholds, "miou": np.round(mious * 100, 3)}).to_csv(index=False))
@@ -94,6 +92,12 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     with torch.no_grad():
         write_overlays(cfg, dataset, float(thresholds[best]), inputs, outputs.overlays)
     return numbers
+
+
+def sweep_thresholds(cfg: Params) -> np.ndarray:
+    """The background thresholds of the sweep (``datasets.<d>.eval_seeds``)."""
+    sweep = cfg.per_dataset.eval_seeds
+    return threshold_grid(sweep.threshold_start, sweep.threshold_stop, sweep.threshold_step)
 
 
 def sweep_end_note(thresholds: np.ndarray, best: int, block: str) -> str | None:

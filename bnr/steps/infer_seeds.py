@@ -40,6 +40,17 @@ def check(cfg: Params, inputs: Inputs) -> None:
                        labels_of=class_names(cfg.dataset))
 
 
+def seed_options(cfg: Params, patch_multiple: int) -> dict:
+    """The keyword arguments of :func:`bnr.cam.seeds.item_seed_cams` (and
+    :func:`~bnr.cam.seeds.infer_split_cams`) from params: the dataset's ``infer_seeds.scales``
+    and the ``infer_seeds`` block; ``patch_multiple``: the network's patch size."""
+    seeds = cfg.infer_seeds
+    return {"scales": cfg.per_dataset.infer_seeds.scales, "flip": seeds.flip,
+            "resize": seeds.resize, "batch_passes": seeds.batch_passes,
+            "patch_multiple": patch_multiple, "source": seeds.source,
+            "resample": seeds.resample}
+
+
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """CAMs of every image of ``infer_split`` at the dataset's ``infer_seeds.scales`` (and
     flipped)."""
@@ -52,12 +63,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     seeds = cfg.infer_seeds
     started = time.time()
     with torch.no_grad():
-        n = infer_split_cams(
-            model, dataset, outputs.cams, cfg.per_dataset.infer_seeds.scales,
-            flip=seeds.flip, resize=seeds.resize, batch_passes=seeds.batch_passes,
-            patch_multiple=model.cfg.patch_size, source=seeds.source, resample=seeds.resample,
-            runtime=runtime,
-        )
+        n = infer_split_cams(model, dataset, outputs.cams,
+                             **seed_options(cfg, model.cfg.patch_size), runtime=runtime)
     seconds = round(time.time() - started, 1)
     numbers = {"images": n, "seconds": seconds}
     write_metrics(outputs.metrics, numbers, protocol_record(
