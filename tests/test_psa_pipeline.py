@@ -213,6 +213,35 @@ def test_affinity_training_resumes_exactly(work: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_new_hyperparameter_reaches_the_training(work: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEVELOPERS.md's add-a-hyperparameter recipe, followed once: ``train_affinity.poly_power``
+    was added in params.yaml, its schema (bnr/config/params.py) and the plan field of the same
+    name next to the code that uses it (bnr/affinity/affinity_training.py); nothing copies it.
+    A value set in params reaches the learning-rate schedule."""
+    import dataclasses
+
+    import bnr.affinity.affinity_training as affinity_training
+
+    params = tiny_params(work / "data" / "synthetic")
+    params = dataclasses.replace(params, train_affinity=dataclasses.replace(
+        params.train_affinity, poly_power=2.0))
+    plan = affinity_plan(params)
+    assert plan.poly_power == 2.0
+    powers = []
+    real = affinity_training.poly_lr
+
+    def recorded(base, step, max_step, power=0.9):
+        powers.append(power)
+        return real(base, step, max_step, power)
+
+    monkeypatch.setattr(affinity_training, "poly_lr", recorded)
+    affinity_training.train_affinity(plan, tmp_path / "a.pt", tmp_path / "a",
+                                     run_root=tmp_path / "ra", cam_dir=work / "data" / "cams",
+                                     progress=False)
+    assert powers and set(powers) == {2.0}
+
+
 def test_random_walk_small_image_and_small_crop(tmp_path: Path) -> None:
     """Images under 88 px (a grid side under 11) walk with a shrunk radius; a tiny crop is
     refused."""

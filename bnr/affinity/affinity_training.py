@@ -48,7 +48,6 @@ from bnr.pseudo_labels.crf import crf_map, dense_crf_labels
 from bnr.pseudo_labels.crf_settings import CrfSettings
 from bnr.runtime import CPU, Runtime, seed_torch
 
-POLY_POWER = 0.9
 LOG_EVERY = 10  # steps between logged loss values
 AFFINITY_JITTER = (0.3, 0.3, 0.3, 0.1)  # PSA / TransCAM colour jitter
 PAD_LABELS = {"background": 0, "ignore": 255}  # train_affinity.pad_label
@@ -149,6 +148,7 @@ class AffinityTrainingPlan:
     lr: float
     momentum: float
     weight_decay: float
+    poly_power: float  # poly learning-rate decay (PSA, TransCAM: 0.9)
     low_bg: float  # fixed background score of la (confident foreground)
     high_bg: float  # fixed background score of ha (confident background)
     radius: int  # pair radius on the 1/8 feature map
@@ -226,7 +226,7 @@ def train_affinity(
         protocol=plan.protocol, run_dir=run_dir, num_periods=plan.epochs,
         period_batches=lambda e: epoch_batches(len(dataset), batch, plan.seed, e),
         total_steps=max_step, num_workers=plan.num_workers, log_every=LOG_EVERY,
-        lr_at=lambda s: poly_lr(plan.lr, s, max_step, POLY_POWER),
+        lr_at=lambda s: poly_lr(plan.lr, s, max_step, plan.poly_power),
         log_keys=("loss", "bg", "fg", "neg"), summed=("bg_count", "fg_count", "neg_count"),
         live_params={"seed": plan.seed, "model": plan.model,
                      "lr": plan.lr, "crop": plan.crop},

@@ -210,6 +210,7 @@ class TrainAffinityConfig:
     pad_label: str = spec(choice("background", "ignore"), "background")  # crop padding labels
     momentum: float = spec(number(0, 1), 0.9)
     weight_decay: float = spec(number(0, 10), 5e-4)
+    poly_power: float = spec(number(0, 100), 0.9)  # poly learning-rate decay (PSA, TransCAM)
     num_workers: Any = spec(auto_or_integer(0), "auto")  # loader workers (bnr.runtime)
     label_crf: CrfConfig = nested(CrfConfig)  # CRF of the la/ha affinity labels
 

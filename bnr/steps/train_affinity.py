@@ -12,7 +12,7 @@ from bnr.engine import training_session
 from bnr.pipeline.crf_blocks import crf_settings
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.resolve import weights_file
+from bnr.pipeline.resolve import plan_from_blocks, weights_file
 from bnr.runtime import seed_everything
 from bnr.weights.fingerprints import verify_fingerprint
 
@@ -36,15 +36,11 @@ class Outputs:
 
 def training_plan(cfg: Params) -> AffinityTrainingPlan:
     """The values :func:`train_affinity` trains with, from the params this stage declares."""
-    data, block, sizes = cfg.data, cfg.train_affinity, cfg.per_dataset.train_affinity
-    return AffinityTrainingPlan(
-        dataset=cfg.dataset, root=data.root, split=data.infer_split, model=sizes.model,
-        weights=weights_file(cfg, "train_affinity"), seed=cfg.seed, crop=sizes.crop,
-        epochs=sizes.epochs, batch_size=sizes.batch_size, lr=sizes.lr, momentum=block.momentum,
-        weight_decay=block.weight_decay, low_bg=block.low_bg, high_bg=block.high_bg,
-        radius=block.radius, pad_label=block.pad_label, label_crf=crf_settings(block.label_crf),
-        num_workers=block.num_workers, protocol=cfg.protocol(),
-    )
+    return plan_from_blocks(
+        AffinityTrainingPlan, (cfg.per_dataset.train_affinity, cfg.train_affinity),
+        dataset=cfg.dataset, root=cfg.data.root, split=cfg.data.infer_split,
+        weights=weights_file(cfg, "train_affinity"), seed=cfg.seed,
+        label_crf=crf_settings(cfg.train_affinity.label_crf), protocol=cfg.protocol())
 
 
 def check(cfg: Params, inputs: Inputs) -> None:

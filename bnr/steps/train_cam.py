@@ -16,7 +16,7 @@ from bnr.data.classes import class_names
 from bnr.engine import training_session
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.resolve import weights_file
+from bnr.pipeline.resolve import plan_from_blocks, weights_file
 from bnr.runtime import seed_everything
 from bnr.weights.fingerprints import verify_fingerprint
 
@@ -41,17 +41,12 @@ class Outputs:
 
 def training_plan(cfg: Params) -> CamTrainingPlan:
     """The values :func:`train_cam` trains with, from the params this stage declares."""
-    data, block, sizes = cfg.data, cfg.train_cam, cfg.per_dataset.train_cam
-    return CamTrainingPlan(
-        dataset=cfg.dataset, root=data.root, split=data.train_split, model=sizes.model,
-        init=sizes.init, weights=weights_file(cfg, "train_cam"), method=cfg.method,
-        noise_scale=None if cfg.noise_scale == "none" else cfg.noise_scale,
-        seed=cfg.seed, crop_size=sizes.crop_size,
-        resize_long=sizes.resize_long, color_jitter=block.color_jitter, epochs=sizes.epochs,
-        batch_size=sizes.batch_size, lr=sizes.lr, weight_decay=sizes.weight_decay,
-        adam_eps=block.adam_eps, num_workers=block.num_workers, log_every=block.log_every,
-        protocol=cfg.protocol(),
-    )
+    return plan_from_blocks(
+        CamTrainingPlan, (cfg.per_dataset.train_cam, cfg.train_cam),
+        dataset=cfg.dataset, root=cfg.data.root, split=cfg.data.train_split,
+        weights=weights_file(cfg, "train_cam"), method=cfg.method,
+        noise_scale=None if cfg.noise_scale == "none" else cfg.noise_scale, seed=cfg.seed,
+        protocol=cfg.protocol())
 
 
 def check(cfg: Params, inputs: Inputs) -> None:

@@ -12,7 +12,7 @@ from bnr.data.checks import check_stage_inputs
 from bnr.engine import training_session
 from bnr.pipeline.metrics_files import write_metrics
 from bnr.pipeline.protocol import protocol_record
-from bnr.pipeline.resolve import weights_file
+from bnr.pipeline.resolve import plan_from_blocks, weights_file
 from bnr.runtime import seed_everything
 from bnr.segmenter.segmenter_training import SegmenterTrainingPlan, train_segmenter
 from bnr.weights.fingerprints import verify_fingerprint
@@ -37,19 +37,10 @@ class Outputs:
 
 def training_plan(cfg: Params) -> SegmenterTrainingPlan:
     """The values :func:`train_segmenter` trains with, from the params this stage declares."""
-    data, block, sizes = cfg.data, cfg.train_segmenter, cfg.per_dataset.train_segmenter
-    return SegmenterTrainingPlan(
-        dataset=cfg.dataset, root=data.root, split=data.infer_split, arch=block.arch,
-        backbone=sizes.backbone, bn_momentum=sizes.bn_momentum,
-        head_lr_mult=sizes.head_lr_mult, classifier_init=sizes.classifier_init,
-        class_weights=sizes.class_weights,
-        weights=weights_file(cfg, "train_segmenter"), seed=cfg.seed, crop=sizes.crop,
-        resize_scale=sizes.resize_scale, iterations=sizes.iterations,
-        batch_size=sizes.batch_size, lr=sizes.lr, momentum=block.momentum,
-        weight_decay=block.weight_decay, poly_power=block.poly_power,
-        align_corners=block.align_corners, num_workers=block.num_workers,
-        log_every=block.log_every, protocol=cfg.protocol(),
-    )
+    return plan_from_blocks(
+        SegmenterTrainingPlan, (cfg.per_dataset.train_segmenter, cfg.train_segmenter),
+        dataset=cfg.dataset, root=cfg.data.root, split=cfg.data.infer_split,
+        weights=weights_file(cfg, "train_segmenter"), seed=cfg.seed, protocol=cfg.protocol())
 
 
 def label_dir(cfg: Params, inputs: Inputs) -> Path:
