@@ -96,7 +96,16 @@ def test_dvc_repro_end_to_end(clone):
     assert dataset["splits"]["train"]["images"] == 12
     assert (clone / "data" / "synthetic" / "JPEGImages").is_dir()
     seeds = json.loads((clone / "metrics" / "seeds.json").read_text())
-    assert 0 <= seeds["miou"] <= 100
+    # the steps agree with each other: the seed figure is the sweep's best, and the crf stage,
+    # which scores the seeds again from the CAM files at eval_seeds' threshold, gets it too
+    sweep = [line.split(",") for line in
+             (clone / "metrics" / "seeds_threshold.csv").read_text().splitlines()[1:]]
+    by_threshold = {float(t): float(m) for t, m in sweep}
+    assert seeds["miou"] == pytest.approx(max(by_threshold.values()), abs=1e-3)
+    assert by_threshold[seeds["best_threshold"]] == pytest.approx(seeds["miou"], abs=1e-3)
+    crf_protocol = read_protocol(clone / "metrics" / "pseudo_labels.json")
+    assert crf_protocol["seed_threshold"] == seeds["best_threshold"]
+    assert crf_protocol["miou_seeds"] == pytest.approx(seeds["miou"], abs=1e-3)
     proto = read_protocol(clone / "metrics" / "seeds.json")
     for key in ("dataset", "split", "ground_truth", "scales", "flip", "crf", "threshold",
                 "seed", "method", "noise_scale", "params", "git"):
