@@ -26,6 +26,7 @@ from bench.gpu_check_common import (
     free_memory,
     met_text,
     peak_mib,
+    precision_runtime,
     split_deadline,
     timed_loop,
 )
@@ -119,13 +120,6 @@ def section_train(s: Settings, device: torch.device, seconds: float) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # 2. / 3. seed inference
-
-
-def precision_runtime(device: torch.device, bf16: bool) -> Any:
-    """The ``bnr.runtime.Runtime`` of ``device`` in float32 or bfloat16 autocast."""
-    from bnr.runtime import Runtime
-
-    return Runtime(device, "bfloat16" if bf16 else "float32")
 
 
 def seed_item(image: np.ndarray, classes: Sequence[int]) -> dict:

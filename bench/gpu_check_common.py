@@ -108,9 +108,12 @@ def split_deadline(end: float, parts_left: int) -> float:
     return now + max(0.0, end - now) / max(1, parts_left)
 
 
-def autocast(device: torch.device, bf16: bool) -> Any:
-    """bfloat16 autocast on the device's type (CPU autocast on CPU), or a no-op."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+def precision_runtime(device: torch.device, bf16: bool) -> Any:
+    """The ``bnr.runtime.Runtime`` of ``device`` in float32 or bfloat16 autocast (its
+    ``autocast()`` is the pipeline's)."""
+    from bnr.runtime import Runtime
+
+    return Runtime(device, "bfloat16" if bf16 else "float32")
 
 
 def free_memory(device: torch.device) -> None:

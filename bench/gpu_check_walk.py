@@ -12,10 +12,10 @@ from bench.gpu_check_common import (
     NUM_CLASSES,
     TARGET_TRAIN_HOURS,
     Settings,
-    autocast,
     free_memory,
     met_text,
     peak_mib,
+    precision_runtime,
     split_deadline,
     sync,
 )
@@ -62,7 +62,7 @@ def section_rw(s: Settings, device: torch.device, seconds: float) -> dict:
             x, _ = to_tensor(image, None)
             hp, wp = padded_size(h, w)
             x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h)).to(device)
-            with torch.no_grad(), autocast(device, bf16):
+            with torch.no_grad(), precision_runtime(device, bf16).autocast():
                 aff, src, dst = model.affinity(x[None], s.rw_radius)
             aff = aff[0].double()  # the stage's walk: float64 (aff is raised to the 14th power)
             sync(device)
